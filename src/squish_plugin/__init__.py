@@ -1,0 +1,45 @@
+"""squish-plugin: evolutionary synthesis (SquishedNets) for PyTorch, torch-pruning and NNI.
+
+Example:
+    >>> from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
+    >>> model = squeezenet1_1_ancestor(num_classes=10, weights="imagenet")
+    >>> child = EvolutionarySynthesisPruner(model, env=0.9).step()
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import CheckpointError, InvalidArgumentError, SquishError, UntraceableModelError
+from .genetics import SynthesisConfig
+from .models import (
+    IMAGENET10_WNIDS,
+    IMAGENETTE_WNIDS,
+    imagenet_classes,
+    imagenet_index,
+    model_stats,
+    squeezenet1_1_ancestor,
+)
+from .persistence import load_pruned, save_pruned
+from .pruner import EvolutionarySynthesisPruner
+
+try:
+    __version__ = version("squish-plugin")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "IMAGENET10_WNIDS",
+    "IMAGENETTE_WNIDS",
+    "CheckpointError",
+    "EvolutionarySynthesisPruner",
+    "InvalidArgumentError",
+    "SquishError",
+    "SynthesisConfig",
+    "UntraceableModelError",
+    "__version__",
+    "imagenet_classes",
+    "imagenet_index",
+    "load_pruned",
+    "model_stats",
+    "save_pruned",
+    "squeezenet1_1_ancestor",
+]

@@ -1,0 +1,314 @@
+"""The genetics core: genetic encoding, environmental factor, stochastic synthesis.
+
+Pure tensor maths on per-layer cluster strengths. Nothing here knows about
+torch-pruning, NNI, files or training, so every function is testable in
+milliseconds.
+
+Terms (SquishedNets, Shafiee et al. 2017, and synaptic cluster-driven synthesis,
+Shafiee & Wong 2016):
+
+* a *cluster* is one output channel of a prunable layer, with everything coupled
+  to it; its *strength* ``s_c`` is the norm of its weights;
+* the *genetic encoding* of the parent is ``P(c | W) = exp((s_c / z_l - 1) / T)``
+  with ``z_l`` the strongest cluster of layer ``l`` (the paper uses ``T = 1``);
+* the *environmental factor* ``F(E) = env`` starves the offspring:
+  ``P_synth(c) = F(E) * P(c | W)`` and each cluster survives an independent
+  Bernoulli draw (random mutation).
+
+Example:
+    >>> import torch
+    >>> from squish_plugin.genetics import SynthesisConfig, synthesize
+    >>> strengths = [torch.tensor([1.0, 0.5, 0.25]), torch.tensor([2.0, 2.0])]
+    >>> keep = synthesize(strengths, SynthesisConfig(env=0.9, mode="paper"), seed=0)
+    >>> [k.dtype for k in keep]
+    [torch.bool, torch.bool]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "LinearForm",
+    "ResourceModel",
+    "ResourceTerm",
+    "SynthesisConfig",
+    "calibrate_multiplier",
+    "cluster_strength",
+    "derive_seed",
+    "enforce_floor_and_rounding",
+    "expected_fractions",
+    "synaptic_probability",
+    "synthesis_probabilities",
+    "synthesize",
+]
+
+MODES = ("paper", "budget")
+RESOURCES = ("params", "macs")
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """How an offspring is synthesised from its parent.
+
+    Args:
+        env: environmental factor ``F(E)`` in (0, 1].
+        mode: ``"paper"`` keeps each cluster with probability ``env * P(c|W)``,
+            literally as in the paper (with env=0.9 an offspring keeps roughly half of
+            its parent's parameters); ``"budget"`` keeps the same relative
+            probabilities but scales them so that the offspring's *expected*
+            resource is ``env`` times the parent's (with env=0.9, ~90% of the
+            parameters per generation: the trajectory of the paper's sizes).
+        resource: what ``"budget"`` mode budgets: ``"params"`` or ``"macs"``.
+        min_channels: every prunable layer keeps at least this many clusters (>= 1).
+        round_to: if set, kept counts are rounded *up* to a multiple of it
+            (capped at the layer's width), e.g. 8 for TensorRT-friendly widths.
+        temperature: ``T`` of the encoding ``exp((s/z - 1) / T)``; the paper's is 1.
+            Lower values make strong clusters rarely die.
+    """
+
+    env: float = 0.9
+    mode: str = "budget"
+    resource: str = "params"
+    min_channels: int = 1
+    round_to: int | None = None
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        env = self.env
+        if isinstance(env, bool) or not isinstance(env, (int, float)) or not (0.0 < env <= 1.0):
+            raise InvalidArgumentError(f"env must be a number in (0, 1], got {env!r}.")
+        if self.mode not in MODES:
+            raise InvalidArgumentError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if self.resource not in RESOURCES:
+            raise InvalidArgumentError(
+                f"resource must be one of {RESOURCES}, got {self.resource!r}."
+            )
+        if not _is_int(self.min_channels) or self.min_channels < 1:
+            raise InvalidArgumentError(
+                f"min_channels must be an integer >= 1, got {self.min_channels!r}."
+            )
+        if self.round_to is not None and (not _is_int(self.round_to) or self.round_to < 1):
+            raise InvalidArgumentError(
+                f"round_to must be None or an integer >= 1, got {self.round_to!r}."
+            )
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
+            raise InvalidArgumentError(f"temperature must be a finite number > 0, got {t!r}.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def cluster_strength(
+    weight: torch.Tensor, norm: str | Callable[[torch.Tensor], torch.Tensor] = "l1"
+) -> torch.Tensor:
+    """Strength of each cluster from its filter weights, shape ``[clusters, ...]``.
+
+    ``norm`` is ``"l1"`` (the default, the paper's synaptic strength), ``"l2"``, or a
+    callable mapping the weight tensor to one non-negative score per cluster.
+    """
+    flat = weight.detach().float().flatten(1)
+    if norm == "l1":
+        return flat.abs().sum(1)
+    if norm == "l2":
+        return flat.pow(2).sum(1).sqrt()
+    if callable(norm):
+        scores = torch.as_tensor(norm(weight.detach())).float().flatten()
+        if scores.numel() != weight.shape[0]:
+            raise InvalidArgumentError(
+                f"strength callable must return {weight.shape[0]} scores, got {scores.numel()}."
+            )
+        return scores
+    raise InvalidArgumentError(f"norm must be 'l1', 'l2' or a callable, got {norm!r}.")
+
+
+def synaptic_probability(strengths: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The genetic encoding ``P(c|W) = exp((s_c / z_l - 1) / T)`` of one layer.
+
+    The strongest cluster gets probability 1. A layer whose strengths are all zero
+    (a dead layer) gets probability 1 everywhere: no information, no preference.
+    """
+    s = strengths.detach().double().clamp_min(0.0)
+    if not torch.isfinite(s).all():
+        raise InvalidArgumentError("cluster strengths must be finite (the weights hold NaN or inf).")
+    z = s.max()
+    if z <= 0:
+        return torch.ones_like(s)
+    return torch.exp((s / z - 1.0) / temperature)
+
+
+# --------------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class LinearForm:
+    """``constant + sum(coef * f[layer])``: a tensor dimension as a function of the
+    kept fractions ``f`` of the prunable layers that feed it (concatenations and
+    flattens give several layers or large coefficients)."""
+
+    constant: float = 0.0
+    coeffs: tuple[tuple[int, float], ...] = ()
+
+    def __call__(self, fractions: torch.Tensor) -> torch.Tensor:
+        value = torch.tensor(self.constant, dtype=torch.float64)
+        for layer, coef in self.coeffs:
+            value = value + coef * fractions[layer]
+        return value
+
+
+@dataclass(frozen=True)
+class ResourceTerm:
+    """``scale * prod(form(f) for form in factors)``, e.g. a conv weight's size is
+    ``k*k * out * in``."""
+
+    scale: float
+    factors: tuple[LinearForm, ...] = ()
+
+    def __call__(self, fractions: torch.Tensor) -> torch.Tensor:
+        value = torch.tensor(self.scale, dtype=torch.float64)
+        for form in self.factors:
+            value = value * form(fractions)
+        return value
+
+
+@dataclass(frozen=True)
+class ResourceModel:
+    """A network's resource (parameters or MACs) as a polynomial in the kept
+    fractions of its prunable layers.
+
+    With independent draws in different layers, ``E[out * in] = E[out] * E[in]``,
+    so evaluating at the *expected* fractions gives the expected resource exactly,
+    except for a dimension coupled to the same layer twice (rare; approximated).
+    """
+
+    terms: tuple[ResourceTerm, ...] = field(default_factory=tuple)
+
+    def __call__(self, fractions: torch.Tensor) -> float:
+        fractions = torch.as_tensor(fractions, dtype=torch.float64)
+        total = torch.tensor(0.0, dtype=torch.float64)
+        for term in self.terms:
+            total = total + term(fractions)
+        return float(total)
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+def expected_fractions(
+    probabilities: Sequence[torch.Tensor], min_channels: int = 1
+) -> torch.Tensor:
+    """Expected kept fraction of each layer, floors included (rounding ignored)."""
+    out = []
+    for p in probabilities:
+        n = p.numel()
+        out.append(max(float(p.sum()), float(min(min_channels, n))) / n)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def calibrate_multiplier(
+    encodings: Sequence[torch.Tensor],
+    resource: ResourceModel,
+    env: float,
+    min_channels: int = 1,
+    iterations: int = 60,
+) -> float:
+    """The multiplier ``m`` for which ``P_synth = min(1, m * P)`` gives an expected
+    resource of ``env`` times the parent's (``"budget"`` mode), by bisection.
+
+    Expected resource grows monotonically with ``m``; ``m = 1 / min(P)`` keeps
+    everything. If even the floors exceed the budget, the floors win.
+    """
+    full = resource(torch.ones(len(encodings), dtype=torch.float64))
+    target = env * full
+    lo, hi = 0.0, 1.0 / max(min(float(p.min()) for p in encodings), 1e-12)
+
+    def expected(m: float) -> float:
+        probs = [torch.clamp(m * p, max=1.0) for p in encodings]
+        return resource(expected_fractions(probs, min_channels))
+
+    if expected(hi) <= target:
+        return hi
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if expected(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def synthesis_probabilities(
+    strengths: Sequence[torch.Tensor],
+    config: SynthesisConfig,
+    resource: ResourceModel | None = None,
+) -> list[torch.Tensor]:
+    """``P_synth(c)`` for every cluster of every layer, per ``config.mode``."""
+    encodings = [synaptic_probability(s, config.temperature) for s in strengths]
+    if config.mode == "paper":
+        multiplier = config.env
+    else:
+        if resource is None:
+            raise InvalidArgumentError('mode="budget" needs a resource model of the network.')
+        multiplier = calibrate_multiplier(encodings, resource, config.env, config.min_channels)
+    return [torch.clamp(multiplier * p, max=1.0) for p in encodings]
+
+
+def derive_seed(seed: int, *stream: int) -> int:
+    """A 63-bit seed for ``(seed, *stream)`` that is the same in every process."""
+    if not _is_int(seed) or seed < 0:
+        raise InvalidArgumentError(f"seed must be an integer >= 0, got {seed!r}.")
+    state = np.random.SeedSequence([int(seed), *map(int, stream)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def enforce_floor_and_rounding(
+    keep: torch.Tensor, priority: torch.Tensor, min_channels: int, round_to: int | None
+) -> torch.Tensor:
+    """Revive the highest-``priority`` dropped clusters until the layer holds at
+    least ``min_channels`` and, with ``round_to``, a multiple of it (capped at the
+    layer's width). Never removes a survivor."""
+    n = keep.numel()
+    target = max(int(keep.sum()), min(min_channels, n))
+    if round_to:
+        target = min(n, -(-target // round_to) * round_to)
+    missing = target - int(keep.sum())
+    if missing <= 0:
+        return keep
+    keep = keep.clone()
+    dropped = (~keep).nonzero().flatten()
+    # stable sort so ties resolve by index, identically everywhere
+    order = torch.sort(priority[dropped], descending=True, stable=True).indices
+    keep[dropped[order[:missing]]] = True
+    return keep
+
+
+def synthesize(
+    strengths: Sequence[torch.Tensor],
+    config: SynthesisConfig,
+    seed: int,
+    resource: ResourceModel | None = None,
+) -> list[torch.Tensor]:
+    """Draw one offspring: a boolean keep-mask per layer.
+
+    Layers are drawn in the order given, each from its own generator seeded by
+    ``(seed, layer index)``, so the draw is the same in every process.
+    """
+    probabilities = synthesis_probabilities(strengths, config, resource)
+    masks = []
+    for index, p in enumerate(probabilities):
+        gen = torch.Generator().manual_seed(derive_seed(seed, index))
+        keep = torch.rand(p.numel(), generator=gen, dtype=torch.float64) < p
+        masks.append(enforce_floor_and_rounding(keep, p, config.min_channels, config.round_to))
+    return masks

@@ -1,0 +1,161 @@
+"""``EvolutionarySynthesisPruner``: evolutionary synthesis in torch-pruning's style."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ._surgery import PrunableLayer, Surgeon
+from .errors import InvalidArgumentError
+from .genetics import (
+    SynthesisConfig,
+    cluster_strength,
+    derive_seed,
+    synthesis_probabilities,
+    synthesize,
+)
+
+__all__ = ["EvolutionarySynthesisPruner"]
+
+Importance = Callable[..., torch.Tensor]
+
+
+class EvolutionarySynthesisPruner:
+    """Synthesises offspring networks from a parent by stochastic, strength-driven
+    removal of channel clusters (SquishedNets' evolutionary synthesis).
+
+    Clusters are torch-pruning groups: an output channel of a Conv/Linear plus
+    everything coupled to it (Fire's expand concat, the next squeeze's inputs,
+    residual adds, BatchNorm). The classifier's outputs are never pruned.
+
+    Args:
+        model: any CNN torch-pruning can trace.
+        env: environmental factor in (0, 1]; overrides ``config.env``.
+        config: a :class:`~squish_plugin.genetics.SynthesisConfig` (mode, resource,
+            floors, rounding, temperature). Default: ``mode="budget"`` on parameters,
+            so each generation keeps about ``env`` of its parent's parameters.
+        seed: the seed of generation ``g`` is derived from ``(seed, g)``; the same
+            seed gives the same lineage in any process.
+        example_inputs: a batch the model accepts; one 224x224 RGB image by default.
+        importance: cluster strength: ``"l1"`` (the filter's L1 norm, the default),
+            ``"l2"``, or a torch-pruning ``Importance`` (a callable on a group).
+        ignored_layers: extra modules whose output channels must be left alone.
+
+    Example:
+        >>> import torchvision
+        >>> from squish_plugin import EvolutionarySynthesisPruner
+        >>> model = torchvision.models.squeezenet1_1(num_classes=10)
+        >>> pruner = EvolutionarySynthesisPruner(model, env=0.9)
+        >>> child = pruner.step()          # model pruned in place and returned
+        >>> other = pruner.offspring()     # a new child; the parent stays intact
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        env: float | None = None,
+        *,
+        config: SynthesisConfig | None = None,
+        seed: int = 0,
+        example_inputs: torch.Tensor | None = None,
+        importance: str | Importance = "l1",
+        ignored_layers: Iterable[nn.Module] = (),
+    ) -> None:
+        config = config or SynthesisConfig()
+        if env is not None:
+            config = replace(config, env=env)
+        if not isinstance(importance, str) and not callable(importance):
+            raise InvalidArgumentError(
+                f"importance must be 'l1', 'l2' or a callable on a group, got {importance!r}."
+            )
+        if isinstance(importance, str) and importance not in ("l1", "l2"):
+            raise InvalidArgumentError(f"importance must be 'l1' or 'l2', got {importance!r}.")
+        derive_seed(seed)  # validates
+        self.model = model
+        self.config = config
+        self.seed = seed
+        self.importance = importance
+        self.generation = 0
+        self._example_inputs = example_inputs
+        self._ignored = tuple(ignored_layers)
+        self._surgeon = Surgeon(model, example_inputs, self._ignored)
+
+    # ----------------------------------------------------------------- genetics
+
+    @property
+    def layers(self) -> list[PrunableLayer]:
+        """The prunable layers (one per cluster family), in model order."""
+        return self._surgeon.layers
+
+    def strengths(self) -> list[torch.Tensor]:
+        """Strength of every cluster, one tensor per prunable layer."""
+        out = []
+        for layer in self._surgeon.layers:
+            if isinstance(self.importance, str):
+                weight = layer.module.weight
+                if getattr(layer.module, "transposed", False):
+                    weight = weight.transpose(0, 1)
+                out.append(cluster_strength(weight, self.importance))
+            else:
+                scores = torch.as_tensor(self.importance(self._surgeon.group(layer)))
+                out.append(scores.detach().float().flatten().abs())
+        return out
+
+    def probabilities(self) -> list[torch.Tensor]:
+        """``P_synth(c)``, the survival probability of every cluster this generation."""
+        resource = None
+        if self.config.mode == "budget":
+            resource = self._surgeon.resource_model(self.config.resource)
+        return synthesis_probabilities(self.strengths(), self.config, resource)
+
+    def sample(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Draw the next offspring's keep-masks, ``{layer name: bool mask}``,
+        without touching the model."""
+        if seed is None:
+            seed = derive_seed(self.seed, self.generation)
+        resource = None
+        if self.config.mode == "budget":
+            resource = self._surgeon.resource_model(self.config.resource)
+        masks = synthesize(self.strengths(), self.config, seed, resource)
+        return {layer.name: m for layer, m in zip(self._surgeon.layers, masks)}
+
+    # ----------------------------------------------------------------- offspring
+
+    def step(self, interactive: bool = False) -> nn.Module | Iterator:
+        """Synthesise the next generation in place and return the model.
+
+        With ``interactive=True``, return a generator of torch-pruning groups (the
+        channels to remove); the caller decides to ``group.prune()`` each one.
+        """
+        plan = self.sample()
+        self.generation += 1
+        if interactive:
+            return self._interactive(plan)
+        self._surgeon.prune(plan)
+        self._retrace()
+        return self.model
+
+    def _interactive(self, plan: dict[str, torch.Tensor]) -> Iterator:
+        yield from self._surgeon.drop_groups(plan)
+        self._retrace()
+
+    def offspring(self, seed: int | None = None) -> nn.Module:
+        """A new child of the current model; the parent and the generation counter
+        stay as they are. ``seed`` defaults to the next generation's seed."""
+        plan = self.sample(seed)
+        child = copy.deepcopy(self.model)
+        surgeon = Surgeon(child, self._example_inputs, self._mapped_ignored(child))
+        surgeon.prune(plan)
+        return child
+
+    def _mapped_ignored(self, other: nn.Module) -> list[nn.Module]:
+        names = self._surgeon.names
+        modules = dict(other.named_modules())
+        return [modules[names[m]] for m in self._ignored]
+
+    def _retrace(self) -> None:
+        self._surgeon = Surgeon(self.model, self._example_inputs, self._ignored)

@@ -1,0 +1,282 @@
+"""EvolutionarySynthesisPruner: physical removal, determinism, budgets, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch_pruning as tp
+import torchvision
+from torch import nn
+
+from squish_plugin import (
+    EvolutionarySynthesisPruner,
+    InvalidArgumentError,
+    SynthesisConfig,
+    UntraceableModelError,
+    squeezenet1_1_ancestor,
+)
+from squish_plugin._surgery import Surgeon
+
+SMALL = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _tv(name: str) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, num_classes=10)
+    # give BatchNorm non-trivial statistics so the equality check means something
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            g = torch.Generator().manual_seed(m.num_features)
+            m.running_mean.normal_(0, 0.1, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.normal_(0, 0.1, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "resnet18", "mobilenet_v2"])
+def test_physical_pruning_equals_zeroed_parent(name):
+    """Removing channels gives the same outputs as zeroing them in the parent."""
+    model = _tv(name)
+    pruner = EvolutionarySynthesisPruner(model, env=0.6, example_inputs=SMALL, seed=1)
+    plan = pruner.sample()
+    child = pruner.offspring()
+    masked = copy.deepcopy(model)
+    Surgeon(masked, SMALL).zero(plan)
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (child.eval()(x) - masked.eval()(x)).abs().max().item()
+    assert diff <= 1e-5
+    assert _params(child) < _params(model)
+    # and the removal is physical: fewer channels in the first prunable layer's weight
+    first = pruner.layers[0]
+    assert dict(child.named_modules())[first.name].weight.shape[0] == int(plan[first.name].sum())
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_0", "squeezenet1_1", "resnet18", "mobilenet_v2"])
+def test_any_torchvision_cnn_is_pruned_and_runs(name):
+    """Works for any CNN torch-pruning can trace; the classifier keeps its outputs."""
+    model = _tv(name)
+    child = EvolutionarySynthesisPruner(model, env=0.8, example_inputs=SMALL).step()
+    assert child(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert _params(child) < _params(_tv(name))
+
+
+def test_fire_concat_and_next_squeeze_follow():
+    """Pruning expand1x1/expand3x3 shrinks the next squeeze's and conv10's inputs."""
+    model = squeezenet1_1_ancestor(weights=None)
+    child = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL).step()
+    fires = [m for m in child.features if isinstance(m, torchvision.models.squeezenet.Fire)]
+    for fire, nxt in zip(fires, fires[1:]):
+        width = fire.expand1x1.out_channels + fire.expand3x3.out_channels
+        assert nxt.squeeze.in_channels == width
+        assert fire.expand1x1.in_channels == fire.expand3x3.in_channels == fire.squeeze.out_channels
+    conv10 = child.classifier[1]
+    assert conv10.in_channels == fires[-1].expand1x1.out_channels + fires[-1].expand3x3.out_channels
+    assert conv10.out_channels == 10
+
+
+def test_step_prunes_in_place_offspring_keeps_parent():
+    """step() shrinks the pruner's model; offspring() leaves the parent intact."""
+    model = squeezenet1_1_ancestor(weights=None)
+    before = _params(model)
+    pruner = EvolutionarySynthesisPruner(model, env=0.9, example_inputs=SMALL)
+    child = pruner.offspring()
+    assert _params(model) == before and pruner.generation == 0
+    assert _params(child) < before
+    same = pruner.step()
+    assert same is model and pruner.generation == 1
+    assert _params(model) == _params(child)  # offspring() previews the next step()
+
+
+def test_interactive_step_yields_groups():
+    """step(interactive=True) yields torch-pruning groups the caller prunes."""
+    model = squeezenet1_1_ancestor(weights=None)
+    pruner = EvolutionarySynthesisPruner(model, env=0.7, example_inputs=SMALL)
+    expected = _params(pruner.offspring())
+    groups = 0
+    for group in pruner.step(interactive=True):
+        assert isinstance(group, tp.Group)
+        group.prune()
+        groups += 1
+    assert groups > 0 and _params(model) == expected
+    assert model(SMALL).shape == (1, 10)
+
+
+def test_same_seed_same_offspring_other_seed_differs():
+    a = EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), seed=7).offspring()
+    b = EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), seed=7).offspring()
+    c = EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), seed=8).offspring()
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(sa[k].shape != sc[k].shape for k in sa)
+
+
+_CHILD_SCRIPT = """
+import hashlib, json, torch
+from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
+p = EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), env=0.8, seed=11)
+p.step(); child = p.step()
+h = hashlib.sha256()
+for k, v in sorted(child.state_dict().items()):
+    h.update(k.encode()); h.update(v.numpy().tobytes())
+print(json.dumps([h.hexdigest(), [m.out_channels for m in child.modules() if isinstance(m, torch.nn.Conv2d)]]))
+"""
+
+
+def test_same_seed_same_offspring_across_processes():
+    """Two fresh processes with different PYTHONHASHSEED synthesise identical offspring."""
+    outs = []
+    for hashseed in ("1", "987"):
+        env = dict(os.environ, PYTHONHASHSEED=hashseed, OMP_NUM_THREADS="1")
+        run = subprocess.run(
+            [sys.executable, "-c", _CHILD_SCRIPT], env=env, capture_output=True, text=True, check=True
+        )
+        outs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert outs[0] == outs[1]
+
+
+def test_budget_mode_keeps_env_of_parameters_on_pretrained_ancestor():
+    """mode='budget', env=0.9: mean offspring size over 10 seeds is 0.90 +/- 0.03."""
+    model = squeezenet1_1_ancestor(weights="imagenet")
+    pruner = EvolutionarySynthesisPruner(model, env=0.9, config=SynthesisConfig(mode="budget"))
+    parent = _params(model)
+    ratios = [_params(pruner.offspring(seed=s)) / parent for s in range(10)]
+    assert abs(sum(ratios) / 10 - 0.9) <= 0.03, ratios
+
+
+def test_budget_mode_on_macs():
+    """resource='macs' budgets multiply-accumulates instead of parameters."""
+    from squish_plugin import model_stats
+
+    model = squeezenet1_1_ancestor(weights="imagenet")
+    cfg = SynthesisConfig(mode="budget", resource="macs")
+    pruner = EvolutionarySynthesisPruner(model, env=0.7, config=cfg)
+    parent = model_stats(model)["macs"]
+    ratios = [model_stats(pruner.offspring(seed=s))["macs"] / parent for s in range(4)]
+    assert abs(sum(ratios) / 4 - 0.7) <= 0.05, ratios
+
+
+def test_resource_model_is_exact_for_a_given_draw():
+    """The parameter polynomial, at a draw's kept fractions, equals the child's count."""
+    model = _tv("resnet18")
+    pruner = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL)
+    plan = pruner.sample()
+    rm = Surgeon(model, SMALL).resource_model("params")
+    fractions = torch.tensor([plan[l.name].double().mean() for l in pruner.layers])
+    assert rm(fractions) == pytest.approx(_params(pruner.offspring()), abs=0.5)
+
+
+def test_fifteen_generations_still_run():
+    """15 chained steps with env=0.9 and no training leave a working network."""
+    model = squeezenet1_1_ancestor(weights="imagenet")
+    pruner = EvolutionarySynthesisPruner(model, env=0.9, example_inputs=SMALL)
+    for _ in range(15):
+        pruner.step()
+    assert model(torch.randn(2, 3, 224, 224)).shape == (2, 10)
+    assert 0.1 < _params(model) / 727626 < 0.4  # ~0.9**15 = 0.21
+    assert all(layer.width >= 1 for layer in pruner.layers)
+
+
+def test_paper_mode_literally_halves_parameters():
+    """mode='paper' keeps each cluster with env*P: about half the parameters at env=0.9."""
+    model = squeezenet1_1_ancestor(weights="imagenet")
+    pruner = EvolutionarySynthesisPruner(model, config=SynthesisConfig(env=0.9, mode="paper"))
+    probs = torch.cat(pruner.probabilities())
+    assert float(probs.max()) == pytest.approx(0.9)
+    ratio = _params(pruner.offspring()) / 727626
+    assert 0.3 < ratio < 0.75
+
+
+def test_ignored_layers_are_left_alone():
+    model = squeezenet1_1_ancestor(weights=None)
+    first = model.features[0]
+    pruner = EvolutionarySynthesisPruner(model, env=0.5, ignored_layers=[first], example_inputs=SMALL)
+    pruner.step()
+    assert first.out_channels == 64 and model.classifier[1].out_channels == 10
+
+
+def test_group_importance_is_pluggable():
+    """A torch-pruning Importance scores the clusters instead of the filter L1."""
+    model = squeezenet1_1_ancestor(weights="imagenet")
+    imp = tp.importance.GroupMagnitudeImportance(p=2)
+    pruner = EvolutionarySynthesisPruner(model, env=0.9, importance=imp)
+    default = EvolutionarySynthesisPruner(model, env=0.9)
+    assert any(not torch.allclose(a, b) for a, b in zip(pruner.strengths(), default.strengths()))
+    assert pruner.offspring()(SMALL).shape == (1, 10)
+
+
+@pytest.mark.parametrize("env", [0, -0.5, 1.01, float("nan"), "high"])
+def test_env_out_of_range_is_refused(env):
+    with pytest.raises(InvalidArgumentError, match="env must be"):
+        EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), env=env)
+
+
+def test_not_a_module_is_refused():
+    with pytest.raises(InvalidArgumentError, match="torch.nn.Module"):
+        EvolutionarySynthesisPruner("squeezenet", env=0.9)
+
+
+def test_wrong_example_inputs_are_refused():
+    with pytest.raises(InvalidArgumentError, match=r"example_inputs of shape \(1, 1, 32, 32\)"):
+        EvolutionarySynthesisPruner(
+            squeezenet1_1_ancestor(weights=None), example_inputs=torch.zeros(1, 1, 32, 32)
+        )
+
+
+class _Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x).detach()
+        return self.head(y).mean((2, 3))
+
+
+def test_untraceable_model_is_refused_with_layer_name():
+    with pytest.raises(UntraceableModelError, match="'conv'"):
+        EvolutionarySynthesisPruner(_Detached(), env=0.9, example_inputs=torch.zeros(1, 3, 8, 8))
+
+
+def test_failed_surgery_restores_the_model(monkeypatch):
+    """If torch-pruning fails half-way, nothing is left half-pruned."""
+    model = squeezenet1_1_ancestor(weights=None).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out_before = model(SMALL)
+    pruner = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL)
+    calls = {"n": 0}
+    real = tp.Group.prune
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(tp.Group, "prune", flaky)
+    with pytest.raises(UntraceableModelError, match="model restored"):
+        pruner.step()
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert torch.equal(model(SMALL), out_before)
+
+
+def test_trace_does_not_disturb_batchnorm_statistics():
+    """Building the graph runs forward in eval mode: running stats stay put."""
+    model = _tv("resnet18").train()
+    before = model.bn1.running_mean.clone()
+    EvolutionarySynthesisPruner(model, env=0.9, example_inputs=SMALL)
+    assert torch.equal(model.bn1.running_mean, before) and model.training

@@ -161,11 +161,8 @@ class LinearForm:
     constant: float = 0.0
     coeffs: tuple[tuple[int, float], ...] = ()
 
-    def __call__(self, fractions: torch.Tensor) -> torch.Tensor:
-        value = torch.tensor(self.constant, dtype=torch.float64)
-        for layer, coef in self.coeffs:
-            value = value + coef * fractions[layer]
-        return value
+    def __call__(self, fractions: Sequence[float]) -> float:
+        return self.constant + sum(coef * fractions[layer] for layer, coef in self.coeffs)
 
 
 @dataclass(frozen=True)
@@ -176,10 +173,10 @@ class ResourceTerm:
     scale: float
     factors: tuple[LinearForm, ...] = ()
 
-    def __call__(self, fractions: torch.Tensor) -> torch.Tensor:
-        value = torch.tensor(self.scale, dtype=torch.float64)
+    def __call__(self, fractions: Sequence[float]) -> float:
+        value = self.scale
         for form in self.factors:
-            value = value * form(fractions)
+            value *= form(fractions)
         return value
 
 
@@ -195,12 +192,10 @@ class ResourceModel:
 
     terms: tuple[ResourceTerm, ...] = field(default_factory=tuple)
 
-    def __call__(self, fractions: torch.Tensor) -> float:
-        fractions = torch.as_tensor(fractions, dtype=torch.float64)
-        total = torch.tensor(0.0, dtype=torch.float64)
-        for term in self.terms:
-            total = total + term(fractions)
-        return float(total)
+    def __call__(self, fractions: torch.Tensor | Sequence[float]) -> float:
+        # plain floats: this runs inside a bisection, tensors would be 10x slower
+        values = [float(f) for f in fractions]
+        return float(sum(term(values) for term in self.terms))
 
 
 # --------------------------------------------------------------------------- synthesis

@@ -24,6 +24,6 @@ for generation in range(1, 4):
     child = pruner.step()
     stats = model_stats(child)
     print(f"generation {generation:2d} params={stats['params']:>8,}  size={stats['size_mb']:.2f} MB  MACs={stats['macs']/1e6:.0f}M")
-save_pruned(child, "gen03.pt")
-again = load_pruned("gen03.pt")
-print("gen03.pt reloaded, output", tuple(again(torch.zeros(1, 3, 224, 224)).shape))
+save_pruned(child, "runs/gen03.pt")  # runs/ is created if missing
+again = load_pruned("runs/gen03.pt")
+print("runs/gen03.pt reloaded, output", tuple(again(torch.zeros(1, 3, 224, 224)).shape))

@@ -16,18 +16,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError, InvalidArgumentError
 
-__all__ = ["atomic_save", "load_pruned", "save_pruned"]
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "load_pruned", "save_pruned"]
 
 FORMAT = "squish-plugin/pruned-v1"
 
@@ -58,21 +59,41 @@ def _build(arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a reader
-    never sees half a file, and a crash leaves the old file intact."""
+@contextlib.contextmanager
+def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
+    """An open temp file beside ``path`` that replaces ``path`` only once written
+    and synced: a reader never sees half a file, a crash leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from other users
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (see :func:`_atomic_file`)."""
+    with _atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text atomically (see :func:`_atomic_file`)."""
+    with _atomic_file(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes atomically (see :func:`_atomic_file`)."""
+    with _atomic_file(path, "wb") as fh:
+        fh.write(data)
 
 
 def _layer_shapes(model: nn.Module) -> dict[str, list[int]]:

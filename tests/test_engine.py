@@ -1,0 +1,121 @@
+"""The evolution engine with user callables: records, checkpoints, resume, selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from squish_plugin import CheckpointError, InvalidArgumentError, load_pruned, squeezenet1_1_ancestor
+from squish_plugin.engine import evolve
+
+SMALL = torch.zeros(1, 3, 64, 64)
+
+
+def _batch(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 3, 64, 64, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+def train_fn(model, ctx):
+    """Two deterministic SGD steps on data drawn from ctx.seed."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for i in range(2):
+        x, y = _batch(ctx.seed + i)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def eval_fn(model):
+    x, y = _batch(12345)
+    with torch.no_grad():
+        logits = model(x)
+    return {"top1": float((logits.argmax(1) == y).float().mean() * 100), "top5": 0.0, "score": float(logits.sum())}
+
+
+def _evolve(run_dir, **kw):
+    kw.setdefault("generations", 3)
+    return evolve(
+        squeezenet1_1_ancestor(weights="imagenet"), train_fn=kw.pop("train", train_fn), eval_fn=eval_fn,
+        run_dir=run_dir, env=0.8, seed=5, example_inputs=SMALL, **kw,
+    )  # fmt: skip
+
+
+def _essence(records):
+    return [(r["generation"], r["seed"], r["params"], r["widths"], r["score"]) for r in records]
+
+
+def test_records_and_checkpoints(tmp_path):
+    """Each generation is recorded and checkpointed; sizes shrink; the lineage file is complete."""
+    lineage = _evolve(tmp_path)
+    recs = lineage.records
+    assert [r["generation"] for r in recs] == [0, 1, 2, 3]
+    assert recs[0]["params"] == 727_626 and recs[0]["parent"] is None
+    assert all(a["params"] > b["params"] for a, b in zip(recs, recs[1:]))
+    for key in ("size_mb", "macs", "widths", "top1", "top5", "train_seconds", "checkpoint"):
+        assert key in recs[-1]
+    on_disk = json.loads((tmp_path / "lineage.json").read_text())["records"]
+    assert _essence(on_disk) == _essence(recs)
+    child = load_pruned(tmp_path / recs[-1]["checkpoint"])
+    assert sum(p.numel() for p in child.parameters()) == recs[-1]["params"]
+
+
+def test_resume_after_interruption_reaches_same_lineage(tmp_path):
+    """Killed during generation 2, resumed: the same lineage as an uninterrupted run."""
+    full = _evolve(tmp_path / "full").records
+
+    def dying(model, ctx):
+        if ctx.generation == 2:
+            raise KeyboardInterrupt
+        train_fn(model, ctx)
+
+    with pytest.raises(KeyboardInterrupt):
+        _evolve(tmp_path / "cut", train=dying)
+    partial = json.loads((tmp_path / "cut" / "lineage.json").read_text())["records"]
+    assert [r["generation"] for r in partial] == [0, 1]
+    resumed = _evolve(tmp_path / "cut", resume=True).records
+    assert _essence(resumed) == _essence(full)
+
+
+def test_resume_refuses_other_seed_and_foreign_lineage(tmp_path):
+    _evolve(tmp_path, generations=0)
+    with pytest.raises(InvalidArgumentError, match="same seed"):
+        evolve(squeezenet1_1_ancestor(weights=None), train_fn=train_fn, eval_fn=eval_fn,
+               run_dir=tmp_path, seed=6, resume=True, generations=1, example_inputs=SMALL)  # fmt: skip
+    (tmp_path / "lineage.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        _evolve(tmp_path, resume=True)
+
+
+def test_natural_selection_keeps_fittest_offspring(tmp_path):
+    """With K offspring per generation the one with the best fitness becomes the parent."""
+    fitness_seen = []
+
+    def fitness(model, ctx):
+        value = -sum(p.numel() for p in model.parameters())  # prefer the smallest child
+        fitness_seen.append((ctx.generation, value))
+        return value
+
+    recs = _evolve(tmp_path, generations=1, offspring_per_generation=3, fitness_fn=fitness).records
+    cands = recs[1]["candidates"]
+    assert len(cands) == 3
+    assert recs[1]["params"] == min(c["params"] for c in cands)
+
+
+def test_reinitialized_offspring_lose_inherited_weights(tmp_path):
+    """reinitialize=True starts offspring from fresh weights (the heredity control)."""
+    inherit = _evolve(tmp_path / "a", generations=1).records[1]
+    fresh = _evolve(tmp_path / "b", generations=1, reinitialize=True).records[1]
+    assert inherit["widths"] == fresh["widths"] and inherit["score"] != fresh["score"]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"generations": -1}, "generations"), ({"offspring_per_generation": 0}, "offspring"), ({"bogus": 1}, "bogus")],
+)
+def test_bad_arguments(tmp_path, kw, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        _evolve(tmp_path, **kw)

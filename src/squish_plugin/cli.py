@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, TypeVar
 
 import typer
+
+from .errors import SquishError
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="squish-plugin",
@@ -36,6 +44,79 @@ def info() -> None:
         present = importlib.util.find_spec(module) is not None
         state = _version(module) if present else f"absent (pip install 'squish-plugin[{extra}]')"
         typer.echo(f"optional {module}: {state}")
+
+
+def _guard(action: Callable[[], T], resume_hint: Path | None = None) -> T:
+    """Run ``action``; a library error becomes one line on stderr and exit code 2."""
+    try:
+        return action()
+    except SquishError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        hint = f"; resume with: squish-plugin run --resume {resume_hint}" if resume_hint else ""
+        typer.echo(f"interrupted{hint}", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe, e.g. examples/quickstart.yaml")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a recipe key: a.b=value")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and print the resolved recipe only")] = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
+) -> None:
+    """Run a SquishedNets study: ancestor -> generations -> lineage -> report."""
+    import yaml
+
+    from .recipe import load_recipe
+    from .study import check_data, new_run_dir, read_run_recipe, run_study
+
+    if (recipe is None) == (resume is None):
+        typer.echo("error: give either a recipe file or --resume RUN_DIR, not both or neither.", err=True)
+        raise typer.Exit(2)
+    if resume is not None and (set_ or dry_run):
+        typer.echo("error: --resume continues a run as it was recorded; --set and --dry-run do not apply.", err=True)
+        raise typer.Exit(2)
+    if resume is not None:
+        resolved = _guard(lambda: read_run_recipe(resume))
+        _guard(lambda: run_study(resolved, run_dir=resume, resume=True), resume_hint=resume)
+        return
+    resolved = _guard(lambda: load_recipe(recipe, set_ or []))
+    if dry_run:
+        _guard(lambda: check_data(resolved))
+        typer.echo(yaml.safe_dump(resolved.model_dump(), sort_keys=False).rstrip())
+        typer.echo("dry run: recipe valid, nothing trained or written.")
+        return
+    run_dir = new_run_dir(resolved)
+    _guard(lambda: run_study(resolved, run_dir=run_dir), resume_hint=run_dir)
+
+
+data_app = typer.Typer(help="Build datasets for the study.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("imagenet10")
+def data_imagenet10(
+    imagenet_root: Annotated[Path, typer.Option("--imagenet-root", help="local ILSVRC-2012 with train/ and val/")],
+    out: Annotated[Path, typer.Option("--out", help="where to write train/ and val/ of ImageNet-10")],
+    cellphone: Annotated[str, typer.Option(help="wnid for the paper's 'cell phone': n03584254 (as listed; ILSVRC's iPod) or n02992529 (cellular telephone)")] = "n03584254",
+    copy: Annotated[bool, typer.Option("--copy", help="copy files instead of symlinking")] = False,
+    ground_truth: Annotated[Path | None, typer.Option(help="labels for a flat val/ folder")] = None,
+) -> None:
+    """Build the paper's ImageNet-10 subset from a local ILSVRC-2012 (links, not copies)."""
+    from .data import build_imagenet10
+
+    typer.echo(
+        "note: the paper lists n03584254 for 'cell phone'; in ILSVRC-2012 that wnid is 'iPod', "
+        "while 'cellular telephone' is n02992529 (choose with --cellphone)."
+    )
+    counts = _guard(
+        lambda: build_imagenet10(
+            imagenet_root, out, cellphone=cellphone, link=not copy, devkit_ground_truth=ground_truth
+        )
+    )
+    typer.echo(f"ImageNet-10 written to {out}: {counts}")
 
 
 @app.callback()

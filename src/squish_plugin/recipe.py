@@ -1,0 +1,187 @@
+"""Study recipes: YAML validated by a typed schema, ``--set a.b=c`` overrides.
+
+Every error is one sentence naming the key path and what is allowed.
+
+Example:
+    >>> from squish_plugin.recipe import Recipe
+    >>> Recipe.model_validate({"name": "demo", "data": {"root": "data"}}).evolution.env
+    0.9
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InvalidArgumentError
+
+__all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe"]
+
+
+class RecipeError(InvalidArgumentError):
+    """A recipe key is unknown, mistyped or out of range."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    arch: Literal["squeezenet1_1_ancestor"] = "squeezenet1_1_ancestor"
+    num_classes: int | None = Field(None, ge=1, description="default: the number of data classes")
+    weights: str | None = "imagenet"
+    head: Literal["pretrained", "random"] = "random"
+
+
+class DataSection(_Section):
+    root: str
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: list[str] | None = None
+    train_size: int = Field(128, ge=32, le=1024)
+    eval_size: int = Field(224, ge=32, le=1024)
+    cache_dir: str | None = None
+
+
+class TrainSection(_Section):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    ancestor_epochs: float = Field(3, ge=0)
+    epochs_per_generation: float = Field(1, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(5.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    channels_last: bool = True
+    threads: int = Field(2, ge=1, le=256)
+    eval_batch_size: int = Field(64, ge=1, le=4096)
+
+
+class EvolutionSection(_Section):
+    generations: int = Field(15, ge=0, le=1000)
+    env: float = Field(0.9, gt=0, le=1)
+    mode: Literal["paper", "budget"] = "budget"
+    resource: Literal["params", "macs"] = "params"
+    min_channels: int = Field(1, ge=1)
+    round_to: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    importance: Literal["l1", "l2"] = "l1"
+    offspring_per_generation: int = Field(1, ge=1, le=64)
+    reinitialize: bool = False
+
+
+class SquishedNetsSection(_Section):
+    sizes_mb: list[float] = [2.4, 2.0, 1.3, 0.95]
+    rule: Literal["first_below", "pareto"] = "first_below"
+
+    @field_validator("sizes_mb")
+    @classmethod
+    def _decreasing(cls, v: list[float]) -> list[float]:
+        if not v or any(x <= 0 for x in v) or any(a <= b for a, b in zip(v, v[1:])):
+            raise ValueError("must be positive sizes in strictly decreasing order")
+        return v
+
+
+class OutputSection(_Section):
+    dir: str = "runs"
+
+
+class Recipe(_Section):
+    """A whole study: ancestor, data, training, evolution, naming, output."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    seed: int = Field(0, ge=0)
+    model: ModelSection = ModelSection()
+    data: DataSection
+    train: TrainSection = TrainSection()
+    evolution: EvolutionSection = EvolutionSection()
+    squishednets: SquishedNetsSection = SquishedNetsSection()
+    output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _head_needs_weights(self) -> Recipe:
+        if self.model.head == "pretrained" and self.model.weights is None:
+            raise ValueError("model.head 'pretrained' needs model.weights (e.g. 'imagenet')")
+        return self
+
+
+def _sentence(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{path}'; check the spelling against the documented recipe keys."
+    if err["type"] == "missing":
+        return f"{source}: required key '{path}' is missing."
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"{source}: '{path}' {msg[0].lower() + msg[1:]}{shown}."
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item or not item.split("=", 1)[0].strip():
+        raise RecipeError(f"override {item!r} must look like key.path=value, e.g. train.lr=0.01.")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return ``data`` with each ``a.b=c`` applied (values parsed as YAML scalars)."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {item!r}: '{key}' is not a section.")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping of sections, got {type(data).__name__}.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_sentence(exc, source)) from None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    section = data.get("data")
+    if isinstance(section, dict):
+        for key in ("root", "cache_dir"):
+            value = section.get(key)
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                section[key] = str((base / value).resolve())
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe. Relative ``data.root`` and
+    ``data.cache_dir`` are resolved against the recipe file's folder, or against the
+    working directory when given as an override."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise RecipeError(f"recipe file '{path}' is not valid YAML{where}.") from None
+    if isinstance(data, dict):
+        _resolve_paths(data, path.parent)  # the recipe's own paths: relative to the file
+        data = apply_overrides(data, overrides or [])
+        _resolve_paths(data, Path.cwd())  # paths given with --set: relative to the shell
+    return validate_recipe(data, str(path))

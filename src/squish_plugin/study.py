@@ -1,0 +1,172 @@
+"""The study: a recipe in, a run directory with lineage, checkpoints and report out.
+
+Example:
+    >>> from squish_plugin.recipe import load_recipe
+    >>> from squish_plugin.study import run_study
+    >>> run_dir = run_study(load_recipe("examples/quickstart.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .data import LoadedSplit, load_split
+from .engine import GenerationContext, evolve
+from .errors import InvalidArgumentError
+from .genetics import SynthesisConfig
+from .models import squeezenet1_1_ancestor
+from .persistence import atomic_write_text
+from .recipe import Recipe, validate_recipe
+from .report import select_squishednets, write_report
+from .training import TrainSettings, evaluate, train
+
+__all__ = ["check_data", "new_run_dir", "run_study"]
+
+RECIPE_FILE = "recipe.yaml"
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def check_data(recipe: Recipe) -> None:
+    """Cheap checks (no decoding) that the recipe's data folders exist."""
+    root = Path(recipe.data.root)
+    if not root.is_dir():
+        raise InvalidArgumentError(
+            f"data root '{root}' does not exist; set data.root (e.g. --set data.root=/path/to/imagenette2-224)."
+        )
+    for split in (recipe.data.train_split, recipe.data.val_split):
+        if not (root / split).is_dir():
+            raise InvalidArgumentError(
+                f"data root '{root}' has no '{split}' folder; expected {root}/{split}/<class>/<image files>."
+            )
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    """``<output.dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
+    base = Path(recipe.output.dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def read_run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe a run directory was started with (for ``--resume``)."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise InvalidArgumentError(f"'{run_dir}' is not a run directory: it has no {RECIPE_FILE}.")
+    return validate_recipe(yaml.safe_load(path.read_text()), str(path))
+
+
+def _settings(recipe: Recipe) -> TrainSettings:
+    t = recipe.train
+    return TrainSettings(
+        optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        batch_size=t.batch_size, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
+        label_smoothing=t.label_smoothing, channels_last=t.channels_last,
+    )  # fmt: skip
+
+
+def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
+    m = recipe.model
+    num_classes = m.num_classes or len(classes)
+    if num_classes != len(classes):
+        raise InvalidArgumentError(
+            f"model.num_classes is {num_classes} but the data has {len(classes)} classes."
+        )
+    head = None
+    if m.head == "pretrained":
+        bad = [c for c in classes if not _WNID.match(c)]
+        if bad:
+            raise InvalidArgumentError(
+                f"model.head 'pretrained' needs ImageNet wnid class folders; '{bad[0]}' is not one."
+            )
+        head = list(classes)
+    return squeezenet1_1_ancestor(num_classes, weights=m.weights, head=head, seed=recipe.seed)
+
+
+class _Display:
+    """rich progress: one bar for generations, one for the training steps of the
+    current network, and a one-line summary per generation."""
+
+    def __init__(self, console: Console, generations: int) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        )  # fmt: skip
+        self.gen_task = self.progress.add_task("generations", total=generations + 1, info="")
+        self.step_task = self.progress.add_task("training", total=1, info="")
+
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        self.progress.update(self.step_task, completed=step, total=total, info=f"loss {loss:.3f}")
+
+    def on_generation(self, record: dict[str, Any]) -> None:
+        self.progress.update(self.gen_task, completed=record["generation"] + 1)
+        self.console.print(
+            f"gen {record['generation']:2d}  params {record['params']:>9,}  {record['size_mb']:.2f} MB  "
+            f"MACs {record['macs'] / 1e6:6.1f}M  top-1 {record['top1']:5.1f}%  top-5 {record['top5']:5.1f}%  "
+            f"train {record['train_seconds']:.0f}s"
+        )
+
+
+def _load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
+    d = recipe.data
+    check_data(recipe)
+    train_split = load_split(d.root, d.train_split, d.train_size, classes=d.classes, cache_dir=d.cache_dir, train=True)
+    val_split = load_split(
+        d.root, d.val_split, d.eval_size, classes=list(train_split.classes), cache_dir=d.cache_dir, train=False
+    )
+    return train_split, val_split
+
+
+def run_study(
+    recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, console: Console | None = None
+) -> Path:
+    """Run (or resume) the whole study of ``recipe``; return the run directory."""
+    console = console or Console()
+    torch.set_num_threads(recipe.train.threads)
+    train_split, val_split = _load_data(recipe)
+    ancestor = _ancestor(recipe, train_split.classes)
+    run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
+    console.print(f"run directory: {run_dir}")
+    settings = _settings(recipe)
+    evo = recipe.evolution
+    display = _Display(console, evo.generations)
+
+    def train_fn(model: torch.nn.Module, ctx: GenerationContext) -> None:
+        epochs = recipe.train.ancestor_epochs if ctx.generation == 0 else recipe.train.epochs_per_generation
+        display.progress.update(display.step_task, description=f"training gen {ctx.generation}")
+        train(model, train_split, settings, epochs=epochs, seed=ctx.seed, on_step=display.on_step)
+
+    def eval_fn(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate(model, val_split, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last)
+
+    config = SynthesisConfig(
+        env=evo.env, mode=evo.mode, resource=evo.resource, min_channels=evo.min_channels,
+        round_to=evo.round_to, temperature=evo.temperature,
+    )  # fmt: skip
+    size = recipe.data.eval_size
+    with display.progress:
+        lineage = evolve(
+            ancestor, train_fn=train_fn, eval_fn=eval_fn, run_dir=run_dir,
+            generations=evo.generations, seed=recipe.seed, config=config,
+            offspring_per_generation=evo.offspring_per_generation, resume=resume,
+            importance=evo.importance, reinitialize=evo.reinitialize,
+            on_generation=display.on_generation, example_inputs=torch.zeros(1, 3, size, size),
+        )  # fmt: skip
+    squished = select_squishednets(lineage.records, recipe.squishednets.sizes_mb, recipe.squishednets.rule)
+    write_report(run_dir, lineage.records, squishednets=squished, recipe=recipe.model_dump(), title=f"SquishedNets study: {recipe.name}")
+    console.print(f"report: {run_dir / 'report.md'}")
+    return run_dir

@@ -1,0 +1,114 @@
+"""Training and evaluation loops for the study (CPU-friendly, seeded).
+
+Example:
+    >>> from squish_plugin.training import TrainSettings
+    >>> TrainSettings().optimizer
+    'sgd'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import LoadedSplit, iterate_batches
+
+__all__ = ["TrainSettings", "evaluate", "train"]
+
+StepCallback = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser and schedule of one training phase (see the recipe's ``train``)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    warmup_steps: int = 0
+    grad_clip: float | None = 5.0
+    label_smoothing: float = 0.0
+    channels_last: bool = True
+
+
+def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.momentum > 0)
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up (calms the large gradients right after a pruning), then cosine to 0."""
+    if warmup and step < warmup:
+        return (step + 1) / (warmup + 1)
+    span = max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def train(
+    model: nn.Module,
+    split: LoadedSplit,
+    settings: TrainSettings,
+    *,
+    epochs: float,
+    seed: int,
+    on_step: StepCallback | None = None,
+) -> dict[str, float]:
+    """Train ``model`` in place for ``epochs`` (fractions allowed) passes over ``split``;
+    batch order and augmentation come from ``seed`` alone."""
+    steps_per_epoch = math.ceil(len(split.labels) / settings.batch_size)
+    total = math.ceil(epochs * steps_per_epoch)
+    if total <= 0:
+        return {"steps": 0, "loss": float("nan")}
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = _optimizer(model, settings)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, total, settings.warmup_steps))
+    gen = torch.Generator().manual_seed(seed)
+    step, running = 0, 0.0
+    while step < total:
+        for images, labels in iterate_batches(
+            split, settings.batch_size, train=True, generator=gen, channels_last=settings.channels_last
+        ):
+            loss = F.cross_entropy(model(images), labels, label_smoothing=settings.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
+            if on_step:
+                on_step(step, total, running)
+            if step >= total:
+                break
+    return {"steps": step, "loss": running}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: LoadedSplit, *, batch_size: int = 64, channels_last: bool = True
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy in percent on ``split`` (no augmentation)."""
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    correct1 = correct5 = total = 0
+    for images, labels in iterate_batches(split, batch_size, train=False, channels_last=channels_last):
+        logits = model(images)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        correct1 += int((top[:, 0] == labels).sum())
+        correct5 += int((top == labels[:, None]).any(1).sum())
+        total += len(labels)
+    return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1)}

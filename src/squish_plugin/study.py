@@ -113,9 +113,9 @@ class _Display:
     def on_generation(self, record: dict[str, Any]) -> None:
         self.progress.update(self.gen_task, completed=record["generation"] + 1)
         self.console.print(
-            f"gen {record['generation']:2d}  params {record['params']:>9,}  {record['size_mb']:.2f} MB  "
-            f"MACs {record['macs'] / 1e6:6.1f}M  top-1 {record['top1']:5.1f}%  top-5 {record['top5']:5.1f}%  "
-            f"train {record['train_seconds']:.0f}s"
+            f"gen {record['generation']:2d} {record['params']:>9,} params {record['size_mb']:5.2f} MB "
+            f"{record['macs'] / 1e6:6.1f}M MACs  top-1 {record['top1']:5.1f}%  {record['train_seconds']:4.0f}s",
+            soft_wrap=True,
         )
 
 

@@ -1,0 +1,109 @@
+"""End to end through the CLI: the quickstart study, interruption and resume, and the
+paper's recipe on a fake ILSVRC-2012 built from the real ImageNet-10 sample photos."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from squish_plugin import study
+from squish_plugin.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+
+
+def _only_run(out: Path) -> Path:
+    runs = list(out.iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_quickstart_runs_end_to_end(tmp_path):
+    """The README's main job: real images, 3 generations, lineage + report + plots."""
+    result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), "--set", f"output.dir={tmp_path / 'runs'}"])
+    assert result.exit_code == 0, result.output
+    run = _only_run(tmp_path / "runs")
+    rows = list(csv.DictReader((run / "generations.csv").open()))
+    assert [int(r["generation"]) for r in rows] == [0, 1, 2, 3]
+    params = [int(r["params"]) for r in rows]
+    assert params[0] == 727_626 and all(a > b for a, b in zip(params, params[1:]))
+    assert float(rows[0]["top1"]) > 50  # pretrained features on real photos: far above chance (10%)
+    report = (run / "report.md").read_text()
+    assert "Reduction vs AlexNet" in report and "SquishedNet-1" in report
+    for name in ("top1_vs_size.png", "widths.png", "recipe.yaml", "lineage.json"):
+        assert (run / name).stat().st_size > 0
+    assert len(list((run / "checkpoints").glob("gen_*.pt"))) == 4
+
+
+def test_interrupted_run_resumes_to_the_same_lineage(tmp_path, monkeypatch):
+    """Ctrl-C during generation 2 exits 130 with a resume hint; --resume completes
+    the run with the same lineage as an uninterrupted one."""
+    common = ["--set", "evolution.generations=2", "--set", "train.ancestor_epochs=0.5",
+              "--set", "train.epochs_per_generation=0.5"]  # fmt: skip
+    recipe = str(EXAMPLES / "quickstart.yaml")
+    ok = runner.invoke(app, ["run", recipe, *common, "--set", f"output.dir={tmp_path / 'full'}"])
+    assert ok.exit_code == 0, ok.output
+    real_train = study.train
+
+    def dying(model, split, settings, *, epochs, seed, on_step=None):
+        if dying.calls == 2:
+            raise KeyboardInterrupt
+        dying.calls += 1
+        return real_train(model, split, settings, epochs=epochs, seed=seed, on_step=on_step)
+
+    dying.calls = 0
+    monkeypatch.setattr(study, "train", dying)
+    cut = runner.invoke(app, ["run", recipe, *common, "--set", f"output.dir={tmp_path / 'cut'}"])
+    assert cut.exit_code == 130 and "--resume" in cut.output
+    monkeypatch.setattr(study, "train", real_train)
+    run = _only_run(tmp_path / "cut")
+    resumed = runner.invoke(app, ["run", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+
+    def essence(path: Path):
+        recs = json.loads((path / "lineage.json").read_text())["records"]
+        return [(r["generation"], r["params"], r["widths"], r["top1"]) for r in recs]
+
+    assert essence(run) == essence(_only_run(tmp_path / "full"))
+
+
+def _fake_ilsvrc(samples: Path, root: Path) -> None:
+    """train/<wnid>/ and val/<wnid>/ linking the sample photos (the same photos in both:
+    enough to exercise the pipeline, not to measure anything)."""
+    for split in ("train", "val"):
+        for wnid_dir in samples.iterdir():
+            if wnid_dir.is_dir():
+                dest = root / split / wnid_dir.name
+                dest.mkdir(parents=True)
+                for img in wnid_dir.iterdir():
+                    (dest / img.name).symlink_to(img.resolve())
+
+
+def test_paper_recipe_on_imagenet10_built_from_local_ilsvrc(tmp_path, shared_dir):
+    """`data imagenet10` builds the paper's subset; squeezenet10.yaml runs on it."""
+    _fake_ilsvrc(shared_dir / "data" / "imagenet10-samples", tmp_path / "ilsvrc")
+    built = runner.invoke(app, ["data", "imagenet10", "--imagenet-root", str(tmp_path / "ilsvrc"), "--out", str(tmp_path / "in10")])
+    assert built.exit_code == 0, built.output
+    assert "iPod" in built.output
+    assert sorted(p.name for p in (tmp_path / "in10" / "train").iterdir()) == sorted(
+        ["n02783161", "n03584254", "n03085013", "n04548362", "n04557648",
+         "n07930864", "n04037443", "n03782006", "n03793489", "n04409515"]
+    )  # fmt: skip
+    result = runner.invoke(app, [
+        "run", str(EXAMPLES / "squeezenet10.yaml"), "--set", f"data.root={tmp_path / 'in10'}",
+        "--set", "evolution.generations=1", "--set", "train.ancestor_epochs=1", "--set", "train.epochs_per_generation=1",
+        "--set", "data.train_size=64", "--set", "data.eval_size=64", "--set", f"output.dir={tmp_path / 'runs'}",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    recs = json.loads((_only_run(tmp_path / "runs") / "lineage.json").read_text())["records"]
+    assert len(recs) == 2 and recs[1]["params"] < recs[0]["params"]

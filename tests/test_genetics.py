@@ -154,3 +154,11 @@ def test_config_rejects_bad_values(kwargs, field):
     """Out-of-range settings fail with a sentence naming the field."""
     with pytest.raises(InvalidArgumentError, match=field):
         SynthesisConfig(**kwargs)
+
+
+def test_restricted_resource_model_holds_other_layers_full():
+    """restrict() frees some layers and holds the others at fraction 1."""
+    rm = _dense_chain([4, 8, 2])
+    sub = rm.restrict([1], 3)
+    for f in (0.25, 0.5, 1.0):
+        assert sub(torch.tensor([f])) == rm(torch.tensor([1.0, f, 1.0]))

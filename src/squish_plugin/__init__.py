@@ -8,7 +8,8 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import CheckpointError, InvalidArgumentError, SquishError, UntraceableModelError
+from .engine import GenerationContext, Lineage, evolve
+from .errors import CheckpointError, InvalidArgumentError, MissingExtraError, SquishError, UntraceableModelError
 from .genetics import SynthesisConfig
 from .models import (
     IMAGENET10_WNIDS,
@@ -31,11 +32,15 @@ __all__ = [
     "IMAGENETTE_WNIDS",
     "CheckpointError",
     "EvolutionarySynthesisPruner",
+    "GenerationContext",
+    "Lineage",
     "InvalidArgumentError",
+    "MissingExtraError",
     "SquishError",
     "SynthesisConfig",
     "UntraceableModelError",
     "__version__",
+    "evolve",
     "imagenet_classes",
     "imagenet_index",
     "load_pruned",

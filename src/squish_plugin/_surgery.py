@@ -157,7 +157,8 @@ class Surgeon:
             )
         return graph
 
-    def _is_out(self, dep: object) -> bool:
+    def is_out(self, dep: object) -> bool:
+        """Whether a group member prunes its module's output channels."""
         return self.graph.is_out_channel_pruning_fn(dep.handler)  # type: ignore[attr-defined]
 
     def _find_layers(self) -> list[PrunableLayer]:
@@ -175,7 +176,7 @@ class Surgeon:
                 continue
             width = pruner.get_out_channels(module)
             group = self.graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-            coupled = {dep.target.module for dep, _ in group if self._is_out(dep)}
+            coupled = {dep.target.module for dep, _ in group if self.is_out(dep)}
             visited |= coupled
             if coupled & protected or width < 1:
                 continue
@@ -237,7 +238,7 @@ class Surgeon:
         for group in self.drop_groups(plan):
             for dep, idxs in group:
                 module = dep.target.module
-                if not self._is_out(dep) or not isinstance(module, nn.Module):
+                if not self.is_out(dep) or not isinstance(module, nn.Module):
                     continue
                 for pname in ("weight", "bias"):
                     param = getattr(module, pname, None)
@@ -253,7 +254,7 @@ class Surgeon:
         in_dims: dict[nn.Module, dict[int, int]] = {}
         for index, layer in enumerate(self.layers):
             for dep, idxs in self.group(layer):
-                target = out_dims if self._is_out(dep) else in_dims
+                target = out_dims if self.is_out(dep) else in_dims
                 target.setdefault(dep.target.module, {})[index] = len(idxs)
         batch = max(int(self.example_inputs.shape[0]), 1)
         terms: list[ResourceTerm] = []

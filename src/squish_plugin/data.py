@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from PIL import Image
 
 from ._imagenet10 import build_imagenet10
 from .errors import InvalidArgumentError
+from .persistence import atomic_file
 
 __all__ = ["IMAGE_EXTENSIONS", "LoadedSplit", "build_imagenet10", "iterate_batches", "load_split"]
 
@@ -270,15 +270,8 @@ def _write_cache(path: Path, array: np.ndarray) -> None:
     """Atomic (a temp file in the same folder, then os.replace, so readers never see half a
     file); then drops older versions of the same dataset."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
         for stale in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.npy"):
             if stale != path:
                 stale.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "InvalidArgumentError",
+    "MissingExtraError",
     "SquishError",
     "UntraceableModelError",
 ]
@@ -20,6 +21,10 @@ class InvalidArgumentError(SquishError, ValueError):
 
 class UntraceableModelError(SquishError):
     """torch-pruning could not trace the model with the given example inputs."""
+
+
+class MissingExtraError(SquishError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
 
 
 class CheckpointError(SquishError):

@@ -43,6 +43,7 @@ __all__ = [
     "calibrate_multiplier",
     "cluster_strength",
     "derive_seed",
+    "draw",
     "enforce_floor_and_rounding",
     "expected_fractions",
     "synaptic_probability",
@@ -192,6 +193,19 @@ class ResourceModel:
 
     terms: tuple[ResourceTerm, ...] = field(default_factory=tuple)
 
+    def restrict(self, active: Sequence[int], size: int) -> ResourceModel:
+        """The same resource with only the layers ``active`` (indices among ``size``)
+        free, renumbered 0..len(active)-1; every other layer is held at fraction 1."""
+        index = {layer: i for i, layer in enumerate(active)}
+
+        def form(f: LinearForm) -> LinearForm:
+            fixed = f.constant + sum(c for layer, c in f.coeffs if layer not in index)
+            return LinearForm(fixed, tuple((index[layer], c) for layer, c in f.coeffs if layer in index))
+
+        if any(not 0 <= layer < size for layer in active):
+            raise InvalidArgumentError(f"active layer indices must lie in 0..{size - 1}.")
+        return ResourceModel(tuple(ResourceTerm(t.scale, tuple(form(f) for f in t.factors)) for t in self.terms))
+
     def __call__(self, fractions: torch.Tensor | Sequence[float]) -> float:
         # plain floats: this runs inside a bisection, tensors would be 10x slower
         values = [float(f) for f in fractions]
@@ -289,21 +303,26 @@ def enforce_floor_and_rounding(
     return keep
 
 
+def draw(
+    probabilities: Sequence[torch.Tensor], seed: int, min_channels: int = 1, round_to: int | None = None
+) -> list[torch.Tensor]:
+    """Random mutation: keep each cluster with its probability, one boolean mask per
+    layer, then apply the floor and rounding. Layer ``i`` draws from its own
+    generator seeded by ``(seed, i)``, so the draw is the same in every process."""
+    masks = []
+    for index, p in enumerate(probabilities):
+        gen = torch.Generator().manual_seed(derive_seed(seed, index))
+        keep = torch.rand(p.numel(), generator=gen, dtype=torch.float64) < p
+        masks.append(enforce_floor_and_rounding(keep, p, min_channels, round_to))
+    return masks
+
+
 def synthesize(
     strengths: Sequence[torch.Tensor],
     config: SynthesisConfig,
     seed: int,
     resource: ResourceModel | None = None,
 ) -> list[torch.Tensor]:
-    """Draw one offspring: a boolean keep-mask per layer.
-
-    Layers are drawn in the order given, each from its own generator seeded by
-    ``(seed, layer index)``, so the draw is the same in every process.
-    """
+    """Draw one offspring from cluster strengths: a boolean keep-mask per layer."""
     probabilities = synthesis_probabilities(strengths, config, resource)
-    masks = []
-    for index, p in enumerate(probabilities):
-        gen = torch.Generator().manual_seed(derive_seed(seed, index))
-        keep = torch.rand(p.numel(), generator=gen, dtype=torch.float64) < p
-        masks.append(enforce_floor_and_rounding(keep, p, config.min_channels, config.round_to))
-    return masks
+    return draw(probabilities, seed, config.min_channels, config.round_to)

@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import CheckpointError, InvalidArgumentError
 
-__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "load_pruned", "save_pruned"]
+__all__ = ["atomic_file", "atomic_save", "atomic_write_bytes", "atomic_write_text", "load_pruned", "save_pruned"]
 
 FORMAT = "squish-plugin/pruned-v1"
 
@@ -60,7 +60,7 @@ def _build(arch: dict[str, Any]) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
     """An open temp file beside ``path`` that replaces ``path`` only once written
     and synced: a reader never sees half a file, a crash leaves the old one."""
     path = Path(path)
@@ -79,20 +79,20 @@ def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically (see :func:`_atomic_file`)."""
-    with _atomic_file(path, "wb") as fh:
+    """``torch.save`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, "wb") as fh:
         torch.save(obj, fh)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text atomically (see :func:`_atomic_file`)."""
-    with _atomic_file(path, "w") as fh:
+    """Write text atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, "w") as fh:
         fh.write(text)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes atomically (see :func:`_atomic_file`)."""
-    with _atomic_file(path, "wb") as fh:
+    """Write bytes atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, "wb") as fh:
         fh.write(data)
 
 

@@ -1,0 +1,201 @@
+"""The NNI face: our pruner as an NNI 3 Pruner, and physical application of any NNI masks."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+pytest.importorskip("nni")
+
+from squish_plugin import InvalidArgumentError, MissingExtraError  # noqa: E402
+from squish_plugin.nni import EvolutionarySynthesisPruner, apply_masks  # noqa: E402
+
+X1 = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+X = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def _model(name):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, num_classes=10).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            g = torch.Generator().manual_seed(m.num_features)
+            m.running_mean.normal_(0, 0.1, generator=g)
+            m.bias.data.normal_(0, 0.1, generator=g)
+    return model
+
+
+CONFIGS = {
+    "squeezenet1_1": [{"op_types": ["Conv2d"], "exclude_op_names": ["classifier.1"]}],
+    "resnet18": [{"op_types": ["Conv2d", "BatchNorm2d"]}],
+}
+
+
+def _ours(model, name, seed=0, config=None):
+    pruner = EvolutionarySynthesisPruner(model, config or CONFIGS[name], env=0.7, seed=seed, example_inputs=X1)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    return masks
+
+
+@torch.no_grad()
+def _masked(model, masks):
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    for name, targets in masks.items():
+        for target, mask in targets.items():
+            if mask is not None:  # NNI lists a None mask for a missing bias
+                getattr(modules[name], target).mul_(mask)
+    return masked
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "resnet18"])
+def test_our_masks_applied_physically_equal_the_masked_model(name):
+    """compress() masks + apply_masks: same outputs as the masked model, fewer parameters."""
+    model = _model(name)
+    masks = _ours(model, name)
+    masked = _masked(model, masks)
+    small = apply_masks(copy.deepcopy(model), masks, X1)
+    with torch.no_grad():
+        assert (small(X) - masked(X)).abs().max().item() <= 1e-5
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_masks_are_nni_format_and_classifier_untouched():
+    masks = _ours(_model("squeezenet1_1"), "squeezenet1_1")
+    assert "classifier.1" not in masks
+    w = masks["features.0"]["weight"]
+    assert w.shape == (64, 3, 3, 3) and set(w.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(masks["features.0"]["bias"], w[:, 0, 0, 0])
+
+
+def test_config_list_exclusions_respected():
+    """exclude_op_names and op_names decide which layers are synthesised."""
+    config = [{"op_types": ["Conv2d"], "exclude_op_names": ["classifier.1", "features.0", "features.3.squeeze"]}]
+    masks = _ours(_model("squeezenet1_1"), "squeezenet1_1", config=config)
+    assert "features.0" not in masks and "features.3.squeeze" not in masks and "features.3.expand1x1" in masks
+    only = [{"op_names": ["features.12.expand3x3"]}]
+    masks = _ours(_model("squeezenet1_1"), "squeezenet1_1", config=only)
+    assert sorted(masks) == ["features.12.expand3x3"]
+    small = apply_masks(_model("squeezenet1_1"), masks, X1)
+    assert small.features[0].out_channels == 64
+    assert small.features[12].expand3x3.out_channels == int(masks["features.12.expand3x3"]["bias"].sum())
+
+
+_SCRIPT = """
+import hashlib, json, torch, torchvision
+from squish_plugin.nni import EvolutionarySynthesisPruner
+torch.manual_seed(0)
+m = torchvision.models.squeezenet1_1(num_classes=10)
+p = EvolutionarySynthesisPruner(m, [{"op_types": ["Conv2d"], "exclude_op_names": ["classifier.1"]}],
+                                env=0.7, seed=3, example_inputs=torch.zeros(1, 3, 64, 64))
+_, masks = p.compress()
+h = hashlib.sha256()
+for name in sorted(masks):
+    for t in sorted(masks[name]):
+        h.update(name.encode()); h.update(masks[name][t].numpy().tobytes())
+print(json.dumps(h.hexdigest()))
+"""
+
+
+def test_same_seed_same_masks_across_processes():
+    """NNI iterates in hash order; our masks do not depend on it."""
+    outs = []
+    for hashseed in ("0", "4242"):
+        env = dict(os.environ, PYTHONHASHSEED=hashseed, OMP_NUM_THREADS="1")
+        run = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
+        outs.append(run.stdout.strip().splitlines()[-1])
+    assert outs[0] == outs[1]
+
+
+def test_different_seeds_different_masks():
+    a = _ours(_model("squeezenet1_1"), "squeezenet1_1", seed=1)
+    b = _ours(_model("squeezenet1_1"), "squeezenet1_1", seed=2)
+    assert any(not torch.equal(a[k]["weight"], b[k]["weight"]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "pruner_name, name",
+    [("L1NormPruner", "squeezenet1_1"), ("L2NormPruner", "squeezenet1_1"), ("FPGMPruner", "squeezenet1_1"),
+     ("L1NormPruner", "resnet18")],
+)  # fmt: skip
+def test_builtin_nni_masks_apply_physically(pruner_name, name):
+    """NNI's own pruners' masks become a physically smaller, equivalent network
+    (on resnet18 their conv-only masks are propagated to BatchNorm, as ModelSpeedup does)."""
+    from nni.compression import pruning
+
+    model = _model(name)
+    excl = ["classifier.1"] if name == "squeezenet1_1" else ["fc"]
+    pruner = getattr(pruning, pruner_name)(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "exclude_op_names": excl}])
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    before = sum(p.numel() for p in model.parameters())
+    small = apply_masks(copy.deepcopy(model), masks, X1)
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * before
+    assert small(X).shape == (4, 10)
+
+
+def test_taylor_masks_apply_physically():
+    import nni
+    from nni.compression import TorchEvaluator
+    from nni.compression.pruning import TaylorPruner
+
+    model = _model("squeezenet1_1")
+    batches = [(X, torch.tensor([0, 1, 2, 3]))] * 2
+
+    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        model.train()
+        for step, batch in enumerate(batches * (max_steps or 1)):
+            optimizers.zero_grad()
+            training_step(batch, model).backward()
+            optimizers.step()
+            if max_steps and step + 1 >= max_steps:
+                return
+
+    evaluator = TorchEvaluator(
+        training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01), lambda b, m: F.cross_entropy(m(b[0]), b[1])
+    )
+    pruner = TaylorPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "exclude_op_names": ["classifier.1"]}], evaluator, training_steps=2)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    small = apply_masks(model.eval(), masks, X1)
+    assert sum(p.numel() for p in small.parameters()) < 400_000
+
+
+def test_unstructured_masks_are_refused_by_the_equality_check():
+    """A mask that zeroes part of a filter cannot become a smaller network: the
+    elementwise zeros stay and nothing is removed that would change the outputs."""
+    model = _model("squeezenet1_1")
+    mask = torch.ones(64, 3, 3, 3)
+    mask[:, :, 0, 0] = 0
+    small = apply_masks(copy.deepcopy(model), {"features.0": {"weight": mask}}, X1)
+    assert small.features[0].out_channels == 64  # nothing fully masked, nothing removed
+
+
+def test_bad_masks_are_named():
+    with pytest.raises(InvalidArgumentError, match="nope"):
+        apply_masks(_model("squeezenet1_1"), {"nope": {"weight": torch.ones(1)}}, X1)
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        apply_masks(_model("squeezenet1_1"), {"features.0": {"weight": torch.ones(3)}}, X1)
+
+
+def test_missing_nni_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nni", None)
+    monkeypatch.setitem(sys.modules, "nni.compression", None)
+    monkeypatch.setitem(sys.modules, "nni.compression.base", None)
+    monkeypatch.setitem(sys.modules, "nni.compression.base.compressor", None)
+    monkeypatch.delitem(sys.modules, "squish_plugin.nni")
+    with pytest.raises(MissingExtraError, match=r"squish-plugin\[nni\]"):
+        importlib.import_module("squish_plugin.nni")
+    monkeypatch.undo()
+    importlib.import_module("squish_plugin.nni")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 
-__all__ = ["render_plots"]
+__all__ = ["render_comparison", "render_plots"]
 
 _DPI = 120
 
@@ -94,3 +94,28 @@ def _widths(Figure, records):
     fig.colorbar(im, ax=ax, label="width / ancestor width", fraction=0.05, pad=0.02)
     return fig
 
+
+
+def render_comparison(rows: Sequence[Mapping]) -> bytes | None:
+    """Top-1 vs parameters, one line per method (PNG bytes), or ``None`` without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(7.5, 4.8), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "evolutionary", m))
+    for method in methods:
+        pts = sorted((r["params"], r["top1"]) for r in rows if r["method"] == method)
+        style = {"lw": 2.5, "color": "tab:red", "zorder": 3} if method == "evolutionary" else {"lw": 1.2}
+        ax.plot([p / 1e3 for p, _ in pts], [t for _, t in pts], marker="o", label=method, **style)
+    ax.invert_xaxis()
+    ax.set_xlabel("parameters (thousands)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Same sizes, same schedule, same training budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return buf.getvalue()

@@ -91,6 +91,20 @@ def run(
     _guard(lambda: run_study(resolved, run_dir=run_dir), resume_hint=run_dir)
 
 
+@app.command()
+def compare(
+    recipe: Annotated[Path, typer.Argument(help="comparison recipe, e.g. examples/compare.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a recipe key: a.b=value")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="continue a comparison in this directory")] = None,
+) -> None:
+    """Classic pruners (NNI L1/L2/FPGM/Taylor, torch-pruning magnitude/random) on a run's schedule."""
+    from .comparison import run_comparison
+    from .recipe import load_compare_recipe
+
+    resolved = _guard(lambda: load_compare_recipe(recipe, set_ or []))
+    _guard(lambda: run_comparison(resolved, out_dir=resume), resume_hint=None)
+
+
 data_app = typer.Typer(help="Build datasets for the study.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

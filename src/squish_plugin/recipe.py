@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe"]
+__all__ = ["CompareRecipe", "Recipe", "RecipeError", "apply_overrides", "load_compare_recipe", "load_recipe"]
 
 
 class RecipeError(InvalidArgumentError):
@@ -167,21 +167,63 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 section[key] = str((base / value).resolve())
 
 
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}' does not exist.")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise RecipeError(f"recipe file '{path}' is not valid YAML{where}.") from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe. Relative ``data.root`` and
     ``data.cache_dir`` are resolved against the recipe file's folder, or against the
     working directory when given as an override."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file '{path}' does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise RecipeError(f"recipe file '{path}' is not valid YAML{where}.") from None
+    data = _read_yaml(path)
     if isinstance(data, dict):
         _resolve_paths(data, path.parent)  # the recipe's own paths: relative to the file
         data = apply_overrides(data, overrides or [])
         _resolve_paths(data, Path.cwd())  # paths given with --set: relative to the shell
     return validate_recipe(data, str(path))
+
+
+COMPARE_METHODS = ("nni-l1", "nni-l2", "nni-fpgm", "nni-taylor", "tp-magnitude", "tp-random")
+
+
+class CompareRecipe(_Section):
+    """A head-to-head against classic pruners on an evolutionary run's own schedule."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    run: str = Field(description="run directory of `squish-plugin run` to compare against")
+    methods: list[Literal[COMPARE_METHODS]] = list(COMPARE_METHODS)  # type: ignore[valid-type]
+    tolerance: float = Field(0.02, gt=0, le=0.1)
+    output: OutputSection = OutputSection()
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must list at least one method, each once")
+        return v
+
+
+def load_compare_recipe(path: str | Path, overrides: list[str] | None = None) -> CompareRecipe:
+    """Read, override and validate a comparison recipe; a relative ``run`` is
+    relative to the recipe file (or to the working directory when overridden)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping.")
+    if isinstance(data.get("run"), str) and not Path(data["run"]).is_absolute():
+        data["run"] = str((path.parent / data["run"]).resolve())
+    data = apply_overrides(data, overrides or [])
+    if isinstance(data.get("run"), str):
+        data["run"] = str(Path(data["run"]).expanduser().resolve())
+    try:
+        return CompareRecipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_sentence(exc, str(path))) from None

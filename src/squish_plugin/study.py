@@ -24,7 +24,7 @@ from .errors import InvalidArgumentError
 from .genetics import SynthesisConfig
 from .models import squeezenet1_1_ancestor
 from .persistence import atomic_write_text
-from .recipe import Recipe, validate_recipe
+from .recipe import Recipe, _resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .training import TrainSettings, evaluate, train
 
@@ -63,7 +63,10 @@ def read_run_recipe(run_dir: Path) -> Recipe:
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise InvalidArgumentError(f"'{run_dir}' is not a run directory: it has no {RECIPE_FILE}.")
-    return validate_recipe(yaml.safe_load(path.read_text()), str(path))
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict):
+        _resolve_paths(data, Path(run_dir))  # a moved or committed run may hold relative paths
+    return validate_recipe(data, str(path))
 
 
 def _settings(recipe: Recipe) -> TrainSettings:

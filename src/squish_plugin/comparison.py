@@ -1,0 +1,163 @@
+"""``squish-plugin compare``: run the baselines of :mod:`squish_plugin.compare` on an
+evolutionary run's schedule and write the table, CSV and Pareto plot.
+
+Example:
+    >>> from squish_plugin.recipe import load_compare_recipe
+    >>> from squish_plugin.comparison import run_comparison
+    >>> out = run_comparison(load_compare_recipe("examples/compare.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+
+from ._plots import render_comparison
+from .compare import PruneContext, prune_to, read_lineage_records
+from .engine import write_json_atomic
+from .errors import InvalidArgumentError
+from .genetics import derive_seed
+from .models import model_stats
+from .persistence import atomic_write_bytes, atomic_write_text, load_pruned
+from .data import LoadedSplit
+from .recipe import CompareRecipe, Recipe
+from .report import select_squishednets
+from .study import _load_data, _settings, read_run_recipe
+from .training import evaluate, train
+
+__all__ = ["COLUMNS", "run_comparison"]
+
+COLUMNS = ("method", "squishednet", "generation", "params", "size_mb", "macs", "epochs", "top1", "top5")
+RESULTS = "results.json"
+
+
+def _targets(records: list[dict], run_recipe) -> tuple[dict[int, str], int]:
+    named = select_squishednets(records, run_recipe.squishednets.sizes_mb, run_recipe.squishednets.rule)
+    gens = {e["generation"]: e["name"] for e in named if e["generation"] is not None}
+    if not gens:
+        raise InvalidArgumentError("the run names no SquishedNet yet: let it run more generations first.")
+    return gens, max(gens)
+
+
+def _ours(records: list[dict], gens: dict[int, str], epochs) -> list[dict[str, Any]]:
+    by_gen = {r["generation"]: r for r in records}
+    return [
+        {"method": "evolutionary", "squishednet": name, "generation": g, "params": by_gen[g]["params"],
+         "size_mb": by_gen[g]["size_mb"], "macs": by_gen[g]["macs"], "epochs": epochs(g),
+         "top1": by_gen[g]["top1"], "top5": by_gen[g]["top5"]}
+        for g, name in sorted(gens.items())
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every baseline shares: the run's recipe, its data, the epoch count, the tolerance."""
+
+    run_recipe: Recipe
+    train_split: LoadedSplit
+    val_split: LoadedSplit
+    epochs: Callable[[int], float]
+    tolerance: float
+
+
+def _baseline(method, ancestor, records, gens, last, setup: _Setup, console) -> list[dict[str, Any]]:
+    run_recipe, train_split, val_split, epochs = setup.run_recipe, setup.train_split, setup.val_split, setup.epochs
+    settings = _settings(run_recipe)
+    size = run_recipe.data.eval_size
+    example = torch.zeros(1, 3, size, size)
+    model, rows = ancestor, []
+    for g in range(1, last + 1):
+        seed = derive_seed(run_recipe.seed, g, 0, 1)  # the run's training seed of generation g
+        ctx = PruneContext(example, train_split, seed, run_recipe.train.batch_size)
+        model = prune_to(model, method, records[g]["params"], ctx, tolerance=setup.tolerance)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            train(model, train_split, settings, epochs=run_recipe.train.epochs_per_generation, seed=seed)
+        if g in gens:
+            metrics = evaluate(model, val_split, batch_size=run_recipe.train.eval_batch_size)
+            stats = model_stats(model, example)
+            rows.append({"method": method, "squishednet": gens[g], "generation": g, "params": stats["params"],
+                         "size_mb": stats["size_mb"], "macs": stats["macs"], "epochs": epochs(g), **metrics})  # fmt: skip
+            console.print(f"{method:13s} {gens[g]}  {stats['params']:>9,} params  top-1 {metrics['top1']:5.1f}%")
+    return rows
+
+
+def _markdown(recipe: CompareRecipe, rows: list[dict], run_dir: Path) -> str:
+    lines = [
+        f"# Comparison: {recipe.name}",
+        "",
+        f"Against the evolutionary run `{run_dir}`.",
+        "",
+        "Protocol: every method starts from the run's trained ancestor (`gen_00.pt`) and follows the",
+        "run's schedule: at generation g it is pruned to the run's parameter count of generation g",
+        f"(within {recipe.tolerance:.0%}) and trained for the run's `epochs_per_generation` with the same",
+        "optimiser, data, resolution and seed. Baselines prune every layer by one uniform ratio (the",
+        "classifier excluded), as one NNI `config_list` entry does; NNI masks are applied physically",
+        "through torch-pruning. `epochs` counts all training epochs since the pretrained weights.",
+        "",
+        "| method | SquishedNet | generation | params | size (MB) | MACs (M) | epochs | top-1 (%) | top-5 (%) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["generation"], r["method"] != "evolutionary", r["method"])):
+        lines.append(
+            f"| {r['method']} | {r['squishednet']} | {r['generation']} | {r['params']:,} | {r['size_mb']:.3f} "
+            f"| {r['macs'] / 1e6:.1f} | {r['epochs']:g} | {r['top1']:.2f} | {r['top5']:.2f} |"
+        )
+    lines += ["", "![top-1 vs parameters](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def _write(out: Path, recipe: CompareRecipe, rows: list[dict], run_dir: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["method"], r["generation"])))
+    atomic_write_text(out / "comparison.csv", buf.getvalue())
+    png = render_comparison(rows)
+    if png is not None:
+        atomic_write_bytes(out / "pareto.png", png)
+    atomic_write_text(out / "comparison.md", _markdown(recipe, rows, run_dir))
+
+
+def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, console: Console | None = None) -> Path:
+    """Run every baseline of ``recipe`` (skipping those already in ``out_dir``'s
+    results, so a killed comparison resumes) and write the comparison files."""
+    console = console or Console()
+    run_dir = Path(recipe.run)
+    records = read_lineage_records(run_dir)
+    run_recipe = read_run_recipe(run_dir)
+    gens, last = _targets(records, run_recipe)
+    torch.set_num_threads(run_recipe.train.threads)
+    out = out_dir or Path(recipe.output.dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.yaml", yaml.safe_dump(recipe.model_dump(), sort_keys=False))
+    done = json.loads((out / RESULTS).read_text()) if (out / RESULTS).is_file() else {}
+    t = run_recipe.train
+
+    def epochs(g: int) -> float:
+        return t.ancestor_epochs + g * t.epochs_per_generation
+
+    done["evolutionary"] = _ours(records, gens, epochs)
+    train_split, val_split = _load_data(run_recipe)
+    ancestor = load_pruned(run_dir / records[0]["checkpoint"])
+    for method in recipe.methods:
+        if method in done:
+            continue
+        console.print(f"[bold]{method}[/]: generations 1..{last} on the run's schedule")
+        setup = _Setup(run_recipe, train_split, val_split, epochs, recipe.tolerance)
+        done[method] = _baseline(method, ancestor, records, gens, last, setup, console)
+        write_json_atomic(out / RESULTS, done)
+    write_json_atomic(out / RESULTS, done)
+    _write(out, recipe, [row for rows in done.values() for row in rows], run_dir)
+    console.print(f"comparison: {out / 'comparison.md'}")
+    return out

@@ -1,0 +1,78 @@
+"""`squish-plugin compare`: baselines on an evolutionary run's schedule, at its sizes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+from typer.testing import CliRunner
+
+from squish_plugin import InvalidArgumentError
+from squish_plugin.cli import app
+from squish_plugin.compare import METHODS, PruneContext, prune_to
+
+pytest.importorskip("nni")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if m != "nni-taylor"))
+def test_prune_to_hits_target_within_tolerance(method):
+    """Every baseline reaches a given parameter count within 2%, physically."""
+    model = torchvision.models.squeezenet1_1(num_classes=10).eval()
+    ctx = PruneContext(torch.zeros(1, 3, 64, 64), None, seed=0)
+    child = prune_to(model, method, 400_000, ctx)
+    got = sum(p.numel() for p in child.parameters())
+    assert abs(got / 400_000 - 1) <= 0.02
+    assert child(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_unknown_method_and_unreachable_target():
+    model = torchvision.models.squeezenet1_1(num_classes=10).eval()
+    ctx = PruneContext(torch.zeros(1, 3, 64, 64), None, seed=0)
+    with pytest.raises(InvalidArgumentError, match="unknown method"):
+        prune_to(model, "magic", 400_000, ctx)
+    with pytest.raises(InvalidArgumentError, match="could not reach"):
+        prune_to(model, "tp-magnitude", 10, ctx)
+
+
+def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
+    """End to end: a 2-generation quickstart run, then two baselines on its schedule;
+    table, CSV (one row per method and SquishedNet) and Pareto plot are written."""
+    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+    ran = runner.invoke(app, [
+        "run", str(EXAMPLES / "quickstart.yaml"), "--set", "evolution.generations=2",
+        "--set", "train.ancestor_epochs=0.5", "--set", "train.epochs_per_generation=0.5",
+        "--set", f"output.dir={tmp_path / 'runs'}",
+    ])  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    run_dir = next((tmp_path / "runs").iterdir())
+    recipe = tmp_path / "compare.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "c", "run": str(run_dir), "methods": ["tp-magnitude", "nni-l1"],
+                                      "output": {"dir": str(tmp_path / "cmp")}}))  # fmt: skip
+    result = runner.invoke(app, ["compare", str(recipe)])
+    assert result.exit_code == 0, result.output
+    out = next((tmp_path / "cmp").iterdir())
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert {r["method"] for r in rows} == {"evolutionary", "tp-magnitude", "nni-l1"}
+    ours = {r["generation"]: int(r["params"]) for r in rows if r["method"] == "evolutionary"}
+    for r in rows:
+        assert abs(int(r["params"]) / ours[r["generation"]] - 1) <= 0.02
+        assert float(r["epochs"]) == 0.5 + 0.5 * int(r["generation"])
+    assert "Protocol" in (out / "comparison.md").read_text()
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_recipe_errors(tmp_path):
+    recipe = tmp_path / "c.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "c", "run": str(tmp_path), "methods": ["nni-magic"]}))
+    result = runner.invoke(app, ["compare", str(recipe)])
+    assert result.exit_code == 2 and "'methods.0'" in result.output
+    recipe.write_text(yaml.safe_dump({"name": "c", "run": str(tmp_path)}))
+    result = runner.invoke(app, ["compare", str(recipe)])
+    assert result.exit_code == 2 and "lineage.json" in result.output

@@ -22,7 +22,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
-OPTIONAL = {"nni": "nni"}
+#: optional module -> how to get it
+OPTIONAL = {
+    "nni": "pip install 'squish-plugin[nni]'",
+    "onnx": "pip install 'squish-plugin[export]'",
+    "onnxsim": "pip install 'squish-plugin[export]'",
+    "onnxruntime": "pip install 'squish-plugin[export]'",
+    "tensorrt": "NVIDIA's tensorrt wheel on a GPU host, or JetPack on a Jetson",
+}
 
 
 def _version(dist: str) -> str:
@@ -39,9 +46,9 @@ def info() -> None:
     typer.echo(f"python {platform.python_version()}")
     for dist in ("torch", "torchvision", "torch-pruning", "typer"):
         typer.echo(f"{dist} {_version(dist)}")
-    for module, extra in OPTIONAL.items():
+    for module, hint in OPTIONAL.items():
         present = importlib.util.find_spec(module) is not None
-        state = _version(module) if present else f"absent (pip install 'squish-plugin[{extra}]')"
+        state = _version(module) if present else f"absent ({hint})"
         typer.echo(f"optional {module}: {state}")
 
 
@@ -103,6 +110,63 @@ def compare(
 
     resolved = _guard(lambda: load_compare_recipe(recipe, set_ or []))
     _guard(lambda: run_comparison(resolved, out_dir=resume), resume_hint=None)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory of `squish-plugin run`")],
+    opset: Annotated[int, typer.Option(help="ONNX opset (<= 13 for TensorRT 8.2 on the Jetson TX1)")] = 13,
+    batch: Annotated[int | None, typer.Option(help="fixed batch size; default: dynamic batch")] = None,
+    size: Annotated[int, typer.Option(help="input height and width")] = 224,
+) -> None:
+    """Export the ancestor and every SquishedNet of a run to ONNX (+ onnxsim), checked."""
+    from .deploy.runs import export_run
+
+    manifest = _guard(lambda: export_run(run_dir, opset=opset, batch=batch, size=size))
+    for name, info in manifest["models"].items():
+        unsupported = ", ".join(info["unsupported_ops"]) or "none"
+        typer.echo(f"{name:15s} {info['path']}  max|diff| {info['max_abs_diff']:.1e}  ops unsupported by TensorRT 8.2: {unsupported}")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def bench(
+    target: Annotated[list[str], typer.Argument(help="RUN_DIR, or: kit RUN_DIR --out DIR, or: collect RESULTS_DIR --into RUN_DIR")],
+    backend: Annotated[str, typer.Option(help="pytorch | onnxruntime | tensorrt | trtexec")] = "onnxruntime",
+    batch: Annotated[int, typer.Option(help="images per batch")] = 32,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 (tensorrt, trtexec)")] = "fp32",
+    threads: Annotated[int, typer.Option(help="CPU threads (pytorch, onnxruntime)")] = 2,
+    warmup: Annotated[int, typer.Option(help="untimed batches first")] = 3,
+    runs: Annotated[int, typer.Option(help="timed batches")] = 10,
+    trtexec: Annotated[str | None, typer.Option(help="path to trtexec")] = None,
+    out: Annotated[Path | None, typer.Option(help="kit: where to write the Jetson kit")] = None,
+    into: Annotated[Path | None, typer.Option(help="collect: the run directory to fill")] = None,
+) -> None:
+    """Throughput of a run's exported models; `bench kit` builds the Jetson TX1 kit,
+    `bench collect` brings the device's results into the run's report."""
+    from .deploy import runs as deploy
+
+    verb, args = (target[0], target[1:]) if target[0] in ("kit", "collect") else ("run", target)
+    if len(args) != 1:
+        typer.echo("error: give exactly one directory (see squish-plugin bench --help).", err=True)
+        raise typer.Exit(2)
+    if verb == "kit":
+        if out is None:
+            typer.echo("error: bench kit needs --out DIR.", err=True)
+            raise typer.Exit(2)
+        path = _guard(lambda: deploy.kit_for_run(args[0], out, batch=batch))
+        typer.echo(f"Jetson kit written to {path}; see {path / 'README.md'}")
+    elif verb == "collect":
+        if into is None:
+            typer.echo("error: bench collect needs --into RUN_DIR.", err=True)
+            raise typer.Exit(2)
+        results = _guard(lambda: deploy.collect_into_run(args[0], into))
+        typer.echo(f"{len(results)} results collected; report: {into / 'report.md'}")
+    else:
+        results = _guard(lambda: deploy.bench_run(args[0], backend=backend, batch=batch, precision=precision,
+                                                  threads=threads, warmup=warmup, runs=runs, trtexec=trtexec))  # fmt: skip
+        for r in results:
+            typer.echo(f"{r['model']:15s} {r['images_per_second']:8.1f} img/s  median {r['latency_ms']['median']:.1f} ms/batch"
+                       f"  p90 {r['latency_ms']['p90']:.1f}  ({r['backend']} {r['precision']}, batch {r['batch']})")  # fmt: skip
 
 
 data_app = typer.Typer(help="Build datasets for the study.", no_args_is_help=True)

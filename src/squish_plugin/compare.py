@@ -21,7 +21,6 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -175,12 +174,3 @@ def prune_to(
             f"(closest {best[0]:+.1%})."
         )
     return best[1]
-
-
-def read_lineage_records(run_dir: Path) -> list[dict]:
-    import json
-
-    path = Path(run_dir) / "lineage.json"
-    if not path.is_file():
-        raise InvalidArgumentError(f"'{run_dir}' has no lineage.json: point compare.run at a finished `squish-plugin run`.")
-    return json.loads(path.read_text())["records"]

@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 
 from ._plots import render_comparison
-from .compare import PruneContext, prune_to, read_lineage_records
+from .compare import PruneContext, prune_to
 from .engine import write_json_atomic
 from .errors import InvalidArgumentError
 from .genetics import derive_seed
@@ -32,7 +32,7 @@ from .persistence import atomic_write_bytes, atomic_write_text, load_pruned
 from .data import LoadedSplit
 from .recipe import CompareRecipe, Recipe
 from .report import select_squishednets
-from .study import _load_data, _settings, read_run_recipe
+from .study import _load_data, _settings, read_lineage, read_run_recipe
 from .training import evaluate, train
 
 __all__ = ["COLUMNS", "run_comparison"]
@@ -134,7 +134,7 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     results, so a killed comparison resumes) and write the comparison files."""
     console = console or Console()
     run_dir = Path(recipe.run)
-    records = read_lineage_records(run_dir)
+    records = read_lineage(run_dir)
     run_recipe = read_run_recipe(run_dir)
     gens, last = _targets(records, run_recipe)
     torch.set_num_threads(run_recipe.train.threads)

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -28,9 +29,10 @@ from .recipe import Recipe, _resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .training import TrainSettings, evaluate, train
 
-__all__ = ["check_data", "new_run_dir", "run_study"]
+__all__ = ["check_data", "new_run_dir", "read_lineage", "rewrite_report", "run_study", "squishednet_models"]
 
 RECIPE_FILE = "recipe.yaml"
+THROUGHPUT_FILE = "throughput.json"
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -169,7 +171,40 @@ def run_study(
             importance=evo.importance, reinitialize=evo.reinitialize,
             on_generation=display.on_generation, example_inputs=torch.zeros(1, 3, size, size),
         )  # fmt: skip
-    squished = select_squishednets(lineage.records, recipe.squishednets.sizes_mb, recipe.squishednets.rule)
-    write_report(run_dir, lineage.records, squishednets=squished, recipe=recipe.model_dump(), title=f"SquishedNets study: {recipe.name}")
+    rewrite_report(run_dir, recipe, lineage.records)
     console.print(f"report: {run_dir / 'report.md'}")
     return run_dir
+
+
+def squishednet_models(run_dir: Path) -> dict[str, int]:
+    """``{"ancestor": 0, "squishednet-1": g1, ...}``: the networks a run deploys."""
+    recipe = read_run_recipe(run_dir)
+    records = read_lineage(run_dir)
+    named = select_squishednets(records, recipe.squishednets.sizes_mb, recipe.squishednets.rule)
+    models = {"ancestor": 0}
+    for entry in named:
+        if entry["generation"] is not None:
+            models[entry["name"].lower()] = entry["generation"]
+    return models
+
+
+def read_lineage(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "lineage.json"
+    if not path.is_file():
+        raise InvalidArgumentError(f"'{run_dir}' has no lineage.json: is it a finished `squish-plugin run`?")
+    return json.loads(path.read_text())["records"]
+
+
+def rewrite_report(run_dir: Path, recipe: Recipe | None = None, records: list[dict] | None = None) -> Path:
+    """(Re)write a run's report, with the throughput column from ``throughput.json``
+    when a benchmark has filled it."""
+    recipe = recipe or read_run_recipe(run_dir)
+    records = records or read_lineage(run_dir)
+    squished = select_squishednets(records, recipe.squishednets.sizes_mb, recipe.squishednets.rule)
+    tp_path = Path(run_dir) / THROUGHPUT_FILE
+    throughput = json.loads(tp_path.read_text()) if tp_path.is_file() else None
+    if throughput:
+        throughput = {"label": throughput["label"], "values": {int(k): v for k, v in throughput["values"].items()}}
+    write_report(run_dir, records, squishednets=squished, recipe=recipe.model_dump(), throughput=throughput,
+                 title=f"SquishedNets study: {recipe.name}")  # fmt: skip
+    return Path(run_dir) / "report.md"

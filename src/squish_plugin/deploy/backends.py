@@ -1,0 +1,132 @@
+"""Throughput backends behind one interface; the same method everywhere: warm-up runs,
+then timed runs of one batch each, median and p90 latency, images/s = batch / median.
+
+Every backend returns the same JSON-able dict (schema ``squish-plugin/bench-v1``).
+
+Example:
+    >>> from squish_plugin.deploy.backends import BACKENDS
+    >>> sorted(BACKENDS)
+    ['onnxruntime', 'pytorch', 'tensorrt', 'trtexec']
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgumentError, MissingExtraError
+
+__all__ = ["BACKENDS", "SCHEMA", "latency_summary", "result"]
+
+SCHEMA = "squish-plugin/bench-v1"
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """Per-batch latency statistics in milliseconds."""
+    ms = sorted(s * 1e3 for s in seconds)
+    return {
+        "median": statistics.median(ms),
+        "p90": float(np.percentile(ms, 90)),
+        "mean": statistics.fmean(ms),
+        "min": ms[0],
+        "max": ms[-1],
+    }
+
+
+def result(model: str, backend: str, precision: str, batch: int, size: int, seconds: list[float],
+           warmup: int, env: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """A result in the shared schema from measured per-batch wall times."""
+    lat = latency_summary(seconds)
+    return {
+        "schema": SCHEMA, "model": model, "backend": backend, "precision": precision,
+        "batch": batch, "input_size": size, "images_per_second": batch / (lat["median"] / 1e3),
+        "latency_ms": lat, "runs": len(seconds), "warmup_runs": warmup,
+        "env": {"python": platform.python_version(), "host": platform.node(), **env},
+    }  # fmt: skip
+
+
+def _time(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_pytorch(model: torch.nn.Module, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
+                  channels_last: bool = True, warmup: int = 3, runs: int = 10, **_: Any) -> dict[str, Any]:  # fmt: skip
+    """Eager PyTorch on the CPU (channels_last by default)."""
+    torch.set_num_threads(threads)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.eval().to(memory_format=fmt)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        seconds = _time(lambda: model(x), warmup, runs)
+    env = {"device": _cpu_name(), "threads": threads, "torch": torch.__version__, "channels_last": channels_last}
+    return result(name, "pytorch", "fp32", batch, size, seconds, warmup, env)
+
+
+def bench_onnxruntime(onnx_path: str | os.PathLike, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
+                      warmup: int = 3, runs: int = 10, cuda: bool = False, **_: Any) -> dict[str, Any]:  # fmt: skip
+    """ONNX Runtime: the CPU execution provider, or CUDA where present and asked for."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingExtraError("the onnxruntime backend needs onnxruntime: pip install 'squish-plugin[export]'.") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if cuda:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InvalidArgumentError("ONNX Runtime here has no CUDAExecutionProvider; install onnxruntime-gpu.")
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)}
+    seconds = _time(lambda: session.run(None, feed), warmup, runs)
+    env = {"device": "CUDA" if cuda else _cpu_name(), "threads": threads, "onnxruntime": ort.__version__,
+           "providers": session.get_providers()}  # fmt: skip
+    return result(name, "onnxruntime", "fp32", batch, size, seconds, warmup, env)
+
+
+def _tensorrt(onnx_path, *, name, batch=32, size=224, precision="fp32", warmup=10, runs=50, **_):
+    from .tensorrt_backend import bench_tensorrt
+
+    return bench_tensorrt(onnx_path, model=name, precision=precision, batch=batch, size=size, warmup=warmup, runs=runs)
+
+
+def _trtexec(onnx_path, *, name, batch=32, size=224, precision="fp32", trtexec=None, **_):
+    from .trtexec import run_trtexec
+
+    kw = {"trtexec": trtexec} if trtexec else {}
+    return run_trtexec(onnx_path, model=name, batch=batch, size=size, precision=precision, **kw)
+
+
+#: backend name -> (needs "model" (a torch module) or "onnx" (a file path), function)
+BACKENDS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
+    "pytorch": ("model", bench_pytorch),
+    "onnxruntime": ("onnx", bench_onnxruntime),
+    "tensorrt": ("onnx", _tensorrt),
+    "trtexec": ("onnx", _trtexec),
+}

@@ -1,0 +1,121 @@
+"""Deployment of a run directory: export its ancestor and SquishedNets to ONNX,
+benchmark them, build the Jetson kit, collect device results into the report.
+
+Layout inside a run directory::
+
+    onnx/<model>.onnx, onnx/manifest.json         # squish-plugin export
+    bench/<backend>-<precision>-b<batch>.json     # squish-plugin bench / bench collect
+    throughput.json                               # the report's Images/s column
+
+Example:
+    >>> from squish_plugin.deploy.runs import export_run, bench_run  # doctest: +SKIP
+    >>> export_run("runs/quickstart-20261125-183847"); bench_run("runs/quickstart-20261125-183847")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..engine import write_json_atomic
+from ..errors import InvalidArgumentError
+from ..persistence import load_pruned
+from ..study import THROUGHPUT_FILE, read_lineage, rewrite_report, squishednet_models
+from .backends import BACKENDS
+
+__all__ = ["bench_run", "collect_into_run", "export_run", "kit_for_run"]
+
+MANIFEST = "onnx/manifest.json"
+
+
+def export_run(run_dir: str | Path, *, opset: int = 13, batch: int | None = None, size: int = 224) -> dict:
+    """Export the ancestor and every named SquishedNet of ``run_dir`` to ONNX, for
+    ``size`` x ``size`` inputs (224, the paper's, by default)."""
+    from .export import export_onnx
+
+    run_dir = Path(run_dir)
+    records = {r["generation"]: r for r in read_lineage(run_dir)}
+    manifest: dict[str, Any] = {"size": size, "opset": opset, "batch": batch, "models": {}}
+    for name, gen in squishednet_models(run_dir).items():
+        model = load_pruned(run_dir / records[gen]["checkpoint"])
+        info = export_onnx(model, run_dir / "onnx" / f"{name}.onnx", opset=opset, batch=batch, size=size)
+        info.update(generation=gen, path=f"onnx/{name}.onnx", params=records[gen]["params"], macs=records[gen]["macs"])
+        manifest["models"][name] = info
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _manifest(run_dir: Path) -> dict:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise InvalidArgumentError(f"'{run_dir}' has no {MANIFEST}: run `squish-plugin export {run_dir}` first.")
+    return json.loads(path.read_text())
+
+
+def _store(run_dir: Path, results: list[dict], generations: dict[str, int]) -> Path:
+    """Write the results beside the run and make them the report's speed column."""
+    first = results[0]
+    path = run_dir / "bench" / f"{first['backend']}-{first['precision']}-b{first['batch']}.json"
+    write_json_atomic(path, results)
+    device = first.get("env", {}).get("device", "unknown device")
+    label = f"{first['backend']} {first['precision']}, batch {first['batch']}, {first['input_size']} px, {device}"
+    values = {str(generations[r["model"]]): r["images_per_second"] for r in results if r["model"] in generations}
+    write_json_atomic(run_dir / THROUGHPUT_FILE, {"label": label, "values": values, "source": str(path.relative_to(run_dir))})
+    rewrite_report(run_dir)
+    return path
+
+
+def bench_run(run_dir: str | Path, *, backend: str = "onnxruntime", batch: int = 32, precision: str = "fp32",
+              threads: int = 2, warmup: int = 3, runs: int = 10, trtexec: str | None = None) -> list[dict]:  # fmt: skip
+    """Benchmark every exported model of ``run_dir`` with one backend, in one process."""
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}.")
+    if precision not in ("fp32", "fp16"):
+        raise InvalidArgumentError(f"precision must be fp32 or fp16, got {precision!r}.")
+    if precision == "fp16" and backend in ("pytorch", "onnxruntime"):
+        raise InvalidArgumentError(f"the {backend} backend measures fp32 only; fp16 is for tensorrt and trtexec.")
+    run_dir = Path(run_dir)
+    manifest = _manifest(run_dir)
+    needs, fn = BACKENDS[backend]
+    records = {r["generation"]: r for r in read_lineage(run_dir)}
+    results = []
+    for name, info in manifest["models"].items():
+        kw = dict(name=name, batch=batch, size=manifest["size"], threads=threads, warmup=warmup, runs=runs,
+                  precision=precision, trtexec=trtexec)  # fmt: skip
+        target = load_pruned(run_dir / records[info["generation"]]["checkpoint"]) if needs == "model" else run_dir / info["path"]
+        res = fn(target, **kw)
+        res.update(params=info["params"], macs=info["macs"], generation=info["generation"])
+        results.append(res)
+    _store(run_dir, results, {n: i["generation"] for n, i in manifest["models"].items()})
+    return results
+
+
+def kit_for_run(run_dir: str | Path, out: str | Path, *, batch: int = 32, precisions=("fp32", "fp16")) -> Path:
+    """The Jetson kit for the run's exported models (see ``deploy.kit``)."""
+    from .kit import make_kit
+
+    run_dir = Path(run_dir)
+    manifest = _manifest(run_dir)
+    models = {name: run_dir / info["path"] for name, info in manifest["models"].items()}
+    return make_kit(models, Path(out), batch=batch, size=manifest["size"], precisions=tuple(precisions))
+
+
+def collect_into_run(results_dir: str | Path, run_dir: str | Path) -> list[dict]:
+    """Read device results (kit JSON) and fill the run's report speed column; one
+    file per backend/precision/batch combination is stored in the run."""
+    from .kit import collect_results
+
+    run_dir = Path(run_dir)
+    manifest = _manifest(run_dir)
+    generations = {n: i["generation"] for n, i in manifest["models"].items()}
+    results = collect_results(Path(results_dir))
+    if not results:
+        raise InvalidArgumentError(f"'{results_dir}' holds no result JSON files.")
+    groups: dict[tuple, list[dict]] = {}
+    for res in results:
+        groups.setdefault((res["backend"], res["precision"], res["batch"]), []).append(res)
+    # the report shows the last group in sorted order; every group is kept on disk
+    for key in sorted(groups):
+        _store(run_dir, groups[key], generations)
+    return results

@@ -1,0 +1,133 @@
+"""Deployment: ONNX export (opset <= 13, onnxsim, parity, TensorRT 8.2 op check),
+the CPU backends, and export/bench of a run directory through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from squish_plugin import InvalidArgumentError, save_pruned, squeezenet1_1_ancestor
+from squish_plugin.cli import app
+from squish_plugin.deploy.backends import SCHEMA, bench_onnxruntime, bench_pytorch, latency_summary
+from squish_plugin.deploy.export import export_onnx, trt_op_support, unsupported_ops
+
+onnx = pytest.importorskip("onnx")
+runner = CliRunner()
+
+
+def test_export_squeezenet_opset13_checked_and_trt_compatible(tmp_path):
+    """The ancestor exports at opset 13, passes the checker, matches PyTorch (<= 1e-4)
+    and uses only operators TensorRT 8.2's parser supports; ceil-mode pools survive."""
+    info = export_onnx(squeezenet1_1_ancestor(weights="imagenet"), tmp_path / "a.onnx", size=224)
+    assert info["max_abs_diff"] <= 1e-4 and info["unsupported_ops"] == []
+    proto = onnx.load(str(tmp_path / "a.onnx"))
+    assert proto.opset_import[0].version == 13
+    assert {"Conv", "Relu", "MaxPool", "Concat"} <= set(info["ops"])
+    assert any(a.name == "ceil_mode" and a.i == 1 for n in proto.graph.node if n.op_type == "MaxPool" for a in n.attribute)
+    assert proto.graph.input[0].name == "input" and proto.graph.output[0].name == "logits"
+
+
+def test_dynamic_and_fixed_batch(tmp_path):
+    model = torchvision.models.squeezenet1_1(num_classes=10)
+    export_onnx(model, tmp_path / "dyn.onnx", size=64)
+    dims = onnx.load(str(tmp_path / "dyn.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    export_onnx(model, tmp_path / "fix.onnx", size=64, batch=8)
+    dims = onnx.load(str(tmp_path / "fix.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 8
+
+
+def test_op_support_list_flags_unsupported_ops(tmp_path):
+    """The op list is data with its source; an op TensorRT 8.2 lacks is reported."""
+    data = trt_op_support()
+    assert data["max_opset"] == 13 and "onnx-tensorrt" in data["source"] and "Conv" in data["supported"]
+
+    class NonZero(torch.nn.Module):  # torch.nonzero exports as ONNX NonZero, unsupported in TRT 8.2
+        def forward(self, x):
+            return torch.nonzero(x)
+
+    torch.onnx.export(NonZero(), (torch.ones(1, 3, 4, 4),), str(tmp_path / "m.onnx"), dynamo=False, opset_version=13)
+    assert unsupported_ops(tmp_path / "m.onnx") == ["NonZero"]
+
+
+def test_bad_export_arguments(tmp_path):
+    model = torchvision.models.squeezenet1_1(num_classes=10)
+    with pytest.raises(InvalidArgumentError, match="opset"):
+        export_onnx(model, tmp_path / "x.onnx", opset=17)
+    with pytest.raises(InvalidArgumentError, match="batch"):
+        export_onnx(model, tmp_path / "x.onnx", batch=0)
+
+
+def test_cpu_backends_share_the_schema(tmp_path):
+    """PyTorch and ONNX Runtime results: same keys, images/s = batch / median latency."""
+    model = torchvision.models.squeezenet1_1(num_classes=10)
+    export_onnx(model, tmp_path / "s.onnx", size=64)
+    a = bench_pytorch(model, name="s", batch=4, size=64, warmup=1, runs=3)
+    b = bench_onnxruntime(tmp_path / "s.onnx", name="s", batch=4, size=64, warmup=1, runs=3)
+    for r in (a, b):
+        assert r["schema"] == SCHEMA and r["batch"] == 4 and r["runs"] == 3
+        assert r["images_per_second"] == pytest.approx(4 / (r["latency_ms"]["median"] / 1e3))
+        assert r["latency_ms"]["min"] <= r["latency_ms"]["median"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["max"]
+    assert set(a) == set(b)
+
+
+def test_latency_summary():
+    s = latency_summary([0.001 * i for i in range(1, 11)])
+    assert s["median"] == pytest.approx(5.5) and s["p90"] == pytest.approx(9.1) and s["max"] == pytest.approx(10)
+
+
+def _fake_run(tmp_path: Path) -> Path:
+    """A run directory from the real engine on tiny inputs (no training needed here)."""
+    from squish_plugin.engine import evolve
+    from squish_plugin.recipe import Recipe
+
+    run = tmp_path / "run"
+    evolve(squeezenet1_1_ancestor(weights="imagenet"), train_fn=lambda m, c: None,
+           eval_fn=lambda m: {"top1": 50.0, "top5": 90.0}, run_dir=run, generations=2, env=0.6,
+           example_inputs=torch.zeros(1, 3, 64, 64))  # fmt: skip
+    recipe = Recipe.model_validate({"name": "t", "data": {"root": str(tmp_path)},
+                                    "squishednets": {"sizes_mb": [2.5, 2.0]}})  # fmt: skip
+    import yaml
+
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump()))
+    return run
+
+
+def test_export_and_bench_a_run_fill_the_report(tmp_path):
+    """export -> bench (onnxruntime, pytorch) -> report's Images/s column filled."""
+    run = _fake_run(tmp_path)
+    result = runner.invoke(app, ["export", str(run), "--size", "64"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run / "onnx" / "manifest.json").read_text())
+    assert sorted(manifest["models"]) == ["ancestor", "squishednet-1", "squishednet-2"]
+    result = runner.invoke(app, ["bench", str(run), "--backend", "onnxruntime", "--batch", "4", "--runs", "2", "--warmup", "1"])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((run / "bench" / "onnxruntime-fp32-b4.json").read_text())
+    assert [r["model"] for r in stored] == ["ancestor", "squishednet-1", "squishednet-2"]
+    report = (run / "report.md").read_text()
+    assert "onnxruntime fp32, batch 4" in report
+    table2 = report.split("## Generations")[0]
+    assert "| — | 50.00 |" not in table2.split("Ancestor")[1].splitlines()[0]  # speed filled for the ancestor
+    result = runner.invoke(app, ["bench", str(run), "--backend", "pytorch", "--batch", "2", "--runs", "1", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "pytorch fp32, batch 2" in (run / "report.md").read_text()
+
+
+def test_bench_errors_are_sentences(tmp_path):
+    run = _fake_run(tmp_path)
+    result = runner.invoke(app, ["bench", str(run)])
+    assert result.exit_code == 2 and "squish-plugin export" in result.output
+    runner.invoke(app, ["export", str(run), "--size", "64"])
+    for args, match in [(["--backend", "cuda-magic"], "backend must be one of"),
+                        (["--backend", "onnxruntime", "--precision", "fp16"], "fp32 only")]:  # fmt: skip
+        result = runner.invoke(app, ["bench", str(run), *args])
+        assert result.exit_code == 2 and match in result.output, result.output
+    result = runner.invoke(app, ["bench", "kit", str(run)])
+    assert result.exit_code == 2 and "--out" in result.output
+    shutil.rmtree(run / "onnx")

@@ -131,3 +131,29 @@ def test_bench_errors_are_sentences(tmp_path):
     result = runner.invoke(app, ["bench", "kit", str(run)])
     assert result.exit_code == 2 and "--out" in result.output
     shutil.rmtree(run / "onnx")
+
+
+def test_kit_then_collect_fill_the_report_with_device_numbers(tmp_path):
+    """bench kit -> (device: trtexec logs, parsed by the kit's own script) -> bench collect:
+    the report's speed column shows the device's trtexec throughput."""
+    import subprocess
+    import sys
+
+    run = _fake_run(tmp_path)
+    assert runner.invoke(app, ["export", str(run), "--size", "64"]).exit_code == 0
+    kit = tmp_path / "kit"
+    # the public log below ran at batch 1, so the kit is made for batch 1
+    result = runner.invoke(app, ["bench", "kit", str(run), "--out", str(kit), "--batch", "1"])
+    assert result.exit_code == 0, result.output
+    assert (kit / "run_trtexec.sh").is_file() and (kit / "bench_trt.py").is_file()
+    assert sorted(p.name for p in (kit / "models").iterdir()) == ["ancestor.onnx", "squishednet-1.onnx", "squishednet-2.onnx"]
+    # stand-in for the Jetson: a real TensorRT 8.2 trtexec log from a Tegra X1 per model
+    log = (Path(__file__).parent / "data" / "trtexec" / "trt82_jetson_tx1.log").read_text()
+    (kit / "results").mkdir(exist_ok=True)
+    for name in ("ancestor", "squishednet-1", "squishednet-2"):
+        (kit / "results" / f"{name}_fp16.trtexec.log").write_text(log)
+    subprocess.run([sys.executable, "bench_trt.py", "--parse-logs", "results"], cwd=kit, check=True, capture_output=True)
+    result = runner.invoke(app, ["bench", "collect", str(kit / "results"), "--into", str(run)])
+    assert result.exit_code == 0, result.output
+    report = (run / "report.md").read_text()
+    assert "trtexec fp16" in report and "Tegra X1" in report

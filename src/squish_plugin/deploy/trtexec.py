@@ -1,0 +1,286 @@
+"""Benchmark an ONNX file with NVIDIA's ``trtexec`` and read its performance summary.
+
+trtexec prints, at the end of a run, a block like (TensorRT 8.2 on a Jetson)::
+
+    [07/14/2023-11:55:18] [I] === Performance summary ===
+    [07/14/2023-11:55:18] [I] Throughput: 11.0613 qps
+    [07/14/2023-11:55:18] [I] Latency: min = 89.312 ms, max = 91.492 ms, mean = 90.3919 ms, median = 90.3035 ms, percentile(99%) = 91.492 ms
+
+``Throughput`` counts inferences per second, and one inference is one whole batch
+(explicit batch: the batch is the input's first dimension), so images/s is
+``qps * batch``. ``Latency`` is trtexec's *host* latency of one inference:
+H2D copy + GPU compute + D2H copy, i.e. per batch. TensorRT 8.2 prints a single
+percentile (``--percentile``, default 99); 8.4+ and 10.x print 90/95/99 by default.
+We always pass ``--percentile=90`` so the schema's ``p90`` is filled on every version.
+
+Example:
+    >>> from squish_plugin.deploy.trtexec import trtexec_command
+    >>> trtexec_command("ancestor.onnx", fp16=True)[1:4]
+    ['--onnx=ancestor.onnx', '--shapes=input:32x3x224x224', '--fp16']
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidArgumentError, MissingExtraError
+from ..persistence import atomic_write_text
+
+__all__ = ["DEFAULT_TRTEXEC", "parse_trtexec_output", "resolve_trtexec", "run_trtexec", "trtexec_command"]
+
+SCHEMA = "squish-plugin/bench-v1"  # same tag as deploy.backends.SCHEMA
+DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # JetPack and NVIDIA's containers put it here
+PERCENTILE = 90
+# trtexec refuses --shapes for an ONNX whose input shape is fixed; we then run again without it.
+STATIC_SHAPE_ERROR = "Static model does not take explicit shapes"
+
+# Lines start with optional "[date-time] [I] " tags; anchoring after them keeps
+# "H2D Latency:" and "End-to-End Host Latency:" from matching "Latency:".
+_TAGS = r"^[ \t]*(?:\[[^\]\n]*\][ \t]*)*"
+_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+_SUMMARY = re.compile(_TAGS + r"=== Performance summary ===", re.M)
+_THROUGHPUT = re.compile(_TAGS + r"Throughput:[ \t]*" + _NUM + r"[ \t]*qps", re.M)
+_STAT_LINE = {
+    "latency": re.compile(_TAGS + r"Latency:(.*)$", re.M),
+    "gpu_compute": re.compile(_TAGS + r"GPU Compute Time:(.*)$", re.M),
+}
+_STAT = re.compile(r"(min|max|mean|median|percentile\(\s*" + _NUM + r"\s*%\s*\)|percentile:\s*" + _NUM + r"\s*%)"
+                   r"\s*=\s*" + _NUM + r"\s*ms")  # fmt: skip
+_DEVICE = re.compile(_TAGS + r"Selected Device:[ \t]*(\S[^\n]*?)[ \t]*$", re.M)
+_VERSION_LINE = re.compile(_TAGS + r"TensorRT version:[ \t]*([\d.]+)", re.M)
+_VERSION_TAG = re.compile(r"\[TensorRT v(\d+)\]")
+_BINDING = re.compile(r"[Ii]nput binding for (\S+) with dimensions ([\dx]+)")
+_TIMED = re.compile(r"Timing trace has (\d+) queries")
+_WARMUP = re.compile(r"Warmup completed (\d+) queries")
+_ERROR = re.compile(r"\[E\][ \t]*(.*\S)")
+
+
+def trtexec_command(
+    onnx_path: str | os.PathLike,
+    *,
+    trtexec: str = DEFAULT_TRTEXEC,
+    input_name: str = "input",
+    batch: int = 32,
+    size: int = 224,
+    fp16: bool = False,
+    warmup_ms: int = 2000,
+    duration_s: int = 10,
+    iterations: int | None = None,
+    avg_runs: int = 10,
+    extra: Sequence[str] = (),
+    shapes: bool = True,
+    workspace_mb: int | None = None,
+) -> list[str]:
+    """The trtexec argument list (no shell) that benchmarks ``onnx_path`` at ``batch`` x 3 x ``size`` x ``size``.
+
+    Flag spellings are those of trtexec 8.2 and 10.x alike. ``--explicitBatch`` is
+    never passed (8.2 ignores it for ONNX, 10.x removed it). ``shapes=False`` drops
+    ``--shapes`` for an ONNX with a fixed input shape, which trtexec rejects it for.
+    ``workspace_mb`` adds ``--workspace=N`` (TensorRT <= 8.x, whose trtexec default is
+    only 16 MiB; 10.x removed the flag: pass ``extra=("--memPoolSize=workspace:1024M",)``).
+    """
+    _positive_int("batch", batch)
+    _positive_int("size", size)
+    _positive_int("warmup_ms", warmup_ms, zero=True)
+    _positive_int("duration_s", duration_s, zero=True)
+    _positive_int("avg_runs", avg_runs)
+    if iterations is not None:
+        _positive_int("iterations", iterations)
+    if workspace_mb is not None:
+        _positive_int("workspace_mb", workspace_mb)
+    if isinstance(extra, str):
+        raise InvalidArgumentError("extra must be a sequence of flags such as ('--useSpinWait',), not one string.")
+    cmd = [str(trtexec), f"--onnx={os.fspath(onnx_path)}"]
+    if shapes:
+        cmd.append(f"--shapes={input_name}:{batch}x3x{size}x{size}")
+    if fp16:
+        cmd.append("--fp16")
+    if workspace_mb is not None:
+        cmd.append(f"--workspace={workspace_mb}")
+    cmd += [f"--warmUp={warmup_ms}", f"--duration={duration_s}"]
+    if iterations is not None:
+        cmd.append(f"--iterations={iterations}")
+    cmd += [f"--avgRuns={avg_runs}", f"--percentile={PERCENTILE}", *map(str, extra)]
+    return cmd
+
+
+def _positive_int(name: str, value: Any, *, zero: bool = False) -> None:
+    low = 0 if zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def _stats(line: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, pct_a, pct_b, value in _STAT.findall(line):
+        pct = pct_a or pct_b
+        out[f"p{float(pct):g}" if pct else key] = float(value)
+    return out
+
+
+def _tensorrt_version(text: str) -> str | None:
+    if m := _VERSION_LINE.search(text):
+        return m.group(1)
+    if m := _VERSION_TAG.search(text):  # the RUNNING/PASSED tag: v8201 -> 8.2.1, v100300 -> 10.3.0
+        d = m.group(1)
+        parts = (d[:2], d[2:4], d[4:]) if len(d) == 6 else (d[:1], d[1:2], d[2:]) if len(d) == 4 else (d,)
+        return ".".join(str(int(p)) for p in parts)
+    return None
+
+
+def _failure(text: str, missing: str) -> InvalidArgumentError:
+    errors = _ERROR.findall(text)
+    if not errors:
+        return InvalidArgumentError(f"the trtexec log has no {missing} and no [E] error line; was the run cut short?")
+    first, last = errors[0], errors[-1]
+    said = f"its last error was {last!r}" if first == last else f"its errors run from {first!r} to {last!r}"
+    return InvalidArgumentError(f"the trtexec log has no {missing}; {said}.")
+
+
+def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None) -> dict[str, Any]:
+    """Read trtexec's performance summary: throughput, per-batch latency and what ran where.
+
+    Returns ``{"qps", "images_per_second", "latency_ms", "latency_percentiles_ms",
+    "gpu_compute_ms", "runs", "warmup_runs", "device", "tensorrt", "input_shape"}``;
+    ``latency_ms`` has the schema's keys (``p90`` is None when the log printed no
+    90th percentile). Raises :class:`InvalidArgumentError` when the summary is
+    missing (quoting trtexec's ``[E]`` lines) or when the log shows the input ran
+    at a batch other than ``batch``.
+    """
+    _positive_int("batch", batch)
+    start = _SUMMARY.search(text)
+    if start is None:
+        raise _failure(text, "'=== Performance summary ===' section")
+    summary = text[start.end():]
+    throughput = _THROUGHPUT.search(summary)
+    latency_line = _STAT_LINE["latency"].search(summary)
+    if throughput is None:
+        raise _failure(text, "'Throughput: ... qps' line in its performance summary")
+    if latency_line is None:
+        raise _failure(text, "'Latency: ...' line in its performance summary")
+    latency = _stats(latency_line.group(1))
+    lacking = [k for k in ("min", "max", "mean", "median") if k not in latency]
+    if lacking:
+        line = latency_line.group(0).strip()
+        raise InvalidArgumentError(f"the trtexec 'Latency:' line has no {lacking[0]} value: {line!r}.")
+    shape = _input_shape(text, input_name)
+    if shape and shape[0] != batch:
+        raise InvalidArgumentError(
+            f"the trtexec log shows input {'x'.join(map(str, shape))}, i.e. batch {shape[0]}, but batch={batch} "
+            "was asked; export the ONNX with that batch (or a dynamic one)."
+        )
+    gpu_line = _STAT_LINE["gpu_compute"].search(summary)
+    qps = float(throughput.group(1))
+    timed, warm = _TIMED.search(text), _WARMUP.search(text)
+    device = _DEVICE.search(text)
+    return {
+        "qps": qps,
+        "images_per_second": qps * batch,
+        "latency_ms": {"median": latency["median"], "p90": latency.get("p90"), "mean": latency["mean"],
+                       "min": latency["min"], "max": latency["max"]},  # fmt: skip
+        "latency_percentiles_ms": {k: v for k, v in latency.items() if k.startswith("p")},
+        "gpu_compute_ms": _stats(gpu_line.group(1)) if gpu_line else None,
+        "runs": int(timed.group(1)) if timed else None,
+        "warmup_runs": int(warm.group(1)) if warm else None,
+        "device": device.group(1) if device else None,
+        "tensorrt": _tensorrt_version(text),
+        "input_shape": shape,
+    }
+
+
+def _input_shape(text: str, input_name: str | None) -> list[int] | None:
+    for name, dims in _BINDING.findall(text):
+        if input_name is None or name == input_name:
+            return [int(d) for d in dims.split("x") if d]
+    return None
+
+
+def resolve_trtexec(trtexec: str | os.PathLike | None = None) -> str:
+    """The trtexec to run: ``trtexec`` if given, else ``$TRTEXEC``, else
+    ``/usr/src/tensorrt/bin/trtexec``, else ``trtexec`` on ``PATH``."""
+    if trtexec is not None or os.environ.get("TRTEXEC"):
+        chosen = os.fspath(trtexec) if trtexec is not None else os.environ["TRTEXEC"]
+        found = shutil.which(chosen) if os.sep not in chosen else (chosen if os.access(chosen, os.X_OK) else None)
+        if found is None:
+            origin = "trtexec" if trtexec is not None else "$TRTEXEC"
+            raise MissingExtraError(f"{origin} names {chosen!r}, which is not an executable file.")
+        return found
+    if os.access(DEFAULT_TRTEXEC, os.X_OK):
+        return DEFAULT_TRTEXEC
+    if found := shutil.which("trtexec"):
+        return found
+    raise MissingExtraError(
+        f"trtexec was not found ($TRTEXEC, {DEFAULT_TRTEXEC}, PATH); it ships with TensorRT "
+        "(JetPack, NVIDIA's containers or the TensorRT tarball), or pass trtexec=<path>."
+    )
+
+
+def _run(cmd: list[str], timeout_s: float) -> str:
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", timeout=timeout_s, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise InvalidArgumentError(
+            f"trtexec ran past timeout_s={timeout_s} seconds; raise it (engine builds are slow on a Jetson)."
+        ) from None
+    except OSError as exc:
+        raise MissingExtraError(f"trtexec at {cmd[0]!r} could not be started ({exc.strerror or exc}).") from None
+    return done.stdout
+
+
+def run_trtexec(
+    onnx_path: str | os.PathLike,
+    *,
+    model: str,
+    trtexec: str | os.PathLike | None = None,
+    batch: int = 32,
+    size: int = 224,
+    precision: str = "fp32",
+    timeout_s: float = 1800,
+    log_path: str | os.PathLike | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Run trtexec on ``onnx_path`` and return a ``squish-plugin/bench-v1`` result.
+
+    ``kw`` goes to :func:`trtexec_command` (``warmup_ms``, ``duration_s``, ``iterations``,
+    ``avg_runs``, ``extra``, ``workspace_mb``, ``input_name``). The raw log is written
+    to ``log_path`` when given. An ONNX with a fixed input shape is run again
+    without ``--shapes`` (trtexec refuses it there); its batch must then be ``batch``.
+    """
+    if precision not in ("fp32", "fp16"):
+        raise InvalidArgumentError(f"precision must be 'fp32' or 'fp16', got {precision!r}.")
+    if not Path(onnx_path).is_file():
+        raise InvalidArgumentError(f"ONNX file {os.fspath(onnx_path)!r} does not exist.")
+    exe = resolve_trtexec(trtexec)
+    common = {"trtexec": exe, "batch": batch, "size": size, "fp16": precision == "fp16", **kw}
+    cmd = trtexec_command(onnx_path, **common)
+    text = _run(cmd, timeout_s)
+    if STATIC_SHAPE_ERROR in text and not _SUMMARY.search(text):
+        cmd = trtexec_command(onnx_path, shapes=False, **common)
+        text = _run(cmd, timeout_s)
+    if log_path is not None:
+        atomic_write_text(log_path, text)
+    parsed = parse_trtexec_output(text, batch=batch, input_name=kw.get("input_name", "input"))
+    return to_result(parsed, model=model, precision=precision, batch=batch, size=size,
+                     env={"trtexec": exe, "command": cmd})  # fmt: skip
+
+
+def to_result(parsed: dict[str, Any], *, model: str, precision: str, batch: int, size: int,
+              env: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A ``squish-plugin/bench-v1`` result (backend ``trtexec``) from :func:`parse_trtexec_output`."""
+    return {
+        "schema": SCHEMA, "model": model, "backend": "trtexec", "precision": precision,
+        "batch": batch, "input_size": size, "images_per_second": parsed["images_per_second"],
+        "latency_ms": parsed["latency_ms"], "runs": parsed["runs"], "warmup_runs": parsed["warmup_runs"],
+        "env": {"device": parsed["device"], "tensorrt": parsed["tensorrt"], "python": platform.python_version(),
+                "host": platform.node(), **(env or {})},
+        "trtexec": {"qps": parsed["qps"], "latency_percentiles_ms": parsed["latency_percentiles_ms"],
+                    "gpu_compute_ms": parsed["gpu_compute_ms"], "input_shape": parsed["input_shape"]},
+    }  # fmt: skip

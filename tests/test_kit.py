@@ -1,0 +1,193 @@
+"""The Jetson kit: files written, shell script sound, template Python-3.6 clean, logs -> results -> collect."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from squish_plugin.deploy.kit import TEMPLATE, collect_results, make_kit
+from squish_plugin.deploy.trtexec import parse_trtexec_output
+from squish_plugin.errors import InvalidArgumentError
+
+LOGS = Path(__file__).parent / "data" / "trtexec"
+MODELS = ("ancestor", "squishednet-1")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    torch.onnx.export(model, torch.randn(1, 3, 16, 16), str(path), dynamo=False, opset_version=13,
+                      input_names=["input"], output_names=["logits"])  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def kit(tmp_path, onnx_file) -> Path:
+    return make_kit({name: onnx_file for name in MODELS}, tmp_path / "kit")
+
+
+def _template():
+    spec = importlib.util.spec_from_file_location("kit_bench_trt", TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_kit_writes_every_file(kit, onnx_file):
+    """The kit holds the models, run_trtexec.sh, bench_trt.py (the template), README.md and manifest.json."""
+    assert sorted(p.name for p in kit.iterdir()) == ["README.md", "bench_trt.py", "manifest.json", "models",
+                                                     "run_trtexec.sh"]  # fmt: skip
+    for name in MODELS:
+        assert (kit / "models" / f"{name}.onnx").read_bytes() == onnx_file.read_bytes()
+    assert (kit / "bench_trt.py").read_text() == TEMPLATE.read_text()
+    manifest = json.loads((kit / "manifest.json").read_text())
+    assert manifest["models"] == {n: f"models/{n}.onnx" for n in MODELS}
+    assert (manifest["batch"], manifest["input_size"], manifest["precisions"]) == (32, 224, ["fp32", "fp16"])
+    readme = (kit / "README.md").read_text()
+    assert "scp" in readme and "sh run_trtexec.sh" in readme and "squish-plugin bench collect" in readme
+
+
+def test_script_is_executable_and_covers_every_model_and_precision(kit):
+    """run_trtexec.sh is executable, runs trtexec per model x precision with the paper's flags, then parses logs."""
+    script = kit / "run_trtexec.sh"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    for name in MODELS:
+        for precision in ("fp32", "fp16"):
+            assert f"results/{name}_{precision}.trtexec.log" in text
+    assert text.count("--shapes=input:32x3x224x224") == 4 and text.count(" --fp16") == 4
+    assert "--warmUp=2000 --duration=10 --avgRuns=10 --percentile=90" in text
+    assert "${TRTEXEC:-/usr/src/tensorrt/bin/trtexec}" in text and "bench_trt.py --parse-logs results" in text
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh here")
+def test_script_passes_sh_syntax_check(kit):
+    """`sh -n` accepts the generated script."""
+    done = subprocess.run(["sh", "-n", str(kit / "run_trtexec.sh")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_script_runs_with_a_fake_trtexec(kit, tmp_path):
+    """Run end to end with a stand-in trtexec printing a real log: logs and trtexec JSON land in results/."""
+    if shutil.which("sh") is None or shutil.which("python3") is None:
+        pytest.skip("needs sh and python3")
+    fake = tmp_path / "trtexec"
+    fake.write_text(f"#!/bin/sh\ncat {LOGS / 'trt84_xavier.log'}\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["sh", str(kit / "run_trtexec.sh")], capture_output=True, text=True,
+                          env={**os.environ, "TRTEXEC": str(fake)}, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = collect_results(kit / "results")
+    assert [(r["model"], r["precision"]) for r in results] == [
+        ("ancestor", "fp16"), ("ancestor", "fp32"), ("squishednet-1", "fp16"), ("squishednet-1", "fp32")]
+    assert {r["backend"] for r in results} == {"trtexec"}
+
+
+def test_template_compiles():
+    """The template is valid Python (byte-compiles)."""
+    compile(TEMPLATE.read_text(), str(TEMPLATE), "exec")
+
+
+def test_template_is_python36_compatible():
+    """vermin finds nothing in the template that Python 3.6 (JetPack 4.6) lacks."""
+    pytest.importorskip("vermin")
+    run = "import sys, vermin; sys.exit(vermin.main())"  # vermin has no __main__ module
+    done = subprocess.run([sys.executable, "-c", run, "-t=3.6-", "--no-tips", "--violations", str(TEMPLATE)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_template_imports_only_the_standard_library():
+    """Nothing from PyPI: top-level imports are standard library; tensorrt is imported inside main()."""
+    top = [line.split()[1] for line in TEMPLATE.read_text().splitlines() if line.startswith(("import ", "from "))]
+    assert set(top) <= set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize("log", sorted(p.name for p in LOGS.glob("*.log")))
+def test_template_parser_agrees_with_the_package(log):
+    """The kit's duplicated parser returns what deploy.trtexec returns on every real log, errors included."""
+    text, batch = (LOGS / log).read_text(), 1 if "tx1" in log else 32
+    kit = _template()
+    try:
+        expected = parse_trtexec_output(text, batch=batch)
+    except InvalidArgumentError as exc:
+        with pytest.raises(kit.KitError) as info:
+            kit.parse_trtexec_output(text, batch)
+        assert str(info.value) == str(exc)
+    else:
+        assert kit.parse_trtexec_output(text, batch) == expected
+
+
+def test_parse_logs_mode_makes_results_that_collect_accepts(tmp_path):
+    """bench_trt.py --parse-logs as a subprocess turns real logs into schema JSON; collect_results reads them back."""
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(LOGS / "trt84_xavier.log", results / "ancestor_fp32.trtexec.log")
+    shutil.copy(LOGS / "trt10_thor.log", results / "squishednet-1_fp16.trtexec.log")
+    done = subprocess.run([sys.executable, str(TEMPLATE), "--parse-logs", str(results), "--batch", "32"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    collected = collect_results(results)
+    assert [(r["model"], r["backend"], r["precision"]) for r in collected] == [
+        ("ancestor", "trtexec", "fp32"), ("squishednet-1", "trtexec", "fp16")]
+    assert collected[0]["images_per_second"] == pytest.approx(41087.7 * 32)
+    assert collected[1]["latency_ms"]["p90"] == 664.195
+
+
+def test_parse_logs_mode_reports_a_failed_run(tmp_path):
+    """A failed trtexec log makes --parse-logs exit non-zero and print trtexec's error, writing no JSON for it."""
+    shutil.copy(LOGS / "trt86_parse_failed.log", tmp_path / "ancestor_fp32.trtexec.log")
+    cmd = [sys.executable, str(TEMPLATE), "--parse-logs", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1 and "Engine set up failed" in done.stderr
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_collect_names_a_bad_file(tmp_path):
+    """A result that is not JSON, lacks the schema tag, or lacks a key fails naming that file."""
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(InvalidArgumentError, match="broken.json"):
+        collect_results(tmp_path)
+    (tmp_path / "broken.json").write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(InvalidArgumentError, match="broken.json.*schema"):
+        collect_results(tmp_path)
+    good = {"schema": "squish-plugin/bench-v1", "model": "m", "backend": "tensorrt", "precision": "fp32",
+            "batch": 32, "input_size": 224, "images_per_second": 10.0, "runs": 5, "warmup_runs": 1, "env": {},
+            "latency_ms": {"median": 1.0, "p90": 1.0, "mean": 1.0, "min": 1.0}}  # fmt: skip
+    (tmp_path / "broken.json").write_text(json.dumps(good))
+    with pytest.raises(InvalidArgumentError, match="broken.json.*latency_ms"):
+        collect_results(tmp_path)
+
+
+def test_collect_empty_or_missing_folder(tmp_path):
+    """A folder with no results, or no folder at all, is an error rather than an empty table."""
+    with pytest.raises(InvalidArgumentError, match="no \\*.json"):
+        collect_results(tmp_path)
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        collect_results(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("models, kw, field", [
+    ({}, {}, "models"),
+    ({"bad name": "x.onnx"}, {}, "model name"),
+    ({"m": "missing.onnx"}, {}, "ONNX file"),
+])  # fmt: skip
+def test_make_kit_checks_its_input(tmp_path, models, kw, field):
+    """Empty models, unsafe names and missing files are refused with a sentence naming the field."""
+    with pytest.raises(InvalidArgumentError, match=field):
+        make_kit(models, tmp_path / "kit", **kw)
+
+
+def test_make_kit_checks_precisions(tmp_path, onnx_file):
+    """Only fp32 and fp16 are kit precisions."""
+    with pytest.raises(InvalidArgumentError, match="precisions"):
+        make_kit({"m": onnx_file}, tmp_path / "kit", precisions=("int8",))

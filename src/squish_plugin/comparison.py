@@ -32,7 +32,7 @@ from .persistence import atomic_write_bytes, atomic_write_text, load_pruned
 from .data import LoadedSplit
 from .recipe import CompareRecipe, Recipe
 from .report import select_squishednets
-from .study import _load_data, _settings, read_lineage, read_run_recipe
+from .study import load_data, train_settings, read_lineage, read_run_recipe
 from .training import evaluate, train
 
 __all__ = ["COLUMNS", "run_comparison"]
@@ -72,7 +72,7 @@ class _Setup:
 
 def _baseline(method, ancestor, records, gens, last, setup: _Setup, console) -> list[dict[str, Any]]:
     run_recipe, train_split, val_split, epochs = setup.run_recipe, setup.train_split, setup.val_split, setup.epochs
-    settings = _settings(run_recipe)
+    settings = train_settings(run_recipe)
     size = run_recipe.data.eval_size
     example = torch.zeros(1, 3, size, size)
     model, rows = ancestor, []
@@ -148,7 +148,7 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
         return t.ancestor_epochs + g * t.epochs_per_generation
 
     done["evolutionary"] = _ours(records, gens, epochs)
-    train_split, val_split = _load_data(run_recipe)
+    train_split, val_split = load_data(run_recipe)
     ancestor = load_pruned(run_dir / records[0]["checkpoint"])
     for method in recipe.methods:
         if method in done:

@@ -158,7 +158,7 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(_sentence(exc, source)) from None
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+def resolve_paths(data: dict[str, Any], base: Path) -> None:
     section = data.get("data")
     if isinstance(section, dict):
         for key in ("root", "cache_dir"):
@@ -185,9 +185,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     data = _read_yaml(path)
     if isinstance(data, dict):
-        _resolve_paths(data, path.parent)  # the recipe's own paths: relative to the file
+        resolve_paths(data, path.parent)  # the recipe's own paths: relative to the file
         data = apply_overrides(data, overrides or [])
-        _resolve_paths(data, Path.cwd())  # paths given with --set: relative to the shell
+        resolve_paths(data, Path.cwd())  # paths given with --set: relative to the shell
     return validate_recipe(data, str(path))
 
 

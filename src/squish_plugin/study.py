@@ -25,7 +25,7 @@ from .errors import InvalidArgumentError
 from .genetics import SynthesisConfig
 from .models import squeezenet1_1_ancestor
 from .persistence import atomic_write_text
-from .recipe import Recipe, _resolve_paths, validate_recipe
+from .recipe import Recipe, resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .training import TrainSettings, evaluate, train
 
@@ -67,11 +67,11 @@ def read_run_recipe(run_dir: Path) -> Recipe:
         raise InvalidArgumentError(f"'{run_dir}' is not a run directory: it has no {RECIPE_FILE}.")
     data = yaml.safe_load(path.read_text())
     if isinstance(data, dict):
-        _resolve_paths(data, Path(run_dir))  # a moved or committed run may hold relative paths
+        resolve_paths(data, Path(run_dir))  # a moved or committed run may hold relative paths
     return validate_recipe(data, str(path))
 
 
-def _settings(recipe: Recipe) -> TrainSettings:
+def train_settings(recipe: Recipe) -> TrainSettings:
     t = recipe.train
     return TrainSettings(
         optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
@@ -124,7 +124,7 @@ class _Display:
         )
 
 
-def _load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
+def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
     d = recipe.data
     check_data(recipe)
     train_split = load_split(d.root, d.train_split, d.train_size, classes=d.classes, cache_dir=d.cache_dir, train=True)
@@ -140,13 +140,13 @@ def run_study(
     """Run (or resume) the whole study of ``recipe``; return the run directory."""
     console = console or Console()
     torch.set_num_threads(recipe.train.threads)
-    train_split, val_split = _load_data(recipe)
+    train_split, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_split.classes)
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
     console.print(f"run directory: {run_dir}")
-    settings = _settings(recipe)
+    settings = train_settings(recipe)
     evo = recipe.evolution
     display = _Display(console, evo.generations)
 

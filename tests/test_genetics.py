@@ -162,3 +162,19 @@ def test_restricted_resource_model_holds_other_layers_full():
     sub = rm.restrict([1], 3)
     for f in (0.25, 0.5, 1.0):
         assert sub(torch.tensor([f])) == rm(torch.tensor([1.0, f, 1.0]))
+
+
+def test_max_drop_caps_what_one_generation_takes_from_a_layer():
+    """max_drop: no layer loses more than that fraction in one draw, even at tiny env;
+    the budget calibration accounts for the cap."""
+    strengths = [torch.linspace(0.01, 1.0, 40), torch.linspace(0.01, 1.0, 10)]
+    cfg = SynthesisConfig(env=0.05, mode="paper", max_drop=0.25)
+    for seed in range(20):
+        keep = synthesize(strengths, cfg, seed)
+        assert int(keep[0].sum()) >= 30 and int(keep[1].sum()) >= 8
+    rm = _dense_chain([40, 10])
+    probs = synthesis_probabilities(strengths, SynthesisConfig(env=0.7, max_drop=0.25), rm)
+    got = rm(expected_fractions(probs, 1, 0.25))
+    assert got == pytest.approx(0.7 * rm(torch.ones(2)), rel=1e-6)
+    with pytest.raises(InvalidArgumentError, match="max_drop"):
+        SynthesisConfig(max_drop=0.0)

@@ -73,6 +73,9 @@ class SynthesisConfig:
             (capped at the layer's width), e.g. 8 for TensorRT-friendly widths.
         temperature: ``T`` of the encoding ``exp((s/z - 1) / T)``; the paper's is 1.
             Lower values make strong clusters rarely die.
+        max_drop: if set, the largest fraction of a layer's clusters one generation
+            may remove (protects bottlenecks such as conv1 and the squeezes); ``None``,
+            the paper's, sets no cap.
     """
 
     env: float = 0.9
@@ -81,6 +84,7 @@ class SynthesisConfig:
     min_channels: int = 1
     round_to: int | None = None
     temperature: float = 1.0
+    max_drop: float | None = None
 
     def __post_init__(self) -> None:
         env = self.env
@@ -103,6 +107,9 @@ class SynthesisConfig:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
             raise InvalidArgumentError(f"temperature must be a finite number > 0, got {t!r}.")
+        m = self.max_drop
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1):
+            raise InvalidArgumentError(f"max_drop must be None or a number in (0, 1], got {m!r}.")
 
 
 def _is_int(value: object) -> bool:
@@ -215,14 +222,22 @@ class ResourceModel:
 # --------------------------------------------------------------------------- synthesis
 
 
+def _floor(n: int, min_channels: int, max_drop: float | None) -> int:
+    """The fewest clusters a layer of ``n`` may keep this generation."""
+    floor = min(min_channels, n)
+    if max_drop is not None:
+        floor = max(floor, n - math.floor(max_drop * n))
+    return floor
+
+
 def expected_fractions(
-    probabilities: Sequence[torch.Tensor], min_channels: int = 1
+    probabilities: Sequence[torch.Tensor], min_channels: int = 1, max_drop: float | None = None
 ) -> torch.Tensor:
-    """Expected kept fraction of each layer, floors included (rounding ignored)."""
+    """Expected kept fraction of each layer, floors and cap included (rounding ignored)."""
     out = []
     for p in probabilities:
         n = p.numel()
-        out.append(max(float(p.sum()), float(min(min_channels, n))) / n)
+        out.append(max(float(p.sum()), float(_floor(n, min_channels, max_drop))) / n)
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -232,6 +247,7 @@ def calibrate_multiplier(
     env: float,
     min_channels: int = 1,
     iterations: int = 60,
+    max_drop: float | None = None,
 ) -> float:
     """The multiplier ``m`` for which ``P_synth = min(1, m * P)`` gives an expected
     resource of ``env`` times the parent's (``"budget"`` mode), by bisection.
@@ -245,7 +261,7 @@ def calibrate_multiplier(
 
     def expected(m: float) -> float:
         probs = [torch.clamp(m * p, max=1.0) for p in encodings]
-        return resource(expected_fractions(probs, min_channels))
+        return resource(expected_fractions(probs, min_channels, max_drop))
 
     if expected(hi) <= target:
         return hi
@@ -270,7 +286,9 @@ def synthesis_probabilities(
     else:
         if resource is None:
             raise InvalidArgumentError('mode="budget" needs a resource model of the network.')
-        multiplier = calibrate_multiplier(encodings, resource, config.env, config.min_channels)
+        multiplier = calibrate_multiplier(
+            encodings, resource, config.env, config.min_channels, max_drop=config.max_drop
+        )
     return [torch.clamp(multiplier * p, max=1.0) for p in encodings]
 
 
@@ -283,13 +301,18 @@ def derive_seed(seed: int, *stream: int) -> int:
 
 
 def enforce_floor_and_rounding(
-    keep: torch.Tensor, priority: torch.Tensor, min_channels: int, round_to: int | None
+    keep: torch.Tensor,
+    priority: torch.Tensor,
+    min_channels: int,
+    round_to: int | None,
+    max_drop: float | None = None,
 ) -> torch.Tensor:
     """Revive the highest-``priority`` dropped clusters until the layer holds at
-    least ``min_channels`` and, with ``round_to``, a multiple of it (capped at the
-    layer's width). Never removes a survivor."""
+    least ``min_channels`` (and loses at most ``max_drop`` of its clusters) and, with
+    ``round_to``, a multiple of it (capped at the layer's width). Never removes a
+    survivor."""
     n = keep.numel()
-    target = max(int(keep.sum()), min(min_channels, n))
+    target = max(int(keep.sum()), _floor(n, min_channels, max_drop))
     if round_to:
         target = min(n, -(-target // round_to) * round_to)
     missing = target - int(keep.sum())
@@ -304,7 +327,11 @@ def enforce_floor_and_rounding(
 
 
 def draw(
-    probabilities: Sequence[torch.Tensor], seed: int, min_channels: int = 1, round_to: int | None = None
+    probabilities: Sequence[torch.Tensor],
+    seed: int,
+    min_channels: int = 1,
+    round_to: int | None = None,
+    max_drop: float | None = None,
 ) -> list[torch.Tensor]:
     """Random mutation: keep each cluster with its probability, one boolean mask per
     layer, then apply the floor and rounding. Layer ``i`` draws from its own
@@ -313,7 +340,7 @@ def draw(
     for index, p in enumerate(probabilities):
         gen = torch.Generator().manual_seed(derive_seed(seed, index))
         keep = torch.rand(p.numel(), generator=gen, dtype=torch.float64) < p
-        masks.append(enforce_floor_and_rounding(keep, p, min_channels, round_to))
+        masks.append(enforce_floor_and_rounding(keep, p, min_channels, round_to, max_drop))
     return masks
 
 
@@ -325,4 +352,4 @@ def synthesize(
 ) -> list[torch.Tensor]:
     """Draw one offspring from cluster strengths: a boolean keep-mask per layer."""
     probabilities = synthesis_probabilities(strengths, config, resource)
-    return draw(probabilities, seed, config.min_channels, config.round_to)
+    return draw(probabilities, seed, config.min_channels, config.round_to, config.max_drop)

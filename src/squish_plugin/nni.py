@@ -126,7 +126,7 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         seed = derive_seed(self.seed, self.generation)
         self.generation += 1
         probabilities = [metrics[layer.name]["weight"] for layer in active]
-        keep = draw(probabilities, seed, self.synthesis.min_channels, self.synthesis.round_to)
+        keep = draw(probabilities, seed, self.synthesis.min_channels, self.synthesis.round_to, self.synthesis.max_drop)
         return self._masks_for(active, keep)
 
     def _masks_for(self, active: list[PrunableLayer], keep: list[torch.Tensor]) -> Masks:

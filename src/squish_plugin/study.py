@@ -160,7 +160,7 @@ def run_study(
 
     config = SynthesisConfig(
         env=evo.env, mode=evo.mode, resource=evo.resource, min_channels=evo.min_channels,
-        round_to=evo.round_to, temperature=evo.temperature,
+        round_to=evo.round_to, temperature=evo.temperature, max_drop=evo.max_drop,
     )  # fmt: skip
     size = recipe.data.eval_size
     with display.progress:

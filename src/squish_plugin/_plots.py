@@ -108,7 +108,7 @@ def render_comparison(rows: Sequence[Mapping]) -> bytes | None:
     methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "evolutionary", m))
     for method in methods:
         pts = sorted((r["params"], r["top1"]) for r in rows if r["method"] == method)
-        style = {"lw": 2.5, "color": "tab:red", "zorder": 3} if method == "evolutionary" else {"lw": 1.2}
+        style = {"lw": 2.5, "color": "black", "zorder": 3} if method == "evolutionary" else {"lw": 1.2}
         ax.plot([p / 1e3 for p, _ in pts], [t for _, t in pts], marker="o", label=method, **style)
     ax.invert_xaxis()
     ax.set_xlabel("parameters (thousands)")

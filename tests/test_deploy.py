@@ -12,7 +12,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from squish_plugin import InvalidArgumentError, save_pruned, squeezenet1_1_ancestor
+from squish_plugin import InvalidArgumentError, squeezenet1_1_ancestor
 from squish_plugin.cli import app
 from squish_plugin.deploy.backends import SCHEMA, bench_onnxruntime, bench_pytorch, latency_summary
 from squish_plugin.deploy.export import export_onnx, trt_op_support, unsupported_ops

@@ -38,7 +38,7 @@ class PrunableLayer:
     width: int
 
 
-class _EvalMode:
+class EvalMode:
     """Run a block in eval mode (no BatchNorm statistics drift), then restore each
     module's own training flag."""
 
@@ -121,7 +121,7 @@ class Surgeon:
             if isinstance(m, ROOT_TYPES)
         ]
         try:
-            with _EvalMode(self.model), torch.no_grad():
+            with EvalMode(self.model), torch.no_grad():
                 self.model(self.example_inputs)
         except Exception as exc:  # the user's model raised: report, don't crash
             raise InvalidArgumentError(
@@ -139,7 +139,7 @@ class Surgeon:
     def _trace(self) -> tp.DependencyGraph:
         model_name = type(self.model).__name__
         try:
-            with _EvalMode(self.model):
+            with EvalMode(self.model):
                 graph = tp.DependencyGraph().build_dependency(
                     self.model, example_inputs=self.example_inputs
                 )

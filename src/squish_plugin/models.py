@@ -169,13 +169,11 @@ def model_stats(model: nn.Module, example_inputs: torch.Tensor | None = None) ->
 
     if example_inputs is None:
         example_inputs = torch.zeros(1, 3, 224, 224)
+    from ._surgery import EvalMode
+
     params = sum(p.numel() for p in model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
+    with EvalMode(model):
         macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
-    finally:
-        model.train(was_training)
     return {
         "params": params,
         "size_mb": params * 4 / 1e6,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._surgery import PrunableLayer, Surgeon
+from ._surgery import EvalMode, PrunableLayer, Surgeon
 from .errors import InvalidArgumentError, MissingExtraError
 from .genetics import SynthesisConfig, cluster_strength, derive_seed, draw, synthesis_probabilities
 
@@ -215,12 +215,9 @@ def apply_masks(
     reference = copy.deepcopy(model)
     Surgeon(reference, surgeon.example_inputs).zero(plan)
     surgeon.prune(plan)
-    was_training = model.training
-    model.eval()
     reference.eval()
-    with torch.no_grad():
+    with EvalMode(model), torch.no_grad():
         diff = (model(surgeon.example_inputs) - reference(surgeon.example_inputs)).abs().max().item()
-    model.train(was_training)
     if diff > tolerance:
         raise InvalidArgumentError(
             f"the physically pruned model differs from the masked one by {diff:.2e} (> {tolerance}); "

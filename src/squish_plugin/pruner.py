@@ -15,8 +15,8 @@ from .genetics import (
     SynthesisConfig,
     cluster_strength,
     derive_seed,
+    draw,
     synthesis_probabilities,
-    synthesize,
 )
 
 __all__ = ["EvolutionarySynthesisPruner"]
@@ -117,10 +117,8 @@ class EvolutionarySynthesisPruner:
         without touching the model."""
         if seed is None:
             seed = derive_seed(self.seed, self.generation)
-        resource = None
-        if self.config.mode == "budget":
-            resource = self._surgeon.resource_model(self.config.resource)
-        masks = synthesize(self.strengths(), self.config, seed, resource)
+        c = self.config
+        masks = draw(self.probabilities(), seed, c.min_channels, c.round_to, c.max_drop)
         return {layer.name: m for layer, m in zip(self._surgeon.layers, masks)}
 
     # ----------------------------------------------------------------- offspring

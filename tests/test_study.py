@@ -55,11 +55,11 @@ def test_interrupted_run_resumes_to_the_same_lineage(tmp_path, monkeypatch):
     assert ok.exit_code == 0, ok.output
     real_train = study.train
 
-    def dying(model, split, settings, *, epochs, seed, on_step=None):
+    def dying(model, split, settings, *, epochs, seed, on_step=None, teacher=None):
         if dying.calls == 2:
             raise KeyboardInterrupt
         dying.calls += 1
-        return real_train(model, split, settings, epochs=epochs, seed=seed, on_step=on_step)
+        return real_train(model, split, settings, epochs=epochs, seed=seed, on_step=on_step, teacher=teacher)
 
     dying.calls = 0
     monkeypatch.setattr(study, "train", dying)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -39,11 +40,20 @@ __all__ = ["COLUMNS", "run_comparison"]
 
 COLUMNS = ("method", "squishednet", "generation", "params", "size_mb", "macs", "epochs", "top1", "top5")
 RESULTS = "results.json"
+EQUAL_BUDGET = "equal_budget.csv"
 
 
-def _targets(records: list[dict], run_recipe) -> tuple[dict[int, str], int]:
+def _targets(records: list[dict], run_recipe, extra_params: list[int] = ()) -> tuple[dict[int, str], int]:
     named = select_squishednets(records, run_recipe.squishednets.sizes_mb, run_recipe.squishednets.rule)
     gens = {e["generation"]: e["name"] for e in named if e["generation"] is not None}
+    for target in extra_params:  # e.g. 123,500 = 10x fewer parameters than SqueezeNet v1.1
+        first = next((r["generation"] for r in records if r["generation"] > 0 and r["params"] <= target), None)
+        if first is None:
+            raise InvalidArgumentError(
+                f"the run never gets to <= {target:,} parameters (extra_params); run more generations."
+            )
+        label = f"<={target / 1000:g}k params"
+        gens[first] = f"{gens[first]} / {label}" if first in gens else label
     if not gens:
         raise InvalidArgumentError("the run names no SquishedNet yet: let it run more generations first.")
     return gens, max(gens)
@@ -76,13 +86,18 @@ def _baseline(method, ancestor, records, gens, last, setup: _Setup, console) -> 
     size = run_recipe.data.eval_size
     example = torch.zeros(1, 3, size, size)
     model, rows = ancestor, []
+    kind = run_recipe.train.distill.teacher  # the run's distillation, given to every method alike
+    frozen_ancestor = copy.deepcopy(ancestor) if kind == "ancestor" else None
     for g in range(1, last + 1):
         seed = derive_seed(run_recipe.seed, g, 0, 1)  # the run's training seed of generation g
         ctx = PruneContext(example, train_split, seed, run_recipe.train.batch_size)
+        parent = model
         model = prune_to(model, method, records[g]["params"], ctx, tolerance=setup.tolerance)
+        teacher = {"ancestor": frozen_ancestor, "parent": parent}.get(kind)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            train(model, train_split, settings, epochs=run_recipe.train.epochs_per_generation, seed=seed)
+            train(model, train_split, settings, epochs=run_recipe.train.epochs_per_generation, seed=seed,
+                  teacher=teacher)  # fmt: skip
         if g in gens:
             metrics = evaluate(model, val_split, batch_size=run_recipe.train.eval_batch_size)
             stats = model_stats(model, example)
@@ -117,12 +132,23 @@ def _markdown(recipe: CompareRecipe, rows: list[dict], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _write(out: Path, recipe: CompareRecipe, rows: list[dict], run_dir: Path) -> None:
+def _equal_budget(rows: list[dict], eval_size: int) -> str:
+    """The issue-#8 table: one row per method and size, ``method,params,macs,epochs,top1_<size>``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["method", "params", "macs", "epochs", f"top1_{eval_size}"])
+    for r in sorted(rows, key=lambda r: (r["generation"], r["method"] != "evolutionary", r["method"])):
+        writer.writerow([r["method"], r["params"], r["macs"], f"{r['epochs']:g}", f"{r['top1']:.2f}"])
+    return buf.getvalue()
+
+
+def _write(out: Path, recipe: CompareRecipe, rows: list[dict], run_dir: Path, eval_size: int) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: (r["method"], r["generation"])))
     atomic_write_text(out / "comparison.csv", buf.getvalue())
+    atomic_write_text(out / EQUAL_BUDGET, _equal_budget(rows, eval_size))
     png = render_comparison(rows)
     if png is not None:
         atomic_write_bytes(out / "pareto.png", png)
@@ -136,7 +162,7 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     run_dir = Path(recipe.run)
     records = read_lineage(run_dir)
     run_recipe = read_run_recipe(run_dir)
-    gens, last = _targets(records, run_recipe)
+    gens, last = _targets(records, run_recipe, recipe.extra_params)
     torch.set_num_threads(run_recipe.train.threads)
     out = out_dir or Path(recipe.output.dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +184,6 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
         done[method] = _baseline(method, ancestor, records, gens, last, setup, console)
         write_json_atomic(out / RESULTS, done)
     write_json_atomic(out / RESULTS, done)
-    _write(out, recipe, [row for rows in done.values() for row in rows], run_dir)
+    _write(out, recipe, [row for rows in done.values() for row in rows], run_dir, run_recipe.data.eval_size)
     console.print(f"comparison: {out / 'comparison.md'}")
     return out

@@ -158,14 +158,28 @@ class _Evolution:
             example_inputs=self.options["example_inputs"],
             importance=self.options["importance"],
         )
-        best = None
-        candidates = []
+        children = []
         for k in range(self.options["offspring_per_generation"]):
             synth_seed = derive_seed(self.seed, g, k)
             child = pruner.offspring(seed=synth_seed)
             if self.options["reinitialize"]:
                 _reinitialize(child, derive_seed(self.seed, g, k, 2))
             ctx = GenerationContext(g, k, derive_seed(self.seed, g, k, 1), self.run_dir, parent)
+            children.append((synth_seed, child, ctx))
+        screen = self.options["screen_fn"]
+        screened = []
+        if screen is not None and len(children) > 1:
+            # natural selection before training: only the fittest offspring is trained
+            for synth_seed, child, ctx in children:
+                child.eval()
+                score = float(screen(child, ctx))
+                n_params = sum(p.numel() for p in child.parameters())
+                screened.append({"seed": synth_seed, "screen": score, "params": n_params})
+            pick = max(range(len(children)), key=lambda i: (screened[i]["screen"], -i))
+            children = [children[pick]]
+        best = None
+        candidates = []
+        for synth_seed, child, ctx in children:
             record = self.measure(child, ctx)
             fitness = self.fitness_fn(child, ctx) if self.fitness_fn else record.get("top1", 0.0)
             candidates.append({"seed": synth_seed, "fitness": float(fitness), "params": record["params"]})
@@ -174,6 +188,8 @@ class _Evolution:
         _, child, record = best
         if len(candidates) > 1:
             record["candidates"] = candidates
+        if screened:
+            record["screened"] = screened
         self.commit(g, child, record)
         return child
 
@@ -208,9 +224,11 @@ def evolve(
 
     Other options: ``example_inputs`` (tensor), ``importance`` ("l1"/"l2"/callable),
     ``reinitialize`` (re-initialise each offspring: the control for heredity),
-    ``on_generation`` (callback receiving each record).
+    ``on_generation`` (callback receiving each record), ``screen_fn`` (a cheap
+    ``screen_fn(child, ctx) -> score`` run on every offspring *before* training: with
+    several offspring per generation only the best-scoring one is trained).
     """
-    known = {"example_inputs", "importance", "reinitialize", "on_generation", "train_ancestor"}
+    known = {"example_inputs", "importance", "reinitialize", "on_generation", "train_ancestor", "screen_fn"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidArgumentError(f"evolve() got an unknown option {unknown[0]!r}; allowed: {sorted(known)}.")
@@ -230,6 +248,7 @@ def evolve(
         "reinitialize": bool(options.get("reinitialize", False)),
         "on_generation": options.get("on_generation"),
         "train_ancestor": options.get("train_ancestor", True),
+        "screen_fn": options.get("screen_fn"),
         "offspring_per_generation": offspring_per_generation,
     }
     run = _Evolution(run_dir, config, seed, train_fn, eval_fn, fitness_fn, opts)

@@ -53,6 +53,7 @@ __all__ = [
 
 MODES = ("paper", "budget")
 RESOURCES = ("params", "macs")
+STARVATION = ("global", "layer")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class SynthesisConfig:
         max_drop: if set, the largest fraction of a layer's clusters one generation
             may remove (protects bottlenecks such as conv1 and the squeezes); ``None``,
             the paper's, sets no cap.
+        starvation: how ``"budget"`` mode spreads the starvation: ``"global"`` (the
+            paper's one multiplier for every cluster: layers whose clusters are weak
+            relative to their strongest lose most) or ``"layer"`` (every layer is
+            starved to the same expected kept fraction, the one that meets the
+            budget; the encoding then decides *which* clusters of a layer survive).
     """
 
     env: float = 0.9
@@ -85,6 +91,7 @@ class SynthesisConfig:
     round_to: int | None = None
     temperature: float = 1.0
     max_drop: float | None = None
+    starvation: str = "global"
 
     def __post_init__(self) -> None:
         env = self.env
@@ -107,6 +114,8 @@ class SynthesisConfig:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
             raise InvalidArgumentError(f"temperature must be a finite number > 0, got {t!r}.")
+        if self.starvation not in STARVATION:
+            raise InvalidArgumentError(f"starvation must be one of {STARVATION}, got {self.starvation!r}.")
         m = self.max_drop
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1):
             raise InvalidArgumentError(f"max_drop must be None or a number in (0, 1], got {m!r}.")
@@ -286,10 +295,48 @@ def synthesis_probabilities(
     else:
         if resource is None:
             raise InvalidArgumentError('mode="budget" needs a resource model of the network.')
+        if config.starvation == "layer":
+            return _layer_starvation(encodings, resource, config)
         multiplier = calibrate_multiplier(
             encodings, resource, config.env, config.min_channels, max_drop=config.max_drop
         )
     return [torch.clamp(multiplier * p, max=1.0) for p in encodings]
+
+
+def _layer_multiplier(p: torch.Tensor, kept: float, iterations: int = 50) -> float:
+    """The ``m`` with ``sum(min(1, m * p)) = kept`` clusters (bisection)."""
+    if kept >= p.numel():
+        return 1.0 / max(float(p.min()), 1e-12)
+    lo, hi = 0.0, 1.0 / max(float(p.min()), 1e-12)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if float(torch.clamp(mid * p, max=1.0).sum()) < kept:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _layer_starvation(encodings: Sequence[torch.Tensor], resource: ResourceModel, config: SynthesisConfig) -> list[torch.Tensor]:
+    """Every layer starved to one common expected kept fraction ``f`` (floors and the
+    ``max_drop`` cap respected) such that the expected resource is ``env`` times the
+    parent's; within a layer, clusters keep the encoding's relative odds."""
+    sizes = [p.numel() for p in encodings]
+    floors = [_floor(n, config.min_channels, config.max_drop) / n for n in sizes]
+    full = resource([1.0] * len(sizes))
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if resource([max(mid, fl) for fl in floors]) < config.env * full:
+            lo = mid
+        else:
+            hi = mid
+    f = 0.5 * (lo + hi)
+    out = []
+    for p, n, fl in zip(encodings, sizes, floors):
+        m = _layer_multiplier(p, max(f, fl) * n)
+        out.append(torch.clamp(m * p, max=1.0))
+    return out
 
 
 def derive_seed(seed: int, *stream: int) -> int:

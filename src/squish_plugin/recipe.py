@@ -34,6 +34,9 @@ class ModelSection(_Section):
     num_classes: int | None = Field(None, ge=1, description="default: the number of data classes")
     weights: str | None = "imagenet"
     head: Literal["pretrained", "random"] = "random"
+    init: str | None = Field(
+        None, description="a squish-plugin checkpoint (e.g. a trained ancestor) to start from instead of building one"
+    )
 
 
 class DataSection(_Section):
@@ -44,6 +47,14 @@ class DataSection(_Section):
     train_size: int = Field(128, ge=32, le=1024)
     eval_size: int = Field(224, ge=32, le=1024)
     cache_dir: str | None = None
+
+
+class DistillSection(_Section):
+    teacher: Literal["none", "ancestor", "parent"] = Field(
+        "none", description="knowledge distillation while each offspring trains: from the trained ancestor or the parent"
+    )
+    alpha: float = Field(0.7, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, le=100)
 
 
 class TrainSection(_Section):
@@ -60,6 +71,7 @@ class TrainSection(_Section):
     channels_last: bool = True
     threads: int = Field(2, ge=1, le=256)
     eval_batch_size: int = Field(64, ge=1, le=4096)
+    distill: DistillSection = DistillSection()
 
 
 class EvolutionSection(_Section):
@@ -71,8 +83,14 @@ class EvolutionSection(_Section):
     round_to: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, gt=0)
     max_drop: float | None = Field(None, gt=0, le=1)
+    starvation: Literal["global", "layer"] = "global"
     importance: Literal["l1", "l2"] = "l1"
     offspring_per_generation: int = Field(1, ge=1, le=64)
+    selection: Literal["trained", "proxy"] = Field(
+        "trained", description="how the best of several offspring is chosen: after training (val top-1), "
+        "or before training by top-1 on a fixed slice of training images (only the winner trains)"
+    )
+    proxy_images: int = Field(512, ge=16, le=100000)
     reinitialize: bool = False
 
 
@@ -160,9 +178,11 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def resolve_paths(data: dict[str, Any], base: Path) -> None:
-    section = data.get("data")
-    if isinstance(section, dict):
-        for key in ("root", "cache_dir"):
+    for name, keys in (("data", ("root", "cache_dir")), ("model", ("init",))):
+        section = data.get(name)
+        if not isinstance(section, dict):
+            continue
+        for key in keys:
             value = section.get(key)
             if isinstance(value, str) and not Path(value).expanduser().is_absolute():
                 section[key] = str((base / value).resolve())
@@ -202,7 +222,17 @@ class CompareRecipe(_Section):
     run: str = Field(description="run directory of `squish-plugin run` to compare against")
     methods: list[Literal[COMPARE_METHODS]] = list(COMPARE_METHODS)  # type: ignore[valid-type]
     tolerance: float = Field(0.02, gt=0, le=0.1)
+    extra_params: list[int] = Field(
+        [], description="more comparison points: the run's first generation at or below each parameter count"
+    )
     output: OutputSection = OutputSection()
+
+    @field_validator("extra_params")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("must be positive parameter counts")
+        return sorted(set(v), reverse=True)
 
     @field_validator("methods")
     @classmethod

@@ -24,7 +24,7 @@ from .engine import GenerationContext, evolve
 from .errors import InvalidArgumentError
 from .genetics import SynthesisConfig
 from .models import squeezenet1_1_ancestor
-from .persistence import atomic_write_text
+from .persistence import atomic_write_text, load_pruned
 from .recipe import Recipe, resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .training import TrainSettings, evaluate, train
@@ -77,7 +77,33 @@ def train_settings(recipe: Recipe) -> TrainSettings:
         optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
         batch_size=t.batch_size, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
         label_smoothing=t.label_smoothing, channels_last=t.channels_last,
+        distill_alpha=t.distill.alpha, distill_temperature=t.distill.temperature,
     )  # fmt: skip
+
+
+def proxy_slice(split: LoadedSplit, n: int) -> LoadedSplit:
+    """A fixed, class-balanced-in-expectation sample of ``n`` training images (evenly
+    spaced indices): the cheap proxy on which offspring compete; never val."""
+    n = min(n, len(split))
+    idx = torch.linspace(0, len(split) - 1, n).round().long()
+    return LoadedSplit(split.images[idx], split.labels[idx], split.classes)
+
+
+class Teacher:
+    """The distillation teacher of a recipe: the trained ancestor (loaded once from the
+    run's ``gen_00`` checkpoint, so a resumed run finds it too) or each parent."""
+
+    def __init__(self, kind: str, run_dir: Path) -> None:
+        self.kind, self.run_dir, self._ancestor = kind, Path(run_dir), None
+
+    def __call__(self, ctx: GenerationContext) -> torch.nn.Module | None:
+        if self.kind == "none" or ctx.generation == 0:
+            return None
+        if self.kind == "parent":
+            return ctx.parent
+        if self._ancestor is None:
+            self._ancestor = load_pruned(self.run_dir / "checkpoints" / "gen_00.pt")
+        return self._ancestor
 
 
 def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
@@ -87,6 +113,14 @@ def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
         raise InvalidArgumentError(
             f"model.num_classes is {num_classes} but the data has {len(classes)} classes."
         )
+    if m.init is not None:
+        model = load_pruned(m.init)
+        out = [mod for mod in model.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))][-1]
+        if out.weight.shape[0] != num_classes:
+            raise InvalidArgumentError(
+                f"model.init '{m.init}' has {out.weight.shape[0]} outputs but the data has {num_classes} classes."
+            )
+        return model
     head = None
     if m.head == "pretrained":
         bad = [c for c in classes if not _WNID.match(c)]
@@ -150,10 +184,18 @@ def run_study(
     evo = recipe.evolution
     display = _Display(console, evo.generations)
 
+    teacher = Teacher(recipe.train.distill.teacher, run_dir)
+
     def train_fn(model: torch.nn.Module, ctx: GenerationContext) -> None:
         epochs = recipe.train.ancestor_epochs if ctx.generation == 0 else recipe.train.epochs_per_generation
         display.progress.update(display.step_task, description=f"training gen {ctx.generation}")
-        train(model, train_split, settings, epochs=epochs, seed=ctx.seed, on_step=display.on_step)
+        train(model, train_split, settings, epochs=epochs, seed=ctx.seed, on_step=display.on_step,
+              teacher=teacher(ctx))  # fmt: skip
+
+    proxy = proxy_slice(train_split, evo.proxy_images)
+
+    def proxy_fn(model: torch.nn.Module, ctx: GenerationContext) -> float:
+        return evaluate(model, proxy, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last)["top1"]
 
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:
         return evaluate(model, val_split, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last)
@@ -161,6 +203,7 @@ def run_study(
     config = SynthesisConfig(
         env=evo.env, mode=evo.mode, resource=evo.resource, min_channels=evo.min_channels,
         round_to=evo.round_to, temperature=evo.temperature, max_drop=evo.max_drop,
+        starvation=evo.starvation,
     )  # fmt: skip
     size = recipe.data.eval_size
     with display.progress:
@@ -168,6 +211,8 @@ def run_study(
             ancestor, train_fn=train_fn, eval_fn=eval_fn, run_dir=run_dir,
             generations=evo.generations, seed=recipe.seed, config=config,
             offspring_per_generation=evo.offspring_per_generation, resume=resume,
+            fitness_fn=proxy_fn if evo.selection == "trained" and evo.offspring_per_generation > 1 else None,
+            screen_fn=proxy_fn if evo.selection == "proxy" else None,
             importance=evo.importance, reinitialize=evo.reinitialize,
             on_generation=display.on_generation, example_inputs=torch.zeros(1, 3, size, size),
         )  # fmt: skip

@@ -36,6 +36,8 @@ class TrainSettings:
     grad_clip: float | None = 5.0
     label_smoothing: float = 0.0
     channels_last: bool = True
+    distill_alpha: float = 0.7
+    distill_temperature: float = 4.0
 
 
 def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -61,9 +63,15 @@ def train(
     epochs: float,
     seed: int,
     on_step: StepCallback | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``epochs`` (fractions allowed) passes over ``split``;
-    batch order and augmentation come from ``seed`` alone."""
+    batch order and augmentation come from ``seed`` alone.
+
+    With a ``teacher`` (e.g. the parent or the trained ancestor) the loss is
+    knowledge distillation (Hinton et al. 2015): ``(1 - a) * CE + a * T^2 * KL`` between
+    the teacher's and the student's softened outputs, ``a = settings.distill_alpha``,
+    ``T = settings.distill_temperature``; the teacher stays frozen in eval mode."""
     steps_per_epoch = math.ceil(len(split.labels) / settings.batch_size)
     total = math.ceil(epochs * steps_per_epoch)
     if total <= 0:
@@ -73,13 +81,20 @@ def train(
     model.train()
     opt = _optimizer(model, settings)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, total, settings.warmup_steps))
+    if teacher is not None:
+        teacher.eval()
+        if settings.channels_last:
+            teacher.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     step, running = 0, 0.0
     while step < total:
         for images, labels in iterate_batches(
             split, settings.batch_size, train=True, generator=gen, channels_last=settings.channels_last
         ):
-            loss = F.cross_entropy(model(images), labels, label_smoothing=settings.label_smoothing)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
+            if teacher is not None:
+                loss = _distill(loss, logits, teacher, images, settings)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
@@ -93,6 +108,14 @@ def train(
             if step >= total:
                 break
     return {"steps": step, "loss": running}
+
+
+def _distill(ce: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor,
+             s: TrainSettings) -> torch.Tensor:
+    with torch.no_grad():
+        soft = F.log_softmax(teacher(images) / s.distill_temperature, dim=1)
+    kl = F.kl_div(F.log_softmax(logits / s.distill_temperature, dim=1), soft, reduction="batchmean", log_target=True)
+    return (1 - s.distill_alpha) * ce + s.distill_alpha * s.distill_temperature**2 * kl
 
 
 @torch.no_grad()

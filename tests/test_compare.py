@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,13 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
     ran = runner.invoke(app, [
         "run", str(EXAMPLES / "quickstart.yaml"), "--set", "evolution.generations=2",
         "--set", "train.ancestor_epochs=0.5", "--set", "train.epochs_per_generation=0.5",
-        "--set", f"output.dir={tmp_path / 'runs'}",
+        "--set", "train.distill.teacher=ancestor", "--set", f"output.dir={tmp_path / 'runs'}",
     ])  # fmt: skip
     assert ran.exit_code == 0, ran.output
     run_dir = next((tmp_path / "runs").iterdir())
     recipe = tmp_path / "compare.yaml"
     recipe.write_text(yaml.safe_dump({"name": "c", "run": str(run_dir), "methods": ["tp-magnitude", "nni-l1"],
-                                      "output": {"dir": str(tmp_path / "cmp")}}))  # fmt: skip
+                                      "extra_params": [700_000], "output": {"dir": str(tmp_path / "cmp")}}))  # fmt: skip
     result = runner.invoke(app, ["compare", str(recipe)])
     assert result.exit_code == 0, result.output
     out = next((tmp_path / "cmp").iterdir())
@@ -66,6 +67,20 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
         assert float(r["epochs"]) == 0.5 + 0.5 * int(r["generation"])
     assert "Protocol" in (out / "comparison.md").read_text()
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the 10x-smaller-style extra point: the run's first generation at <= 700k parameters
+    lineage = json.loads((run_dir / "lineage.json").read_text())["records"]
+    first = next(r["generation"] for r in lineage if r["generation"] > 0 and r["params"] <= 700_000)
+    assert any(r["generation"] == str(first) and "<=700k" in r["squishednet"] for r in rows)
+    # the same baseline with the run's distillation is a separate method, added on resume
+    more = runner.invoke(app, ["compare", str(recipe), "--resume", str(out), "--set", "distill=run",
+                               "--set", "methods=[nni-l1]"])  # fmt: skip
+    assert more.exit_code == 0, more.output
+    table = list(csv.DictReader((out / "equal_budget.csv").open()))
+    assert list(table[0]) == ["method", "params", "macs", "epochs", "top1_128"]
+    assert {r["method"] for r in table} == {"evolutionary", "tp-magnitude", "nni-l1", "nni-l1+kd"}
+    kd = [r for r in table if r["method"] == "nni-l1+kd"]
+    plain = [r for r in table if r["method"] == "nni-l1"]
+    assert len(kd) == len(plain) and [r["top1_128"] for r in kd] != [r["top1_128"] for r in plain]
 
 
 def test_compare_recipe_errors(tmp_path):

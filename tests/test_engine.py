@@ -105,6 +105,27 @@ def test_natural_selection_keeps_fittest_offspring(tmp_path):
     assert recs[1]["params"] == min(c["params"] for c in cands)
 
 
+def test_screening_trains_only_the_fittest_offspring(tmp_path):
+    """screen_fn scores every offspring before training; only the best-scoring one is
+    trained and becomes the parent (selection on a cheap proxy)."""
+    trained = []
+
+    def counting_train(model, ctx):
+        trained.append((ctx.generation, ctx.candidate))
+        train_fn(model, ctx)
+
+    def screen(model, ctx):
+        return -sum(p.numel() for p in model.parameters())  # prefer the smallest child
+
+    recs = _evolve(tmp_path, generations=2, offspring_per_generation=4, screen_fn=screen,
+                   train=counting_train).records  # fmt: skip
+    assert [g for g, _ in trained] == [0, 1, 2]  # one training per generation, not four
+    for rec in recs[1:]:
+        assert len(rec["screened"]) == 4
+        assert rec["params"] == min(c["params"] for c in rec["screened"])
+        assert rec["seed"] == max(rec["screened"], key=lambda c: c["screen"])["seed"]
+
+
 def test_reinitialized_offspring_lose_inherited_weights(tmp_path):
     """reinitialize=True starts offspring from fresh weights (the heredity control)."""
     inherit = _evolve(tmp_path / "a", generations=1).records[1]

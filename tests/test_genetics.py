@@ -148,6 +148,7 @@ def test_derive_seed_is_fixed_across_versions():
         ({"min_channels": 0}, "min_channels"),
         ({"round_to": 0}, "round_to"),
         ({"temperature": 0.0}, "temperature"),
+        ({"starvation": "local"}, "starvation"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, field):
@@ -178,3 +179,18 @@ def test_max_drop_caps_what_one_generation_takes_from_a_layer():
     assert got == pytest.approx(0.7 * rm(torch.ones(2)), rel=1e-6)
     with pytest.raises(InvalidArgumentError, match="max_drop"):
         SynthesisConfig(max_drop=0.0)
+
+
+def test_layer_starvation_starves_every_layer_alike_and_meets_the_budget():
+    """starvation='layer': every layer has the same expected kept fraction (not the
+    global multiplier's skew against layers with a dominant cluster), the expected
+    resource is env x the parent's, and within a layer stronger clusters stay likelier."""
+    strengths = [torch.tensor([10.0] + [1.0] * 15), torch.linspace(0.5, 1.0, 32), torch.linspace(0.2, 1.0, 8)]
+    rm = _dense_chain([16, 32, 8])
+    glob = expected_fractions(synthesis_probabilities(strengths, SynthesisConfig(env=0.7, temperature=0.3), rm))
+    probs = synthesis_probabilities(strengths, SynthesisConfig(env=0.7, temperature=0.3, starvation="layer"), rm)
+    frac = expected_fractions(probs)
+    assert float(frac.max() - frac.min()) < 1e-3
+    assert float(glob.max() - glob.min()) > 0.3  # the global multiplier strips layer 0
+    assert rm(frac) == pytest.approx(0.7 * rm(torch.ones(3)), rel=1e-4)
+    assert all(bool((p[1:] >= p[:-1] - 1e-9).all()) for p in probs[1:])  # monotone in strength

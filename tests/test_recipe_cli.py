@@ -55,6 +55,9 @@ BAD = [
     ({"squishednets__sizes_mb": [1.0, 2.0]}, "'squishednets.sizes_mb'"),
     ({"name": "has space"}, "'name'"),
     ({"data__train_size": 8}, "'data.train_size'"),
+    ({"train__distill__teacher": "oracle"}, "'train.distill.teacher'"),
+    ({"evolution__starvation": "local"}, "'evolution.starvation'"),
+    ({"evolution__selection": "val"}, "'evolution.selection'"),
 ]
 
 
@@ -70,6 +73,13 @@ def test_bad_recipe_is_one_sentence_exit_2(tmp_path, changes, match, dry):
     assert match in lines[0]
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_missing_init_checkpoint_is_named(tmp_path):
+    """model.init pointing at no file: one sentence naming it, exit 2."""
+    path = _recipe(tmp_path, model__init="nowhere/gen_00.pt")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "nowhere/gen_00.pt" in result.output and "Traceback" not in result.output
 
 
 def test_missing_required_key_and_bad_yaml(tmp_path):

@@ -45,6 +45,29 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert len(list((run / "checkpoints").glob("gen_*.pt"))) == 4
 
 
+def test_levers_of_issue_8_through_a_recipe(tmp_path):
+    """model.init starts from a trained ancestor without retraining it; layer
+    starvation, proxy selection among offspring (only the winner trains) and
+    distillation from the ancestor all run from the recipe and are recorded."""
+    first = ["run", str(EXAMPLES / "quickstart.yaml"), "--set", "evolution.generations=0",
+             "--set", "train.ancestor_epochs=0.25", "--set", f"output.dir={tmp_path / 'a'}"]  # fmt: skip
+    assert runner.invoke(app, first).exit_code == 0
+    base = _only_run(tmp_path / "a")
+    sets = {"model.init": str(base / "checkpoints" / "gen_00.pt"), "train.ancestor_epochs": 0,
+            "train.epochs_per_generation": 0.25, "evolution.generations": 1, "evolution.starvation": "layer",
+            "evolution.temperature": 0.3, "evolution.offspring_per_generation": 3,
+            "evolution.selection": "proxy", "evolution.proxy_images": 64, "train.distill.teacher": "ancestor",
+            "output.dir": str(tmp_path / "b")}  # fmt: skip
+    args = ["run", str(EXAMPLES / "quickstart.yaml")] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    recs = json.loads((_only_run(tmp_path / "b") / "lineage.json").read_text())["records"]
+    ancestor = json.loads((base / "lineage.json").read_text())["records"][0]
+    assert recs[0]["top1"] == ancestor["top1"] and recs[0]["train_seconds"] < 1.0  # not retrained
+    assert len(recs[1]["screened"]) == 3
+    assert recs[1]["seed"] == max(recs[1]["screened"], key=lambda c: (c["screen"], -recs[1]["screened"].index(c)))["seed"]
+
+
 def test_interrupted_run_resumes_to_the_same_lineage(tmp_path, monkeypatch):
     """Ctrl-C during generation 2 exits 130 with a resume hint; --resume completes
     the run with the same lineage as an uninterrupted one."""

@@ -80,13 +80,14 @@ class _Setup:
     tolerance: float
 
 
-def _baseline(method, ancestor, records, gens, last, setup: _Setup, console) -> list[dict[str, Any]]:
+def _baseline(method, ancestor, records, gens, last, setup: _Setup, console, distill: bool) -> list[dict[str, Any]]:
     run_recipe, train_split, val_split, epochs = setup.run_recipe, setup.train_split, setup.val_split, setup.epochs
     settings = train_settings(run_recipe)
     size = run_recipe.data.eval_size
     example = torch.zeros(1, 3, size, size)
     model, rows = ancestor, []
-    kind = run_recipe.train.distill.teacher  # the run's distillation, given to every method alike
+    kind = run_recipe.train.distill.teacher if distill else "none"
+    label = f"{method}+kd" if distill else method
     frozen_ancestor = copy.deepcopy(ancestor) if kind == "ancestor" else None
     for g in range(1, last + 1):
         seed = derive_seed(run_recipe.seed, g, 0, 1)  # the run's training seed of generation g
@@ -101,9 +102,9 @@ def _baseline(method, ancestor, records, gens, last, setup: _Setup, console) -> 
         if g in gens:
             metrics = evaluate(model, val_split, batch_size=run_recipe.train.eval_batch_size)
             stats = model_stats(model, example)
-            rows.append({"method": method, "squishednet": gens[g], "generation": g, "params": stats["params"],
+            rows.append({"method": label, "squishednet": gens[g], "generation": g, "params": stats["params"],
                          "size_mb": stats["size_mb"], "macs": stats["macs"], "epochs": epochs(g), **metrics})  # fmt: skip
-            console.print(f"{method:13s} {gens[g]}  {stats['params']:>9,} params  top-1 {metrics['top1']:5.1f}%")
+            console.print(f"{label:16s} {gens[g]}  {stats['params']:>9,} params  top-1 {metrics['top1']:5.1f}%")
     return rows
 
 
@@ -119,6 +120,8 @@ def _markdown(recipe: CompareRecipe, rows: list[dict], run_dir: Path) -> str:
         "optimiser, data, resolution and seed. Baselines prune every layer by one uniform ratio (the",
         "classifier excluded), as one NNI `config_list` entry does; NNI masks are applied physically",
         "through torch-pruning. `epochs` counts all training epochs since the pretrained weights.",
+        "Baselines train with plain cross-entropy, as users of those pruners fine-tune; a method named",
+        "`<method>+kd` was trained with the run's own knowledge distillation (`train.distill`) instead.",
         "",
         "| method | SquishedNet | generation | params | size (MB) | MACs (M) | epochs | top-1 (%) | top-5 (%) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -176,12 +179,14 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     done["evolutionary"] = _ours(records, gens, epochs)
     train_split, val_split = load_data(run_recipe)
     ancestor = load_pruned(run_dir / records[0]["checkpoint"])
+    distill = recipe.distill == "run" and run_recipe.train.distill.teacher != "none"
     for method in recipe.methods:
-        if method in done:
+        label = f"{method}+kd" if distill else method
+        if label in done:
             continue
-        console.print(f"[bold]{method}[/]: generations 1..{last} on the run's schedule")
+        console.print(f"[bold]{label}[/]: generations 1..{last} on the run's schedule")
         setup = _Setup(run_recipe, train_split, val_split, epochs, recipe.tolerance)
-        done[method] = _baseline(method, ancestor, records, gens, last, setup, console)
+        done[label] = _baseline(method, ancestor, records, gens, last, setup, console, distill)
         write_json_atomic(out / RESULTS, done)
     write_json_atomic(out / RESULTS, done)
     _write(out, recipe, [row for rows in done.values() for row in rows], run_dir, run_recipe.data.eval_size)

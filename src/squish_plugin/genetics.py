@@ -53,7 +53,8 @@ __all__ = [
 
 MODES = ("paper", "budget")
 RESOURCES = ("params", "macs")
-STARVATION = ("global", "layer")
+STARVATION = ("global", "layer", "cost")
+COST_EXPONENT = 0.5  # starvation="cost": a_l = (cluster cost / median cluster cost) ** COST_EXPONENT
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,12 @@ class SynthesisConfig:
             paper's one multiplier for every cluster: layers whose clusters are weak
             relative to their strongest lose most) or ``"layer"`` (every layer is
             starved to the same expected kept fraction, the one that meets the
-            budget; the encoding then decides *which* clusters of a layer survive).
+            budget; the encoding then decides *which* clusters of a layer survive)
+            or ``"cost"`` (layer ``l`` keeps ``f ** a_l`` with ``a_l`` the square root of
+            its cluster's cost in the budgeted resource relative to the median
+            cluster's: clusters that cost more are starved harder; under a parameter
+            budget that spares conv1 and starves the squeezes, whose clusters feed
+            3x3 expands).
     """
 
     env: float = 0.9
@@ -295,7 +301,7 @@ def synthesis_probabilities(
     else:
         if resource is None:
             raise InvalidArgumentError('mode="budget" needs a resource model of the network.')
-        if config.starvation == "layer":
+        if config.starvation != "global":
             return _layer_starvation(encodings, resource, config)
         multiplier = calibrate_multiplier(
             encodings, resource, config.env, config.min_channels, max_drop=config.max_drop
@@ -324,17 +330,29 @@ def _layer_starvation(encodings: Sequence[torch.Tensor], resource: ResourceModel
     sizes = [p.numel() for p in encodings]
     floors = [_floor(n, config.min_channels, config.max_drop) / n for n in sizes]
     full = resource([1.0] * len(sizes))
+    exponents = [1.0] * len(sizes)
+    if config.starvation == "cost":
+        costs = []
+        for i, n in enumerate(sizes):  # the resource one cluster of layer i costs
+            fractions = [1.0] * len(sizes)
+            fractions[i] = (n - 1) / n
+            costs.append(max(full - resource(fractions), 1e-12))
+        median = float(np.median(costs))
+        exponents = [(c / median) ** COST_EXPONENT for c in costs]
+
+    def fractions_at(f: float) -> list[float]:
+        return [max(f**a, fl) for a, fl in zip(exponents, floors)]
+
     lo, hi = 0.0, 1.0
     for _ in range(50):
         mid = 0.5 * (lo + hi)
-        if resource([max(mid, fl) for fl in floors]) < config.env * full:
+        if resource(fractions_at(mid)) < config.env * full:
             lo = mid
         else:
             hi = mid
-    f = 0.5 * (lo + hi)
     out = []
-    for p, n, fl in zip(encodings, sizes, floors):
-        m = _layer_multiplier(p, max(f, fl) * n)
+    for p, n, frac in zip(encodings, sizes, fractions_at(0.5 * (lo + hi))):
+        m = _layer_multiplier(p, frac * n)
         out.append(torch.clamp(m * p, max=1.0))
     return out
 

@@ -83,7 +83,7 @@ class EvolutionSection(_Section):
     round_to: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, gt=0)
     max_drop: float | None = Field(None, gt=0, le=1)
-    starvation: Literal["global", "layer"] = "global"
+    starvation: Literal["global", "layer", "cost"] = "global"
     importance: Literal["l1", "l2"] = "l1"
     offspring_per_generation: int = Field(1, ge=1, le=64)
     selection: Literal["trained", "proxy"] = Field(
@@ -222,6 +222,10 @@ class CompareRecipe(_Section):
     run: str = Field(description="run directory of `squish-plugin run` to compare against")
     methods: list[Literal[COMPARE_METHODS]] = list(COMPARE_METHODS)  # type: ignore[valid-type]
     tolerance: float = Field(0.02, gt=0, le=0.1)
+    distill: Literal["none", "run"] = Field(
+        "none", description="baselines train with plain cross-entropy ('none') or the run's distillation ('run', "
+        "rows named '<method>+kd')"
+    )
     extra_params: list[int] = Field(
         [], description="more comparison points: the run's first generation at or below each parameter count"
     )

@@ -239,6 +239,27 @@ def test_train_augmentation_is_flip_and_reflect_pad_crop():
     assert set(hits) - {identity}, "no image was flipped or shifted"
 
 
+def test_train_crop_takes_random_windows_at_full_resolution():
+    """crop=c: each train image is a c x c window of its source (maybe flipped), at the
+    source's own pixel scale, from varying positions; a crop larger than the images is refused."""
+    split, crop = _random_split(n=6, size=16), 10
+    windows = []
+    for s in (split.images.float(), split.images.float().flip(-1)):
+        for dy in range(16 - crop + 1):
+            for dx in range(16 - crop + 1):
+                windows.append(s[:, :, dy : dy + crop, dx : dx + crop])
+    windows = torch.stack(windows).flatten(0, 1).flatten(1)
+    where = set()
+    for x, _ in _epoch(split, 3, crop=crop) + _epoch(split, 4, crop=crop):
+        assert x.shape[-2:] == (crop, crop)
+        distance, which = torch.cdist(((x * STD + MEAN) * 255).flatten(1), windows).min(dim=1)
+        assert (distance < 0.1).all()
+        where.update((which // len(split)).tolist())
+    assert len(where) > 3, "windows do not move"
+    with pytest.raises(InvalidArgumentError, match="crop"):
+        _epoch(split, 0, crop=32)
+
+
 def test_eval_batches_are_ordered_unaugmented_and_normalised():
     """train=False keeps order and pixels: (x * std + mean) * 255 gives the uint8 images back."""
     split = _random_split(n=10)

@@ -108,11 +108,16 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     channels_last: bool = True,
     drop_last: bool = False,
+    crop: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of ``(images, labels)``: float32 images normalised with the ImageNet
     mean/std. ``train=True`` shuffles and augments (random horizontal flip, random
     translation by up to ``size // 8`` pixels with reflected borders), every draw from
     ``generator`` (required); ``train=False`` keeps the order and the pixels.
+    ``crop`` (train only): instead of the translation, a random ``crop x crop`` window of
+    each image (+ flip) — training at the pixel cost of ``crop`` while objects keep the
+    apparent size they have at the split's own resolution (e.g. 128 px windows of 224 px
+    images for a network evaluated at 224 px).
 
     Example:
         >>> train = load_split("examples/data/imagenette-mini", "train", 128)
@@ -130,7 +135,11 @@ def iterate_batches(
             "iterate_batches(train=True) needs generator=torch.Generator().manual_seed(seed); "
             "randomness never comes from global state."
         )
-    return _batches(split, batch_size, train, generator, channels_last, drop_last)
+    if crop is not None:
+        crop = _check_int("crop", crop)
+        if crop > split.images.shape[-1]:
+            raise InvalidArgumentError(f"crop {crop} is larger than the images ({split.images.shape[-1]} px).")
+    return _batches(split, batch_size, train, generator, channels_last, drop_last, crop)
 
 
 def _batches(
@@ -140,6 +149,7 @@ def _batches(
     generator: torch.Generator | None,
     channels_last: bool,
     drop_last: bool,
+    crop: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n, size = len(split), split.images.shape[-1]
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
@@ -148,7 +158,9 @@ def _batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         index = order[start : start + batch_size]
-        if train:
+        if train and crop is not None:
+            x = _random_crop(split.images, index, size, crop, generator)
+        elif train:
             x = _augment(split.images, index, size, generator)
         else:
             x = split.images[start : start + batch_size]
@@ -171,6 +183,21 @@ def _augment(
     cols = _reflect(dx[:, None] + ramp, size)
     cols = torch.where(flip[:, None], size - 1 - cols, cols)
     # advanced indices around a slice put the channel dim last: [B, S, S, 3]
+    x = images[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return x.permute(0, 3, 1, 2)
+
+
+def _random_crop(
+    images: torch.Tensor, index: torch.Tensor, size: int, crop: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Flip + a random ``crop x crop`` window per image, in one gather."""
+    b = index.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    dy = torch.randint(0, size - crop + 1, (b,), generator=generator)
+    dx = torch.randint(0, size - crop + 1, (b,), generator=generator)
+    ramp = torch.arange(crop)
+    rows = dy[:, None] + ramp
+    cols = dx[:, None] + torch.where(flip[:, None], crop - 1 - ramp, ramp)
     x = images[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return x.permute(0, 3, 1, 2)
 

@@ -46,6 +46,9 @@ class DataSection(_Section):
     classes: list[str] | None = None
     train_size: int = Field(128, ge=32, le=1024)
     eval_size: int = Field(224, ge=32, le=1024)
+    train_crop: int | None = Field(
+        None, ge=16, le=1024, description="train on random windows of this size cut from the train_size images"
+    )
     cache_dir: str | None = None
 
 
@@ -121,6 +124,12 @@ class Recipe(_Section):
     evolution: EvolutionSection = EvolutionSection()
     squishednets: SquishedNetsSection = SquishedNetsSection()
     output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Recipe:
+        if self.data.train_crop is not None and self.data.train_crop > self.data.train_size:
+            raise ValueError("data.train_crop must be at most data.train_size")
+        return self
 
     @model_validator(mode="after")
     def _head_needs_weights(self) -> Recipe:

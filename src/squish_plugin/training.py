@@ -36,6 +36,7 @@ class TrainSettings:
     grad_clip: float | None = 5.0
     label_smoothing: float = 0.0
     channels_last: bool = True
+    crop: int | None = None
     distill_alpha: float = 0.7
     distill_temperature: float = 4.0
 
@@ -89,7 +90,8 @@ def train(
     step, running = 0, 0.0
     while step < total:
         for images, labels in iterate_batches(
-            split, settings.batch_size, train=True, generator=gen, channels_last=settings.channels_last
+            split, settings.batch_size, train=True, generator=gen, channels_last=settings.channels_last,
+            crop=settings.crop,
         ):
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)

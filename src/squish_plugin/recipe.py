@@ -86,7 +86,7 @@ class EvolutionSection(_Section):
     round_to: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, gt=0)
     max_drop: float | None = Field(None, gt=0, le=1)
-    starvation: Literal["global", "layer", "cost"] = "global"
+    starvation: Literal["global", "layer", "cost"] = "layer"
     importance: Literal["l1", "l2"] = "l1"
     offspring_per_generation: int = Field(1, ge=1, le=64)
     selection: Literal["trained", "proxy"] = Field(

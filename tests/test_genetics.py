@@ -94,9 +94,10 @@ def test_budget_calibration_hits_expected_resource():
     strengths = [torch.rand(16) + 0.1, torch.rand(32) + 0.1, torch.rand(8) + 0.1]
     rm = _dense_chain([16, 32, 8])
     for env in (0.3, 0.6, 0.9):
-        probs = synthesis_probabilities(strengths, SynthesisConfig(env=env), rm)
-        got = rm(expected_fractions(probs))
-        assert got == pytest.approx(env * rm(torch.ones(3)), rel=1e-6)
+        for starvation in ("global", "layer", "cost"):
+            probs = synthesis_probabilities(strengths, SynthesisConfig(env=env, starvation=starvation), rm)
+            got = rm(expected_fractions(probs))
+            assert got == pytest.approx(env * rm(torch.ones(3)), rel=1e-6)
     enc = [synaptic_probability(s) for s in strengths]
     assert calibrate_multiplier(enc, rm, 1.0) == pytest.approx(1.0 / min(float(p.min()) for p in enc))
 
@@ -187,7 +188,8 @@ def test_layer_starvation_starves_every_layer_alike_and_meets_the_budget():
     resource is env x the parent's, and within a layer stronger clusters stay likelier."""
     strengths = [torch.tensor([10.0] + [1.0] * 15), torch.linspace(0.5, 1.0, 32), torch.linspace(0.2, 1.0, 8)]
     rm = _dense_chain([16, 32, 8])
-    glob = expected_fractions(synthesis_probabilities(strengths, SynthesisConfig(env=0.7, temperature=0.3), rm))
+    paper_way = SynthesisConfig(env=0.7, temperature=0.3, starvation="global")
+    glob = expected_fractions(synthesis_probabilities(strengths, paper_way, rm))
     probs = synthesis_probabilities(strengths, SynthesisConfig(env=0.7, temperature=0.3, starvation="layer"), rm)
     frac = expected_fractions(probs)
     assert float(frac.max() - frac.min()) < 1e-3

@@ -166,7 +166,7 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     records = read_lineage(run_dir)
     run_recipe = read_run_recipe(run_dir)
     gens, last = _targets(records, run_recipe, recipe.extra_params)
-    torch.set_num_threads(run_recipe.train.threads)
+    torch.set_num_threads(recipe.threads or run_recipe.train.threads)
     out = out_dir or Path(recipe.output.dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.yaml", yaml.safe_dump(recipe.model_dump(), sort_keys=False))

@@ -235,6 +235,7 @@ class CompareRecipe(_Section):
         "none", description="baselines train with plain cross-entropy ('none') or the run's distillation ('run', "
         "rows named '<method>+kd')"
     )
+    threads: int | None = Field(None, ge=1, le=256, description="CPU threads (default: the run's train.threads)")
     extra_params: list[int] = Field(
         [], description="more comparison points: the run's first generation at or below each parameter count"
     )

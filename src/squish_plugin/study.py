@@ -37,7 +37,10 @@ _WNID = re.compile(r"^n\d{8}$")
 
 
 def check_data(recipe: Recipe) -> None:
-    """Cheap checks (no decoding) that the recipe's data folders exist."""
+    """Cheap checks (no decoding) that the recipe's data folders and files exist."""
+    init = recipe.model.init
+    if init is not None and not Path(init).is_file():
+        raise InvalidArgumentError(f"model.init '{init}' does not exist; give a checkpoint written by squish-plugin.")
     root = Path(recipe.data.root)
     if not root.is_dir():
         raise InvalidArgumentError(

@@ -80,6 +80,11 @@ class _Setup:
     tolerance: float
 
 
+def _label(method: str, distill: bool) -> str:
+    """A baseline's name in the results: ``<method>+kd`` when trained with the run's distillation."""
+    return f"{method}+kd" if distill else method
+
+
 def _baseline(method, ancestor, records, gens, last, setup: _Setup, console, distill: bool) -> list[dict[str, Any]]:
     run_recipe, train_split, val_split, epochs = setup.run_recipe, setup.train_split, setup.val_split, setup.epochs
     settings = train_settings(run_recipe)
@@ -87,7 +92,7 @@ def _baseline(method, ancestor, records, gens, last, setup: _Setup, console, dis
     example = torch.zeros(1, 3, size, size)
     model, rows = ancestor, []
     kind = run_recipe.train.distill.teacher if distill else "none"
-    label = f"{method}+kd" if distill else method
+    label = _label(method, distill)
     frozen_ancestor = copy.deepcopy(ancestor) if kind == "ancestor" else None
     for g in range(1, last + 1):
         seed = derive_seed(run_recipe.seed, g, 0, 1)  # the run's training seed of generation g
@@ -181,7 +186,7 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     ancestor = load_pruned(run_dir / records[0]["checkpoint"])
     distill = recipe.distill == "run" and run_recipe.train.distill.teacher != "none"
     for method in recipe.methods:
-        label = f"{method}+kd" if distill else method
+        label = _label(method, distill)
         if label in done:
             continue
         console.print(f"[bold]{label}[/]: generations 1..{last} on the run's schedule")

@@ -182,9 +182,7 @@ def _augment(
     rows = _reflect(dy[:, None] + ramp, size)
     cols = _reflect(dx[:, None] + ramp, size)
     cols = torch.where(flip[:, None], size - 1 - cols, cols)
-    # advanced indices around a slice put the channel dim last: [B, S, S, 3]
-    x = images[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return x.permute(0, 3, 1, 2)
+    return _gather(images, index, rows, cols)
 
 
 def _random_crop(
@@ -198,6 +196,12 @@ def _random_crop(
     ramp = torch.arange(crop)
     rows = dy[:, None] + ramp
     cols = dx[:, None] + torch.where(flip[:, None], crop - 1 - ramp, ramp)
+    return _gather(images, index, rows, cols)
+
+
+def _gather(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``out[b, :, i, j] = images[index[b], :, rows[b, i], cols[b, j]]`` in one gather."""
+    # advanced indices around a slice put the channel dim last: [B, H, W, 3]
     x = images[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return x.permute(0, 3, 1, 2)
 

@@ -257,6 +257,17 @@ def expected_fractions(
     return torch.tensor(out, dtype=torch.float64)
 
 
+def _bisect(fn: Callable[[float], float], target: float, lo: float, hi: float, iterations: int) -> float:
+    """The ``x`` in ``[lo, hi]`` with ``fn(x) = target`` for a non-decreasing ``fn`` (bisection)."""
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if fn(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 def calibrate_multiplier(
     encodings: Sequence[torch.Tensor],
     resource: ResourceModel,
@@ -281,13 +292,7 @@ def calibrate_multiplier(
 
     if expected(hi) <= target:
         return hi
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if expected(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return _bisect(expected, target, lo, hi, iterations)
 
 
 def synthesis_probabilities(
@@ -314,14 +319,8 @@ def _layer_multiplier(p: torch.Tensor, kept: float, iterations: int = 50) -> flo
     """The ``m`` with ``sum(min(1, m * p)) = kept`` clusters (bisection)."""
     if kept >= p.numel():
         return 1.0 / max(float(p.min()), 1e-12)
-    lo, hi = 0.0, 1.0 / max(float(p.min()), 1e-12)
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if float(torch.clamp(mid * p, max=1.0).sum()) < kept:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    hi = 1.0 / max(float(p.min()), 1e-12)
+    return _bisect(lambda m: float(torch.clamp(m * p, max=1.0).sum()), kept, 0.0, hi, iterations)
 
 
 def _layer_starvation(encodings: Sequence[torch.Tensor], resource: ResourceModel, config: SynthesisConfig) -> list[torch.Tensor]:
@@ -344,15 +343,9 @@ def _layer_starvation(encodings: Sequence[torch.Tensor], resource: ResourceModel
     def fractions_at(f: float) -> list[float]:
         return [max(f**a, fl) for a, fl in zip(exponents, floors)]
 
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if resource(fractions_at(mid)) < config.env * full:
-            lo = mid
-        else:
-            hi = mid
+    f = _bisect(lambda x: resource(fractions_at(x)), config.env * full, 0.0, 1.0, 50)
     out = []
-    for p, n, frac in zip(encodings, sizes, fractions_at(0.5 * (lo + hi))):
+    for p, n, frac in zip(encodings, sizes, fractions_at(f)):
         m = _layer_multiplier(p, frac * n)
         out.append(torch.clamp(m * p, max=1.0))
     return out

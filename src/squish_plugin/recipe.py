@@ -90,8 +90,8 @@ class EvolutionSection(_Section):
     importance: Literal["l1", "l2"] = "l1"
     offspring_per_generation: int = Field(1, ge=1, le=64)
     selection: Literal["trained", "proxy"] = Field(
-        "trained", description="how the best of several offspring is chosen: after training (val top-1), "
-        "or before training by top-1 on a fixed slice of training images (only the winner trains)"
+        "trained", description="how the best of several offspring is chosen, by top-1 on a fixed slice of "
+        "training images (never val): after training all of them, or before training ('proxy': only the winner trains)"
     )
     proxy_images: int = Field(512, ge=16, le=100000)
     reinitialize: bool = False

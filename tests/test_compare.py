@@ -91,3 +91,24 @@ def test_compare_recipe_errors(tmp_path):
     recipe.write_text(yaml.safe_dump({"name": "c", "run": str(tmp_path)}))
     result = runner.invoke(app, ["compare", str(recipe)])
     assert result.exit_code == 2 and "lineage.json" in result.output
+
+
+def test_distill_run_needs_a_distilled_run(tmp_path):
+    """`distill: run` against a run trained without distillation ends in one sentence
+    (exit 2) instead of silently writing plain rows under a `+kd` name."""
+    from squish_plugin.recipe import load_recipe
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    plain = load_recipe(EXAMPLES / "quickstart.yaml").model_dump()
+    assert plain["train"]["distill"]["teacher"] == "none"
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+    (run_dir / "lineage.json").write_text(json.dumps({"format": 1, "seed": 0, "records": [{"generation": 0}]}))
+    recipe = tmp_path / "c.yaml"
+    out = tmp_path / "cmp"
+    recipe.write_text(yaml.safe_dump({"name": "c", "run": str(run_dir), "methods": ["nni-l1"], "distill": "run",
+                                      "output": {"dir": str(out)}}))  # fmt: skip
+    result = runner.invoke(app, ["compare", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert "distill 'run' needs a run trained with distillation" in result.output
+    assert "Traceback" not in result.output and not out.exists()

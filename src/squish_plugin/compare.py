@@ -28,6 +28,7 @@ from torch import nn
 from ._surgery import Surgeon
 from .data import LoadedSplit, iterate_batches
 from .errors import InvalidArgumentError
+from .genetics import _bisect
 
 __all__ = ["METHODS", "prune_to"]
 
@@ -140,14 +141,7 @@ def _uniform_keep(model: nn.Module, target: int, example_inputs: torch.Tensor) -
     surgeon = Surgeon(model, example_inputs)
     rm = surgeon.resource_model("params")
     n = len(surgeon.layers)
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if rm([mid] * n) < target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return _bisect(lambda f: rm([f] * n), target, 0.0, 1.0, 40)
 
 
 def prune_to(

@@ -170,6 +170,11 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     run_dir = Path(recipe.run)
     records = read_lineage(run_dir)
     run_recipe = read_run_recipe(run_dir)
+    if recipe.distill == "run" and run_recipe.train.distill.teacher == "none":
+        raise InvalidArgumentError(
+            f"distill 'run' needs a run trained with distillation, but '{run_dir}' has train.distill.teacher "
+            "'none'; use distill 'none' or a run with teacher 'ancestor' or 'parent'."
+        )
     gens, last = _targets(records, run_recipe, recipe.extra_params)
     torch.set_num_threads(recipe.threads or run_recipe.train.threads)
     out = out_dir or Path(recipe.output.dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -184,7 +189,7 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     done["evolutionary"] = _ours(records, gens, epochs)
     train_split, val_split = load_data(run_recipe)
     ancestor = load_pruned(run_dir / records[0]["checkpoint"])
-    distill = recipe.distill == "run" and run_recipe.train.distill.teacher != "none"
+    distill = recipe.distill == "run"
     for method in recipe.methods:
         label = _label(method, distill)
         if label in done:

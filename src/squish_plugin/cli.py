@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -86,7 +87,8 @@ def run(
         raise typer.Exit(2)
     if resume is not None:
         resolved = _guard(lambda: read_run_recipe(resume))
-        _guard(lambda: run_study(resolved, run_dir=resume, resume=True), resume_hint=resume)
+        with _process_group(resolved.train.device):
+            _guard(lambda: run_study(resolved, run_dir=resume, resume=True), resume_hint=resume)
         return
     resolved = _guard(lambda: load_recipe(recipe, set_ or []))
     if dry_run:
@@ -94,8 +96,23 @@ def run(
         typer.echo(yaml.safe_dump(resolved.model_dump(), sort_keys=False).rstrip())
         typer.echo("dry run: recipe valid, nothing trained or written.")
         return
-    run_dir = new_run_dir(resolved)
-    _guard(lambda: run_study(resolved, run_dir=run_dir), resume_hint=run_dir)
+    with _process_group(resolved.train.device):
+        from . import distributed
+
+        run_dir = distributed.broadcast_object(new_run_dir(resolved))  # one name for every rank
+        _guard(lambda: run_study(resolved, run_dir=run_dir), resume_hint=run_dir)
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[None]:
+    """Under torchrun (``WORLD_SIZE`` > 1): join the process group for the command, leave it after."""
+    from . import distributed
+
+    _guard(lambda: distributed.setup(device))
+    try:
+        yield
+    finally:
+        distributed.shutdown()
 
 
 @app.command()

@@ -109,6 +109,7 @@ def iterate_batches(
     channels_last: bool = True,
     drop_last: bool = False,
     crop: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of ``(images, labels)``: float32 images normalised with the ImageNet
     mean/std. ``train=True`` shuffles and augments (random horizontal flip, random
@@ -118,6 +119,11 @@ def iterate_batches(
     each image (+ flip) — training at the pixel cost of ``crop`` while objects keep the
     apparent size they have at the split's own resolution (e.g. 128 px windows of 224 px
     images for a network evaluated at 224 px).
+    ``shard=(rank, world)`` (data-parallel training): every rank draws the same order and
+    augmentation as one process would (so ``generator`` must be seeded alike on every
+    rank), the order padded to a multiple of ``world`` as torch's DistributedSampler
+    does, and yields its own ``rank::world`` part of each batch of ``batch_size`` (a
+    multiple of ``world``); with ``train=False`` a rank gets every ``world``-th image.
 
     Example:
         >>> train = load_split("examples/data/imagenette-mini", "train", 128)
@@ -135,11 +141,13 @@ def iterate_batches(
             "iterate_batches(train=True) needs generator=torch.Generator().manual_seed(seed); "
             "randomness never comes from global state."
         )
+    if shard is not None:
+        shard = _check_shard(shard, batch_size if train else None)
     if crop is not None:
         crop = _check_int("crop", crop)
         if crop > split.images.shape[-1]:
             raise InvalidArgumentError(f"crop {crop} is larger than the images ({split.images.shape[-1]} px).")
-    return _batches(split, batch_size, train, generator, channels_last, drop_last, crop)
+    return _batches(split, batch_size, train, generator, channels_last, drop_last, crop, shard)
 
 
 def _batches(
@@ -150,53 +158,53 @@ def _batches(
     channels_last: bool,
     drop_last: bool,
     crop: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n, size = len(split), split.images.shape[-1]
+    rank, world = shard or (0, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
-    stop = n - n % batch_size if drop_last else n
+    if train:
+        order = torch.randperm(n, generator=generator)
+        order = torch.cat([order, order[: (-n) % world]])  # DistributedSampler's padding
+    else:
+        order = torch.arange(rank, n, world)
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for start in range(0, stop, batch_size):
         index = order[start : start + batch_size]
-        if train and crop is not None:
-            x = _random_crop(split.images, index, size, crop, generator)
-        elif train:
-            x = _augment(split.images, index, size, generator)
+        if train:
+            b = index.shape[0]
+            rows, cols = _window(b, size, crop, generator) if crop is not None else _jitter(b, size, generator)
+            mine = slice(rank, None, world)  # every rank drew the whole batch's randomness
+            index = index[mine]
+            x = _gather(split.images, index, rows[mine], cols[mine])
         else:
-            x = split.images[start : start + batch_size]
+            x = split.images[index]
         x = x.float().sub_(mean).div_(std)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         yield x.contiguous(memory_format=fmt), split.labels[index]
 
 
-def _augment(
-    images: torch.Tensor, index: torch.Tensor, size: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Flip + reflect-pad-by-size//8-then-crop in one gather: each output pixel reads
-    its source pixel through reflected indices, so no padded copy is made."""
-    b, pad = index.shape[0], size // 8
+def _jitter(b: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source rows/cols of flip + reflect-pad-by-size//8-then-crop: each output pixel
+    reads its source pixel through reflected indices, so no padded copy is made."""
+    pad = size // 8
     flip = torch.rand(b, generator=generator) < 0.5
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator) - pad
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator) - pad
     ramp = torch.arange(size)
     rows = _reflect(dy[:, None] + ramp, size)
     cols = _reflect(dx[:, None] + ramp, size)
-    cols = torch.where(flip[:, None], size - 1 - cols, cols)
-    return _gather(images, index, rows, cols)
+    return rows, torch.where(flip[:, None], size - 1 - cols, cols)
 
 
-def _random_crop(
-    images: torch.Tensor, index: torch.Tensor, size: int, crop: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Flip + a random ``crop x crop`` window per image, in one gather."""
-    b = index.shape[0]
+def _window(b: int, size: int, crop: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source rows/cols of flip + a random ``crop x crop`` window per image."""
     flip = torch.rand(b, generator=generator) < 0.5
     dy = torch.randint(0, size - crop + 1, (b,), generator=generator)
     dx = torch.randint(0, size - crop + 1, (b,), generator=generator)
     ramp = torch.arange(crop)
-    rows = dy[:, None] + ramp
-    cols = dx[:, None] + torch.where(flip[:, None], crop - 1 - ramp, ramp)
-    return _gather(images, index, rows, cols)
+    return dy[:, None] + ramp, dx[:, None] + torch.where(flip[:, None], crop - 1 - ramp, ramp)
 
 
 def _gather(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -209,6 +217,19 @@ def _gather(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols:
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
     i = i.abs()
     return torch.where(i > size - 1, 2 * (size - 1) - i, i)
+
+
+def _check_shard(shard: object, batch_size: int | None) -> tuple[int, int]:
+    if (not isinstance(shard, tuple) or len(shard) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            or not 0 <= shard[0] < shard[1]):  # fmt: skip
+        raise InvalidArgumentError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}.")
+    if batch_size is not None and batch_size % shard[1]:
+        raise InvalidArgumentError(
+            f"batch_size {batch_size} is not a multiple of the {shard[1]} processes; "
+            "choose a batch size every process gets an equal part of."
+        )
+    return shard
 
 
 def _check_int(name: str, value: object) -> int:

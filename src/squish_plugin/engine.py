@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .errors import CheckpointError, InvalidArgumentError
 from .genetics import SynthesisConfig, derive_seed
 from .models import model_stats
@@ -118,6 +119,8 @@ class _Evolution:
         self.records: list[dict[str, Any]] = []
 
     def measure(self, model: nn.Module, ctx: GenerationContext) -> dict[str, Any]:
+        what = "the ancestor" if ctx.generation == 0 else f"offspring {ctx.candidate} of generation {ctx.generation}"
+        before = distributed.check_replicas(model, what)  # torchrun: every rank holds the same network
         start = time.perf_counter()
         if ctx.generation > 0 or self.options["train_ancestor"]:
             model.train()
@@ -130,17 +133,24 @@ class _Evolution:
         model.eval()
         metrics = dict(self.eval_fn(model))
         stats = model_stats(model, self.options["example_inputs"])
-        return {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": _widths(model)}
+        record = {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": _widths(model)}
+        if before is not None:
+            after = distributed.check_replicas(model, f"{what} after training")
+            record["replicas"] = {"ranks": before["ranks"], "before_training": before["fingerprint"],
+                                  "after_training": after["fingerprint"]}  # fmt: skip
+        return record
 
     def commit(self, generation: int, model: nn.Module, record: dict[str, Any]) -> None:
         name = f"checkpoints/gen_{generation:02d}.pt"
-        save_pruned(model, self.run_dir / name)
         record = {"generation": generation, **record, "checkpoint": name}
         self.records = [r for r in self.records if r["generation"] < generation] + [record]
-        write_json_atomic(
-            self.run_dir / LINEAGE_FILE,
-            {"format": LINEAGE_FORMAT, "seed": self.seed, "records": self.records},
-        )
+        if distributed.is_main():  # torchrun: rank 0 alone writes
+            save_pruned(model, self.run_dir / name)
+            write_json_atomic(
+                self.run_dir / LINEAGE_FILE,
+                {"format": LINEAGE_FORMAT, "seed": self.seed, "records": self.records},
+            )
+        distributed.barrier()  # the checkpoint exists for every rank from here on
         if self.options["on_generation"]:
             self.options["on_generation"](record)
 

@@ -73,6 +73,9 @@ class TrainSection(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     channels_last: bool = True
     threads: int = Field(2, ge=1, le=256)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where networks train and are evaluated: auto = a CUDA GPU when PyTorch sees one, else the CPU"
+    )
     eval_batch_size: int = Field(64, ge=1, le=4096)
     distill: DistillSection = DistillSection()
 

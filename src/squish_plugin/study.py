@@ -19,6 +19,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from . import distributed
 from .data import LoadedSplit, load_split
 from .engine import GenerationContext, evolve
 from .errors import InvalidArgumentError
@@ -81,7 +82,7 @@ def train_settings(recipe: Recipe) -> TrainSettings:
         batch_size=t.batch_size, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
         label_smoothing=t.label_smoothing, channels_last=t.channels_last,
         distill_alpha=t.distill.alpha, distill_temperature=t.distill.temperature,
-        crop=recipe.data.train_crop,
+        crop=recipe.data.train_crop, device=recipe.train.device,
     )  # fmt: skip
 
 
@@ -165,25 +166,40 @@ class _Display:
 def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
     d = recipe.data
     check_data(recipe)
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 decodes (and caches) first; the others then read its cache
     train_split = load_split(d.root, d.train_split, d.train_size, classes=d.classes, cache_dir=d.cache_dir, train=True)
     val_split = load_split(
         d.root, d.val_split, d.eval_size, classes=list(train_split.classes), cache_dir=d.cache_dir, train=False
     )
+    if distributed.is_main():
+        distributed.barrier()
     return train_split, val_split
 
 
 def run_study(
     recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, console: Console | None = None
 ) -> Path:
-    """Run (or resume) the whole study of ``recipe``; return the run directory."""
-    console = console or Console()
+    """Run (or resume) the whole study of ``recipe``; return the run directory.
+
+    Under torchrun (see :mod:`squish_plugin.distributed`) call it on every rank: the ranks
+    train together, agree on every offspring, and rank 0 alone writes ``run_dir``."""
+    main = distributed.is_main()
+    console = console or Console(quiet=not main)
+    world = distributed.world_size()
+    if recipe.train.batch_size % world:
+        raise InvalidArgumentError(
+            f"train.batch_size {recipe.train.batch_size} is not a multiple of the {world} processes; "
+            "choose a global batch size every process gets an equal part of."
+        )
     torch.set_num_threads(recipe.train.threads)
     train_split, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_split.classes)
-    run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
-    console.print(f"run directory: {run_dir}")
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else str(new_run_dir(recipe))))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
+    console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
     settings = train_settings(recipe)
     evo = recipe.evolution
     display = _Display(console, evo.generations)
@@ -199,10 +215,12 @@ def run_study(
     proxy = proxy_slice(train_split, evo.proxy_images)
 
     def proxy_fn(model: torch.nn.Module, ctx: GenerationContext) -> float:
-        return evaluate(model, proxy, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last)["top1"]
+        return evaluate(model, proxy, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last,
+                        device=recipe.train.device)["top1"]  # fmt: skip
 
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate(model, val_split, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last)
+        return evaluate(model, val_split, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last,
+                        device=recipe.train.device)  # fmt: skip
 
     config = SynthesisConfig(
         env=evo.env, mode=evo.mode, resource=evo.resource, min_channels=evo.min_channels,
@@ -220,7 +238,8 @@ def run_study(
             importance=evo.importance, reinitialize=evo.reinitialize,
             on_generation=display.on_generation, example_inputs=torch.zeros(1, 3, size, size),
         )  # fmt: skip
-    rewrite_report(run_dir, recipe, lineage.records)
+    if main:
+        rewrite_report(run_dir, recipe, lineage.records)
     console.print(f"report: {run_dir / 'report.md'}")
     return run_dir
 

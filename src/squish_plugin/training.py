@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .data import LoadedSplit, iterate_batches
 
 __all__ = ["TrainSettings", "evaluate", "train"]
@@ -39,6 +40,7 @@ class TrainSettings:
     crop: int | None = None
     distill_alpha: float = 0.7
     distill_temperature: float = 4.0
+    device: str = "cpu"
 
 
 def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -72,44 +74,70 @@ def train(
     With a ``teacher`` (e.g. the parent or the trained ancestor) the loss is
     knowledge distillation (Hinton et al. 2015): ``(1 - a) * CE + a * T^2 * KL`` between
     the teacher's and the student's softened outputs, ``a = settings.distill_alpha``,
-    ``T = settings.distill_temperature``; the teacher stays frozen in eval mode."""
+    ``T = settings.distill_temperature``; the teacher stays frozen in eval mode.
+
+    The model trains on ``settings.device`` (``cpu``, ``cuda`` or ``auto``) and comes back
+    to the device it was on. Under torch.distributed (torchrun) it trains data-parallel:
+    wrapped in DistributedDataParallel, each rank takes its ``1/world`` part of every batch
+    of ``settings.batch_size`` (the global batch, so steps and learning rate are those of
+    one process), and every rank must call with the same ``seed``."""
     steps_per_epoch = math.ceil(len(split.labels) / settings.batch_size)
     total = math.ceil(epochs * steps_per_epoch)
     if total <= 0:
         return {"steps": 0, "loss": float("nan")}
-    if settings.channels_last:
-        model.to(memory_format=torch.channels_last)
+    device = distributed.device_for(settings.device)
+    home = _device_of(model)
+    fmt = torch.channels_last if settings.channels_last else torch.preserve_format
+    model.to(device=device, memory_format=fmt)
     model.train()
+    net: nn.Module = model
+    world = distributed.world_size()
+    shard = (distributed.rank(), world) if world > 1 else None
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = _optimizer(model, settings)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, total, settings.warmup_steps))
+    teacher_home = None
     if teacher is not None:
+        teacher_home = _device_of(teacher)
         teacher.eval()
-        if settings.channels_last:
-            teacher.to(memory_format=torch.channels_last)
+        teacher.to(device=device, memory_format=fmt)
     gen = torch.Generator().manual_seed(seed)
     step, running = 0, 0.0
-    while step < total:
-        for images, labels in iterate_batches(
-            split, settings.batch_size, train=True, generator=gen, channels_last=settings.channels_last,
-            crop=settings.crop,
-        ):
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
-            if teacher is not None:
-                loss = _distill(loss, logits, teacher, images, settings)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
-            if on_step:
-                on_step(step, total, running)
-            if step >= total:
-                break
+    try:
+        while step < total:
+            for images, labels in iterate_batches(
+                split, settings.batch_size, train=True, generator=gen, channels_last=settings.channels_last,
+                crop=settings.crop, shard=shard,
+            ):
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                logits = net(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
+                if teacher is not None:
+                    loss = _distill(loss, logits, teacher, images, settings)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if settings.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                opt.step()
+                sched.step()
+                step += 1
+                running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
+                if on_step:
+                    on_step(step, total, running)
+                if step >= total:
+                    break
+    finally:
+        del net
+        model.to(home)
+        if teacher is not None:
+            teacher.to(teacher_home)
     return {"steps": step, "loss": running}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _distill(ce: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor,
@@ -122,18 +150,28 @@ def _distill(ce: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, images:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: LoadedSplit, *, batch_size: int = 64, channels_last: bool = True
+    model: nn.Module, split: LoadedSplit, *, batch_size: int = 64, channels_last: bool = True, device: str = "cpu"
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent on ``split`` (no augmentation)."""
+    """Top-1 and top-5 accuracy in percent on ``split`` (no augmentation), on ``device``;
+    under torch.distributed each rank scores every ``world``-th image and the counts are
+    summed, so every rank returns the figures of the whole split."""
     model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    target = distributed.device_for(device)
+    home = _device_of(model)
+    model.to(device=target, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    world = distributed.world_size()
+    shard = (distributed.rank(), world) if world > 1 else None
     correct1 = correct5 = total = 0
-    for images, labels in iterate_batches(split, batch_size, train=False, channels_last=channels_last):
-        logits = model(images)
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        correct1 += int((top[:, 0] == labels).sum())
-        correct5 += int((top == labels[:, None]).any(1).sum())
-        total += len(labels)
+    try:
+        for images, labels in iterate_batches(split, batch_size, train=False, channels_last=channels_last, shard=shard):
+            images, labels = images.to(target, non_blocking=True), labels.to(target, non_blocking=True)
+            logits = model(images)
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            correct1 += int((top[:, 0] == labels).sum())
+            correct5 += int((top == labels[:, None]).any(1).sum())
+            total += len(labels)
+    finally:
+        model.to(home)
+    correct1, correct5, total = distributed.all_reduce_sum([correct1, correct5, total])
     return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1)}

@@ -148,3 +148,27 @@ def test_torchrun_two_gloo_processes_agree_and_rank0_alone_writes(tmp_path):
     resumed = json.loads((run_dir / "lineage.json").read_text())["records"]
     assert resumed[2]["replicas"] == records[2]["replicas"] and resumed[2]["top1"] == records[2]["top1"]
     assert (tmp_path / "audit.1").read_text() == ""
+
+
+def test_cuda_training_uses_deterministic_cudnn_and_restores_flags():
+    """On CUDA, training selects deterministic cuDNN (same seed, same weights: measured on
+    an H200, two quickstart runs identical) and restores the caller's flags afterwards."""
+    from squish_plugin.training import _CudnnDeterminism
+
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+        guard = _CudnnDeterminism(True)
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (True, False)
+        guard.restore()
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (False, True)
+        _CudnnDeterminism(False).restore()
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (False, True)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_a_gpu_is_one_sentence():
+    with pytest.raises(InvalidArgumentError, match="PyTorch sees no CUDA GPU"):
+        distributed.device_for("cuda")

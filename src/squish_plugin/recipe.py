@@ -76,6 +76,9 @@ class TrainSection(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where networks train and are evaluated: auto = a CUDA GPU when PyTorch sees one, else the CPU"
     )
+    deterministic: bool = Field(
+        True, description="on CUDA, deterministic cuDNN algorithms: same seed, same weights, exact resume (slower)"
+    )
     eval_batch_size: int = Field(64, ge=1, le=4096)
     distill: DistillSection = DistillSection()
 

@@ -82,7 +82,7 @@ def train_settings(recipe: Recipe) -> TrainSettings:
         batch_size=t.batch_size, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
         label_smoothing=t.label_smoothing, channels_last=t.channels_last,
         distill_alpha=t.distill.alpha, distill_temperature=t.distill.temperature,
-        crop=recipe.data.train_crop, device=recipe.train.device,
+        crop=recipe.data.train_crop, device=recipe.train.device, deterministic=recipe.train.deterministic,
     )  # fmt: skip
 
 

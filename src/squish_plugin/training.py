@@ -41,6 +41,7 @@ class TrainSettings:
     distill_alpha: float = 0.7
     distill_temperature: float = 4.0
     device: str = "cpu"
+    deterministic: bool = True
 
 
 def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -77,7 +78,9 @@ def train(
     ``T = settings.distill_temperature``; the teacher stays frozen in eval mode.
 
     The model trains on ``settings.device`` (``cpu``, ``cuda`` or ``auto``) and comes back
-    to the device it was on. Under torch.distributed (torchrun) it trains data-parallel:
+    to the device it was on; on CUDA, ``settings.deterministic`` (default) selects
+    deterministic cuDNN algorithms so the same seed gives the same weights.
+    Under torch.distributed (torchrun) it trains data-parallel:
     wrapped in DistributedDataParallel, each rank takes its ``1/world`` part of every batch
     of ``settings.batch_size`` (the global batch, so steps and learning rate are those of
     one process), and every rank must call with the same ``seed``."""
@@ -104,6 +107,7 @@ def train(
         teacher.to(device=device, memory_format=fmt)
     gen = torch.Generator().manual_seed(seed)
     step, running = 0, 0.0
+    cudnn = _CudnnDeterminism(settings.deterministic and device.type == "cuda")
     try:
         while step < total:
             for images, labels in iterate_batches(
@@ -128,11 +132,27 @@ def train(
                 if step >= total:
                     break
     finally:
+        cudnn.restore()
         del net
         model.to(home)
         if teacher is not None:
             teacher.to(teacher_home)
     return {"steps": step, "loss": running}
+
+
+class _CudnnDeterminism:
+    """On CUDA, deterministic cuDNN algorithms (and no autotuning) while training, so
+    that the same seed gives the same weights and ``--resume`` replays a run exactly;
+    the previous flags come back afterwards."""
+
+    def __init__(self, on: bool) -> None:
+        self.saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) if on else None
+        if on:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved
 
 
 def _device_of(model: nn.Module) -> torch.device:

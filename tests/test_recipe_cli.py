@@ -136,3 +136,6 @@ def test_resume_needs_a_run_directory(tmp_path):
     assert result.exit_code == 2 and "not a run directory" in result.output
     result = runner.invoke(app, ["run"])
     assert result.exit_code == 2 and "either a recipe" in result.output
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", "train.lr=0.1"])
+    assert result.exit_code == 2 and "only --set evolution.generations=N" in result.output
+    assert "'train.lr=0.1'" in result.output

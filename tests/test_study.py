@@ -99,6 +99,15 @@ def test_interrupted_run_resumes_to_the_same_lineage(tmp_path, monkeypatch):
 
     assert essence(run) == essence(_only_run(tmp_path / "full"))
 
+    # a finished run extended by one generation: the recorded ones and the rest of its
+    # recipe.yaml stay as they were
+    before = (run / "recipe.yaml").read_text()
+    more = runner.invoke(app, ["run", "--resume", str(run), "--set", "evolution.generations=3"])
+    assert more.exit_code == 0, more.output
+    assert essence(run)[:3] == essence(_only_run(tmp_path / "full")) and len(essence(run)) == 4
+    after = (run / "recipe.yaml").read_text()
+    assert after == before.replace("generations: 2", "generations: 3") and after != before
+
 
 def _fake_ilsvrc(samples: Path, root: Path) -> None:
     """train/<wnid>/ and val/<wnid>/ linking the sample photos (the same photos in both:

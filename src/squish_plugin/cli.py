@@ -82,11 +82,19 @@ def run(
     if (recipe is None) == (resume is None):
         typer.echo("error: give either a recipe file or --resume RUN_DIR, not both or neither.", err=True)
         raise typer.Exit(2)
-    if resume is not None and (set_ or dry_run):
-        typer.echo("error: --resume continues a run as it was recorded; --set and --dry-run do not apply.", err=True)
+    if resume is not None and dry_run:
+        typer.echo("error: --resume continues a run as it was recorded; --dry-run does not apply.", err=True)
+        raise typer.Exit(2)
+    other = [item for item in set_ or [] if item.partition("=")[0].strip() != "evolution.generations"]
+    if resume is not None and other:
+        typer.echo(
+            f"error: --resume continues a run as it was recorded; only --set evolution.generations=N "
+            f"(to extend a run) applies, not '{other[0]}'.",
+            err=True,
+        )
         raise typer.Exit(2)
     if resume is not None:
-        resolved = _guard(lambda: read_run_recipe(resume))
+        resolved = _guard(lambda: read_run_recipe(resume, set_ or []))
         with _process_group(resolved.train.device):
             _guard(lambda: run_study(resolved, run_dir=resume, resume=True), resume_hint=resume)
         return

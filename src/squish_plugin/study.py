@@ -26,7 +26,7 @@ from .errors import InvalidArgumentError
 from .genetics import SynthesisConfig
 from .models import squeezenet1_1_ancestor
 from .persistence import atomic_write_text, load_pruned
-from .recipe import Recipe, resolve_paths, validate_recipe
+from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .training import TrainSettings, evaluate, train
 
@@ -64,15 +64,27 @@ def new_run_dir(recipe: Recipe) -> Path:
     return path
 
 
-def read_run_recipe(run_dir: Path) -> Recipe:
-    """The resolved recipe a run directory was started with (for ``--resume``)."""
+def read_run_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:
+    """The resolved recipe a run directory was started with (for ``--resume``), with
+    ``overrides`` (``a.b=value``) applied, e.g. more generations to extend the run."""
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise InvalidArgumentError(f"'{run_dir}' is not a run directory: it has no {RECIPE_FILE}.")
     data = yaml.safe_load(path.read_text())
     if isinstance(data, dict):
         resolve_paths(data, Path(run_dir))  # a moved or committed run may hold relative paths
+        data = apply_overrides(data, overrides or [])
     return validate_recipe(data, str(path))
+
+
+def _extend(run_dir: Path, generations: int) -> None:
+    """Record a resumed run's new generation count in its ``recipe.yaml``, leaving the
+    rest of the file (e.g. relative data paths of a committed run) as it was."""
+    path = Path(run_dir) / RECIPE_FILE
+    data = yaml.safe_load(path.read_text())
+    if data["evolution"].get("generations") != generations:
+        data["evolution"]["generations"] = generations
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def train_settings(recipe: Recipe) -> TrainSettings:
@@ -196,7 +208,9 @@ def run_study(
     train_split, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_split.classes)
     run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else str(new_run_dir(recipe))))
-    if main:
+    if main and resume:
+        _extend(run_dir, recipe.evolution.generations)
+    elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))

@@ -117,6 +117,13 @@ def test_export_and_bench_a_run_fill_the_report(tmp_path):
     result = runner.invoke(app, ["bench", str(run), "--backend", "pytorch", "--batch", "2", "--runs", "1", "--warmup", "0"])
     assert result.exit_code == 0, result.output
     assert "pytorch fp32, batch 2" in (run / "report.md").read_text()
+    # interleaved rounds: every model timed rounds * runs batches, the rounds recorded
+    result = runner.invoke(app, ["bench", str(run), "--backend", "onnxruntime", "--batch", "4", "--runs", "2",
+                                 "--warmup", "1", "--rounds", "3"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = json.loads((run / "bench" / "onnxruntime-fp32-b4.json").read_text())
+    assert [r["model"] for r in stored] == ["ancestor", "squishednet-1", "squishednet-2"]
+    assert all(r["runs"] == 6 and r["env"]["rounds"] == 3 and r["params"] > 0 for r in stored)
 
 
 def test_bench_errors_are_sentences(tmp_path):
@@ -125,7 +132,9 @@ def test_bench_errors_are_sentences(tmp_path):
     assert result.exit_code == 2 and "squish-plugin export" in result.output
     runner.invoke(app, ["export", str(run), "--size", "64"])
     for args, match in [(["--backend", "cuda-magic"], "backend must be one of"),
-                        (["--backend", "onnxruntime", "--precision", "fp16"], "fp32 only")]:  # fmt: skip
+                        (["--backend", "onnxruntime", "--precision", "fp16"], "fp32 only"),
+                        (["--rounds", "0"], "rounds must be an integer >= 1"),
+                        (["--backend", "trtexec", "--rounds", "2"], "applies to the pytorch and onnxruntime")]:  # fmt: skip
         result = runner.invoke(app, ["bench", str(run), *args])
         assert result.exit_code == 2 and match in result.output, result.output
     result = runner.invoke(app, ["bench", "kit", str(run)])

@@ -161,7 +161,8 @@ def bench(
     precision: Annotated[str, typer.Option(help="fp32 | fp16 (tensorrt, trtexec)")] = "fp32",
     threads: Annotated[int, typer.Option(help="CPU threads (pytorch, onnxruntime)")] = 2,
     warmup: Annotated[int, typer.Option(help="untimed batches first")] = 3,
-    runs: Annotated[int, typer.Option(help="timed batches")] = 10,
+    runs: Annotated[int, typer.Option(help="timed batches (per round)")] = 10,
+    rounds: Annotated[int, typer.Option(help="interleaved rounds over the models (pytorch, onnxruntime)")] = 1,
     trtexec: Annotated[str | None, typer.Option(help="path to trtexec")] = None,
     out: Annotated[Path | None, typer.Option(help="kit: where to write the Jetson kit")] = None,
     into: Annotated[Path | None, typer.Option(help="collect: the run directory to fill")] = None,
@@ -188,7 +189,8 @@ def bench(
         typer.echo(f"{len(results)} results collected; report: {into / 'report.md'}")
     else:
         results = _guard(lambda: deploy.bench_run(args[0], backend=backend, batch=batch, precision=precision,
-                                                  threads=threads, warmup=warmup, runs=runs, trtexec=trtexec))  # fmt: skip
+                                                  threads=threads, warmup=warmup, runs=runs, trtexec=trtexec,
+                                                  rounds=rounds))  # fmt: skip
         for r in results:
             typer.echo(f"{r['model']:15s} {r['images_per_second']:8.1f} img/s  median {r['latency_ms']['median']:.1f} ms/batch"
                        f"  p90 {r['latency_ms']['p90']:.1f}  ({r['backend']} {r['precision']}, batch {r['batch']})")  # fmt: skip

@@ -74,22 +74,33 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_pytorch(model: torch.nn.Module, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
-                  channels_last: bool = True, warmup: int = 3, runs: int = 10, **_: Any) -> dict[str, Any]:  # fmt: skip
-    """Eager PyTorch on the CPU (channels_last by default)."""
+def pytorch_runner(model: torch.nn.Module, *, batch: int = 32, size: int = 224, threads: int = 2,
+                   channels_last: bool = True) -> tuple[Callable[[], Any], dict[str, Any]]:  # fmt: skip
+    """``(run one batch, environment)`` for eager PyTorch on the CPU."""
     torch.set_num_threads(threads)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.eval().to(memory_format=fmt)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
-    with torch.inference_mode():
-        seconds = _time(lambda: model(x), warmup, runs)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
     env = {"device": _cpu_name(), "threads": threads, "torch": torch.__version__, "channels_last": channels_last}
-    return result(name, "pytorch", "fp32", batch, size, seconds, warmup, env)
+    return run, env
 
 
-def bench_onnxruntime(onnx_path: str | os.PathLike, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
-                      warmup: int = 3, runs: int = 10, cuda: bool = False, **_: Any) -> dict[str, Any]:  # fmt: skip
-    """ONNX Runtime: the CPU execution provider, or CUDA where present and asked for."""
+def bench_pytorch(model: torch.nn.Module, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
+                  channels_last: bool = True, warmup: int = 3, runs: int = 10, **_: Any) -> dict[str, Any]:  # fmt: skip
+    """Eager PyTorch on the CPU (channels_last by default)."""
+    run, env = pytorch_runner(model, batch=batch, size=size, threads=threads, channels_last=channels_last)
+    return result(name, "pytorch", "fp32", batch, size, _time(run, warmup, runs), warmup, env)
+
+
+def onnxruntime_runner(onnx_path: str | os.PathLike, *, batch: int = 32, size: int = 224, threads: int = 2,
+                       cuda: bool = False) -> tuple[Callable[[], Any], dict[str, Any]]:  # fmt: skip
+    """``(run one batch, environment)`` for ONNX Runtime: the CPU execution provider, or
+    CUDA where present and asked for."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -104,10 +115,37 @@ def bench_onnxruntime(onnx_path: str | os.PathLike, *, name: str, batch: int = 3
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)}
-    seconds = _time(lambda: session.run(None, feed), warmup, runs)
     env = {"device": "CUDA" if cuda else _cpu_name(), "threads": threads, "onnxruntime": ort.__version__,
            "providers": session.get_providers()}  # fmt: skip
-    return result(name, "onnxruntime", "fp32", batch, size, seconds, warmup, env)
+    return (lambda: session.run(None, feed)), env
+
+
+def bench_onnxruntime(onnx_path: str | os.PathLike, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
+                      warmup: int = 3, runs: int = 10, cuda: bool = False, **_: Any) -> dict[str, Any]:  # fmt: skip
+    """ONNX Runtime: the CPU execution provider, or CUDA where present and asked for."""
+    run, env = onnxruntime_runner(onnx_path, batch=batch, size=size, threads=threads, cuda=cuda)
+    return result(name, "onnxruntime", "fp32", batch, size, _time(run, warmup, runs), warmup, env)
+
+
+def bench_interleaved(targets: dict[str, Any], *, backend: str, batch: int = 32, size: int = 224, threads: int = 2,
+                      warmup: int = 3, runs: int = 10, rounds: int = 1) -> list[dict[str, Any]]:  # fmt: skip
+    """PyTorch or ONNX Runtime throughput of several models measured in ``rounds``
+    interleaved rounds (A B C, A B C, ...), each model timed ``runs`` batches per round
+    after ``warmup`` untimed ones: a machine that slows down for a while slows every model
+    alike, and each figure is the median over all ``rounds * runs`` batches."""
+    make = {"pytorch": pytorch_runner, "onnxruntime": onnxruntime_runner}[backend]
+    runners = {name: make(target, batch=batch, size=size, threads=threads) for name, target in targets.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in targets}
+    for name, (run, _) in runners.items():
+        _time(run, warmup, 0)
+    for _ in range(rounds):
+        for name, (run, _) in runners.items():
+            seconds[name] += _time(run, 0, runs)
+    out = []
+    for name, (_, env) in runners.items():
+        res = result(name, backend, "fp32", batch, size, seconds[name], warmup, {**env, "rounds": rounds})
+        out.append(res)
+    return out
 
 
 def _tensorrt(onnx_path, *, name, batch=32, size=224, precision="fp32", warmup=10, runs=50, **_):

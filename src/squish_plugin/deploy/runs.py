@@ -22,7 +22,7 @@ from ..engine import write_json_atomic
 from ..errors import InvalidArgumentError
 from ..persistence import load_pruned
 from ..study import THROUGHPUT_FILE, read_lineage, rewrite_report, squishednet_models
-from .backends import BACKENDS
+from .backends import BACKENDS, bench_interleaved
 
 __all__ = ["bench_run", "collect_into_run", "export_run", "kit_for_run"]
 
@@ -67,20 +67,36 @@ def _store(run_dir: Path, results: list[dict], generations: dict[str, int]) -> P
 
 
 def bench_run(run_dir: str | Path, *, backend: str = "onnxruntime", batch: int = 32, precision: str = "fp32",
-              threads: int = 2, warmup: int = 3, runs: int = 10, trtexec: str | None = None) -> list[dict]:  # fmt: skip
-    """Benchmark every exported model of ``run_dir`` with one backend, in one process."""
+              threads: int = 2, warmup: int = 3, runs: int = 10, trtexec: str | None = None,
+              rounds: int = 1) -> list[dict]:  # fmt: skip
+    """Benchmark every exported model of ``run_dir`` with one backend, in one process;
+    ``rounds > 1`` (pytorch, onnxruntime) interleaves the models round by round."""
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}.")
     if precision not in ("fp32", "fp16"):
         raise InvalidArgumentError(f"precision must be fp32 or fp16, got {precision!r}.")
     if precision == "fp16" and backend in ("pytorch", "onnxruntime"):
         raise InvalidArgumentError(f"the {backend} backend measures fp32 only; fp16 is for tensorrt and trtexec.")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise InvalidArgumentError(f"rounds must be an integer >= 1, got {rounds!r}.")
+    if rounds > 1 and backend not in ("pytorch", "onnxruntime"):
+        raise InvalidArgumentError(f"rounds > 1 applies to the pytorch and onnxruntime backends, not {backend}.")
     run_dir = Path(run_dir)
     manifest = _manifest(run_dir)
     needs, fn = BACKENDS[backend]
     records = {r["generation"]: r for r in read_lineage(run_dir)}
     results = []
-    for name, info in manifest["models"].items():
+    if rounds > 1:
+        targets = {
+            name: load_pruned(run_dir / records[info["generation"]]["checkpoint"]) if needs == "model" else run_dir / info["path"]
+            for name, info in manifest["models"].items()
+        }  # fmt: skip
+        results = bench_interleaved(targets, backend=backend, batch=batch, size=manifest["size"], threads=threads,
+                                    warmup=warmup, runs=runs, rounds=rounds)  # fmt: skip
+        for res in results:
+            info = manifest["models"][res["model"]]
+            res.update(params=info["params"], macs=info["macs"], generation=info["generation"])
+    for name, info in manifest["models"].items() if rounds == 1 else ():
         kw = dict(name=name, batch=batch, size=manifest["size"], threads=threads, warmup=warmup, runs=runs,
                   precision=precision, trtexec=trtexec)  # fmt: skip
         target = load_pruned(run_dir / records[info["generation"]]["checkpoint"]) if needs == "model" else run_dir / info["path"]

@@ -169,6 +169,16 @@ def test_cuda_training_uses_deterministic_cudnn_and_restores_flags():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_device_without_a_gpu_is_one_sentence():
+def test_cuda_device_without_a_gpu_is_one_sentence(tmp_path):
+    """`train.device: cuda` on a machine without CUDA stops before anything is decoded or
+    written, in one sentence, exit 2."""
+    from typer.testing import CliRunner
+
+    from squish_plugin.cli import app
+
     with pytest.raises(InvalidArgumentError, match="PyTorch sees no CUDA GPU"):
         distributed.device_for("cuda")
+    result = CliRunner().invoke(app, ["run", str(REPO / "examples" / "quickstart.yaml"), "--set", "train.device=cuda",
+                                      "--set", f"output.dir={tmp_path / 'runs'}"])  # fmt: skip
+    assert result.exit_code == 2 and "PyTorch sees no CUDA GPU" in result.output
+    assert not (tmp_path / "runs").exists()

@@ -64,13 +64,11 @@ def setup(device: str = "auto") -> bool:
     ``MASTER_ADDR``/``MASTER_PORT``): nccl with one GPU per process when ``device`` (a
     recipe's ``train.device``) means CUDA, gloo on CPU. Returns whether the run is
     distributed."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise InvalidArgumentError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}.")
+    cuda = _wants_cuda(device)
     size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if size <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             count = torch.cuda.device_count()
@@ -106,24 +104,27 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
+def _wants_cuda(choice: str) -> bool:
+    """Whether a recipe's ``train.device`` (``auto``/``cpu``/``cuda``) means CUDA here."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise InvalidArgumentError(f"device must be 'auto', 'cpu' or 'cuda', got {choice!r}.")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("train.device is 'cuda' but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'.")
+    return choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+
+
 def device_for(choice: str) -> torch.device:
     """The device a recipe's ``train.device`` (``auto``/``cpu``/``cuda``) means in this
     process: under torchrun on CUDA, the process's own GPU (``LOCAL_RANK``)."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise InvalidArgumentError(f"device must be 'auto', 'cpu' or 'cuda', got {choice!r}.")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise InvalidArgumentError("train.device is 'cuda' but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'.")
-    return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", torch.cuda.current_device()) if _wants_cuda(choice) else torch.device("cpu")
 
 
-def all_reduce_sum(values: list[float], device: torch.device | None = None) -> list[float]:
+def all_reduce_sum(values: list[float]) -> list[float]:
     """Element-wise sum of ``values`` over all ranks (the values themselves alone)."""
     if not _active():
         return list(values)
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    on_gpu = dist.get_backend() == "nccl"  # nccl reduces tensors on this process's GPU
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.cpu().tolist()

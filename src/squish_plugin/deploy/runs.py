@@ -85,24 +85,21 @@ def bench_run(run_dir: str | Path, *, backend: str = "onnxruntime", batch: int =
     manifest = _manifest(run_dir)
     needs, fn = BACKENDS[backend]
     records = {r["generation"]: r for r in read_lineage(run_dir)}
-    results = []
+    models = manifest["models"]
+
+    def target(info: dict) -> Any:
+        return load_pruned(run_dir / records[info["generation"]]["checkpoint"]) if needs == "model" else run_dir / info["path"]
+
     if rounds > 1:
-        targets = {
-            name: load_pruned(run_dir / records[info["generation"]]["checkpoint"]) if needs == "model" else run_dir / info["path"]
-            for name, info in manifest["models"].items()
-        }  # fmt: skip
-        results = bench_interleaved(targets, backend=backend, batch=batch, size=manifest["size"], threads=threads,
-                                    warmup=warmup, runs=runs, rounds=rounds)  # fmt: skip
-        for res in results:
-            info = manifest["models"][res["model"]]
-            res.update(params=info["params"], macs=info["macs"], generation=info["generation"])
-    for name, info in manifest["models"].items() if rounds == 1 else ():
-        kw = dict(name=name, batch=batch, size=manifest["size"], threads=threads, warmup=warmup, runs=runs,
-                  precision=precision, trtexec=trtexec)  # fmt: skip
-        target = load_pruned(run_dir / records[info["generation"]]["checkpoint"]) if needs == "model" else run_dir / info["path"]
-        res = fn(target, **kw)
+        results = bench_interleaved({name: target(info) for name, info in models.items()}, backend=backend,
+                                    batch=batch, size=manifest["size"], threads=threads, warmup=warmup, runs=runs,
+                                    rounds=rounds)  # fmt: skip
+    else:
+        results = [fn(target(info), name=name, batch=batch, size=manifest["size"], threads=threads, warmup=warmup,
+                      runs=runs, precision=precision, trtexec=trtexec) for name, info in models.items()]  # fmt: skip
+    for res in results:
+        info = models[res["model"]]
         res.update(params=info["params"], macs=info["macs"], generation=info["generation"])
-        results.append(res)
     _store(run_dir, results, {n: i["generation"] for n, i in manifest["models"].items()})
     return results
 

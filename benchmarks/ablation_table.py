@@ -15,8 +15,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from squish_plugin.report import SQUISHEDNET_SIZES_MB, select_squishednets
-from squish_plugin.study import read_lineage, read_run_recipe
+from squish_plugin.study.engine import read_lineage
+from squish_plugin.study.report import SQUISHEDNET_SIZES_MB, select_squishednets
+from squish_plugin.study.runner import read_run_recipe
 
 TEN_X = 123_500
 KEEP = ("recipe.yaml", "lineage.json", "report.md", "generations.csv", "top1_vs_size.png", "widths.png")
@@ -46,8 +47,10 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
     ap.add_argument("--copy-to", type=Path)
     args = ap.parse_args()
-    print("| run | SquishedNet-1 (<=2.4 MB) | SquishedNet-2 (<=2.0 MB) | SquishedNet-3 (<=1.3 MB) "
-          "| SquishedNet-4 (<=0.95 MB) | 10x (<=123.5k) | last generation |")  # fmt: skip
+    print(
+        "| run | SquishedNet-1 (<=2.4 MB) | SquishedNet-2 (<=2.0 MB) | SquishedNet-3 (<=1.3 MB) "
+        "| SquishedNet-4 (<=0.95 MB) | 10x (<=123.5k) | last generation |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for item in args.runs:
         label, _, path = item.partition("=")

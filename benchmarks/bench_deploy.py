@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from squish_plugin import load_pruned, model_stats
-from squish_plugin.compare import PruneContext, prune_to
+from squish_plugin.baselines.pruners import PruneContext, prune_to
 from squish_plugin.deploy.backends import bench_onnxruntime, bench_pytorch
 from squish_plugin.deploy.export import export_onnx
-from squish_plugin.study import read_lineage, squishednet_models
+from squish_plugin.study.engine import read_lineage
+from squish_plugin.study.runner import squishednet_models
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,21 +74,36 @@ def main() -> None:
     rows = []
     base = stats["ancestor"]
     for n in nets:
-        row = {"model": n, "params": stats[n]["params"], "macs": stats[n]["macs"], "mac_ratio": base["macs"] / stats[n]["macs"]}
+        row = {
+            "model": n,
+            "params": stats[n]["params"],
+            "macs": stats[n]["macs"],
+            "mac_ratio": base["macs"] / stats[n]["macs"],
+        }
         for key in ("onnxruntime", "pytorch"):
             row[f"{key}_ips"] = 32 / (statistics.median(times[(n, key)]) / 1e3)
         rows.append(row)
     for row in rows:
         for key in ("onnxruntime", "pytorch"):
             row[f"{key}_speedup"] = row[f"{key}_ips"] / rows[0][f"{key}_ips"]
-    env = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
-           "rounds": args.rounds, "runs_per_round": args.runs, "batch": 32, "size": 224}  # fmt: skip
+    env = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "rounds": args.rounds,
+        "runs_per_round": args.runs,
+        "batch": 32,
+        "size": 224,
+    }
     args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2))
     print("| model | params | MACs (M) | MAC ratio | ORT img/s | ORT speed-up | PyTorch img/s | PyTorch speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['mac_ratio']:.2f}x | {r['onnxruntime_ips']:.0f} "
-              f"| {r['onnxruntime_speedup']:.2f}x | {r['pytorch_ips']:.0f} | {r['pytorch_speedup']:.2f}x |")
+        print(
+            f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['mac_ratio']:.2f}x "
+            f"| {r['onnxruntime_ips']:.0f} | {r['onnxruntime_speedup']:.2f}x "
+            f"| {r['pytorch_ips']:.0f} | {r['pytorch_speedup']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ def main() -> None:
         rows["construct (trace + clusters)"].append(t1 - t0)
         rows["step() (sample + prune + retrace)"].append(t2 - t1)
         rows["total"].append(t2 - t0)
-    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"torch {torch.__version__}, {args.repeats} repeats")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"torch {torch.__version__}, {args.repeats} repeats"
+    )
     print("| phase | median s | min s | max s |\n|---|---:|---:|---:|")
     for name, times in rows.items():
         print(f"| {name} | {statistics.median(times):.3f} | {min(times):.3f} | {max(times):.3f} |")

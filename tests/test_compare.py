@@ -12,9 +12,10 @@ import torchvision
 import yaml
 from typer.testing import CliRunner
 
+from _helpers import QUICK, set_args
 from squish_plugin import InvalidArgumentError
+from squish_plugin.baselines.pruners import METHODS, PruneContext, prune_to
 from squish_plugin.cli import app
-from squish_plugin.compare import METHODS, PruneContext, prune_to
 
 pytest.importorskip("nni")
 
@@ -46,16 +47,28 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
     """End to end: a 2-generation quickstart run, then two baselines on its schedule;
     table, CSV (one row per method and SquishedNet) and Pareto plot are written."""
     monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
-    ran = runner.invoke(app, [
-        "run", str(EXAMPLES / "quickstart.yaml"), "--set", "evolution.generations=2",
-        "--set", "train.ancestor_epochs=0.5", "--set", "train.epochs_per_generation=0.5",
-        "--set", "train.distill.teacher=ancestor", "--set", f"output.dir={tmp_path / 'runs'}",
-    ])  # fmt: skip
+    ran = runner.invoke(
+        app,
+        [
+            "run",
+            str(EXAMPLES / "quickstart.yaml"),
+            *set_args({**QUICK, "train.distill.teacher": "ancestor", "output.dir": tmp_path / "runs"}),
+        ],
+    )
     assert ran.exit_code == 0, ran.output
     run_dir = next((tmp_path / "runs").iterdir())
     recipe = tmp_path / "compare.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "c", "run": str(run_dir), "methods": ["tp-magnitude", "nni-l1"],
-                                      "extra_params": [700_000], "output": {"dir": str(tmp_path / "cmp")}}))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "c",
+                "run": str(run_dir),
+                "methods": ["tp-magnitude", "nni-l1"],
+                "extra_params": [700_000],
+                "output": {"dir": str(tmp_path / "cmp")},
+            }
+        )
+    )
     result = runner.invoke(app, ["compare", str(recipe)])
     assert result.exit_code == 0, result.output
     out = next((tmp_path / "cmp").iterdir())
@@ -72,8 +85,9 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
     first = next(r["generation"] for r in lineage if r["generation"] > 0 and r["params"] <= 700_000)
     assert any(r["generation"] == str(first) and "<=700k" in r["squishednet"] for r in rows)
     # the same baseline with the run's distillation is a separate method, added on resume
-    more = runner.invoke(app, ["compare", str(recipe), "--resume", str(out), "--set", "distill=run",
-                               "--set", "methods=[nni-l1]"])  # fmt: skip
+    more = runner.invoke(
+        app, ["compare", str(recipe), "--resume", str(out), "--set", "distill=run", "--set", "methods=[nni-l1]"]
+    )
     assert more.exit_code == 0, more.output
     table = list(csv.DictReader((out / "equal_budget.csv").open()))
     assert list(table[0]) == ["method", "params", "macs", "epochs", "top1_128"]
@@ -96,18 +110,23 @@ def test_compare_recipe_errors(tmp_path):
 def test_distill_run_needs_a_distilled_run(tmp_path):
     """`distill: run` against a run trained without distillation ends in one sentence
     (exit 2) instead of silently writing plain rows under a `+kd` name."""
-    from squish_plugin.recipe import load_recipe
+    from squish_plugin.study.recipe import load_recipe
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     plain = load_recipe(EXAMPLES / "quickstart.yaml").model_dump()
     assert plain["train"]["distill"]["teacher"] == "none"
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
-    (run_dir / "lineage.json").write_text(json.dumps({"format": 1, "seed": 0, "records": [{"generation": 0}]}))
+    (run_dir / "lineage.json").write_text(
+        json.dumps({"format": "squish-plugin/lineage-v1", "seed": 0, "records": [{"generation": 0}]})
+    )
     recipe = tmp_path / "c.yaml"
     out = tmp_path / "cmp"
-    recipe.write_text(yaml.safe_dump({"name": "c", "run": str(run_dir), "methods": ["nni-l1"], "distill": "run",
-                                      "output": {"dir": str(out)}}))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {"name": "c", "run": str(run_dir), "methods": ["nni-l1"], "distill": "run", "output": {"dir": str(out)}}
+        )
+    )
     result = runner.invoke(app, ["compare", str(recipe)])
     assert result.exit_code == 2, result.output
     assert "distill 'run' needs a run trained with distillation" in result.output

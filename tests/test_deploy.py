@@ -29,7 +29,9 @@ def test_export_squeezenet_opset13_checked_and_trt_compatible(tmp_path):
     proto = onnx.load(str(tmp_path / "a.onnx"))
     assert proto.opset_import[0].version == 13
     assert {"Conv", "Relu", "MaxPool", "Concat"} <= set(info["ops"])
-    assert any(a.name == "ceil_mode" and a.i == 1 for n in proto.graph.node if n.op_type == "MaxPool" for a in n.attribute)
+    assert any(
+        a.name == "ceil_mode" and a.i == 1 for n in proto.graph.node if n.op_type == "MaxPool" for a in n.attribute
+    )
     assert proto.graph.input[0].name == "input" and proto.graph.output[0].name == "logits"
 
 
@@ -84,15 +86,22 @@ def test_latency_summary():
 
 def _fake_run(tmp_path: Path) -> Path:
     """A run directory from the real engine on tiny inputs (no training needed here)."""
-    from squish_plugin.engine import evolve
-    from squish_plugin.recipe import Recipe
+    from squish_plugin.study.engine import evolve
+    from squish_plugin.study.recipe import Recipe
 
     run = tmp_path / "run"
-    evolve(squeezenet1_1_ancestor(weights="imagenet"), train_fn=lambda m, c: None,
-           eval_fn=lambda m: {"top1": 50.0, "top5": 90.0}, run_dir=run, generations=2, env=0.6,
-           example_inputs=torch.zeros(1, 3, 64, 64))  # fmt: skip
-    recipe = Recipe.model_validate({"name": "t", "data": {"root": str(tmp_path)},
-                                    "squishednets": {"sizes_mb": [2.5, 2.0]}})  # fmt: skip
+    evolve(
+        squeezenet1_1_ancestor(weights="imagenet"),
+        train_fn=lambda m, c: None,
+        eval_fn=lambda m: {"top1": 50.0, "top5": 90.0},
+        run_dir=run,
+        generations=2,
+        env=0.6,
+        example_inputs=torch.zeros(1, 3, 64, 64),
+    )
+    recipe = Recipe.model_validate(
+        {"name": "t", "data": {"root": str(tmp_path)}, "squishednets": {"sizes_mb": [2.5, 2.0]}}
+    )
     import yaml
 
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump()))
@@ -106,7 +115,9 @@ def test_export_and_bench_a_run_fill_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "onnx" / "manifest.json").read_text())
     assert sorted(manifest["models"]) == ["ancestor", "squishednet-1", "squishednet-2"]
-    result = runner.invoke(app, ["bench", str(run), "--backend", "onnxruntime", "--batch", "4", "--runs", "2", "--warmup", "1"])
+    result = runner.invoke(
+        app, ["bench", str(run), "--backend", "onnxruntime", "--batch", "4", "--runs", "2", "--warmup", "1"]
+    )
     assert result.exit_code == 0, result.output
     stored = json.loads((run / "bench" / "onnxruntime-fp32-b4.json").read_text())
     assert [r["model"] for r in stored] == ["ancestor", "squishednet-1", "squishednet-2"]
@@ -114,12 +125,29 @@ def test_export_and_bench_a_run_fill_the_report(tmp_path):
     assert "onnxruntime fp32, batch 4" in report
     table2 = report.split("## Generations")[0]
     assert "| — | 50.00 |" not in table2.split("Ancestor")[1].splitlines()[0]  # speed filled for the ancestor
-    result = runner.invoke(app, ["bench", str(run), "--backend", "pytorch", "--batch", "2", "--runs", "1", "--warmup", "0"])
+    result = runner.invoke(
+        app, ["bench", str(run), "--backend", "pytorch", "--batch", "2", "--runs", "1", "--warmup", "0"]
+    )
     assert result.exit_code == 0, result.output
     assert "pytorch fp32, batch 2" in (run / "report.md").read_text()
     # interleaved rounds: every model timed rounds * runs batches, the rounds recorded
-    result = runner.invoke(app, ["bench", str(run), "--backend", "onnxruntime", "--batch", "4", "--runs", "2",
-                                 "--warmup", "1", "--rounds", "3"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            str(run),
+            "--backend",
+            "onnxruntime",
+            "--batch",
+            "4",
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--rounds",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     stored = json.loads((run / "bench" / "onnxruntime-fp32-b4.json").read_text())
     assert [r["model"] for r in stored] == ["ancestor", "squishednet-1", "squishednet-2"]
@@ -131,10 +159,12 @@ def test_bench_errors_are_sentences(tmp_path):
     result = runner.invoke(app, ["bench", str(run)])
     assert result.exit_code == 2 and "squish-plugin export" in result.output
     runner.invoke(app, ["export", str(run), "--size", "64"])
-    for args, match in [(["--backend", "cuda-magic"], "backend must be one of"),
-                        (["--backend", "onnxruntime", "--precision", "fp16"], "fp32 only"),
-                        (["--rounds", "0"], "rounds must be an integer >= 1"),
-                        (["--backend", "trtexec", "--rounds", "2"], "applies to the pytorch and onnxruntime")]:  # fmt: skip
+    for args, match in [
+        (["--backend", "cuda-magic"], "backend must be one of"),
+        (["--backend", "onnxruntime", "--precision", "fp16"], "fp32 only"),
+        (["--rounds", "0"], "rounds must be an integer >= 1"),
+        (["--backend", "trtexec", "--rounds", "2"], "applies to the pytorch and onnxruntime"),
+    ]:
         result = runner.invoke(app, ["bench", str(run), *args])
         assert result.exit_code == 2 and match in result.output, result.output
     result = runner.invoke(app, ["bench", "kit", str(run)])
@@ -155,13 +185,19 @@ def test_kit_then_collect_fill_the_report_with_device_numbers(tmp_path):
     result = runner.invoke(app, ["bench", "kit", str(run), "--out", str(kit), "--batch", "1"])
     assert result.exit_code == 0, result.output
     assert (kit / "run_trtexec.sh").is_file() and (kit / "bench_trt.py").is_file()
-    assert sorted(p.name for p in (kit / "models").iterdir()) == ["ancestor.onnx", "squishednet-1.onnx", "squishednet-2.onnx"]
+    assert sorted(p.name for p in (kit / "models").iterdir()) == [
+        "ancestor.onnx",
+        "squishednet-1.onnx",
+        "squishednet-2.onnx",
+    ]
     # stand-in for the Jetson: a real TensorRT 8.2 trtexec log from a Tegra X1 per model
     log = (Path(__file__).parent / "data" / "trtexec" / "trt82_jetson_tx1.log").read_text()
     (kit / "results").mkdir(exist_ok=True)
     for name in ("ancestor", "squishednet-1", "squishednet-2"):
         (kit / "results" / f"{name}_fp16.trtexec.log").write_text(log)
-    subprocess.run([sys.executable, "bench_trt.py", "--parse-logs", "results"], cwd=kit, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "bench_trt.py", "--parse-logs", "results"], cwd=kit, check=True, capture_output=True
+    )
     result = runner.invoke(app, ["bench", "collect", str(kit / "results"), "--into", str(run)])
     assert result.exit_code == 0, result.output
     report = (run / "report.md").read_text()

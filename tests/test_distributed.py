@@ -14,9 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from squish_plugin import distributed
-from squish_plugin.data import LoadedSplit, iterate_batches
+from _helpers import QUICK, set_args
 from squish_plugin.errors import InvalidArgumentError
+from squish_plugin.study import distributed
+from squish_plugin.study.data import LoadedSplit, iterate_batches
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_torchrun_worker.py")
@@ -108,8 +109,13 @@ def test_replica_check_catches_one_changed_weight(tmp_path):
 
 
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", SQUISH_CACHE=str(tmp_path / "cache"),
-               SQUISH_AUDIT_DIR=str(tmp_path / "runs"), SQUISH_AUDIT_LOG=str(tmp_path / "audit"))  # fmt: skip
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        SQUISH_CACHE=str(tmp_path / "cache"),
+        SQUISH_AUDIT_DIR=str(tmp_path / "runs"),
+        SQUISH_AUDIT_LOG=str(tmp_path / "audit"),
+    )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), *args]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
@@ -120,10 +126,12 @@ def test_torchrun_two_gloo_processes_agree_and_rank0_alone_writes(tmp_path):
     before and after training, rank 0 alone writes the run directory, and a resume under
     torchrun replays the lost generation exactly."""
     (tmp_path / "runs").mkdir()
-    done = _torchrun(tmp_path, "run", "examples/quickstart.yaml", "--set", "evolution.generations=2",
-                     "--set", "train.ancestor_epochs=0.5", "--set", "train.epochs_per_generation=0.5",
-                     "--set", "train.threads=1", "--set", "train.device=cpu",
-                     "--set", f"output.dir={tmp_path / 'runs'}")  # fmt: skip
+    done = _torchrun(
+        tmp_path,
+        "run",
+        "examples/quickstart.yaml",
+        *set_args({**QUICK, "train.threads": 1, "train.device": "cpu", "output.dir": tmp_path / "runs"}),
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "(2 processes)" in done.stdout
@@ -153,7 +161,7 @@ def test_torchrun_two_gloo_processes_agree_and_rank0_alone_writes(tmp_path):
 def test_cuda_training_uses_deterministic_cudnn_and_restores_flags():
     """On CUDA, training selects deterministic cuDNN (same seed, same weights: measured on
     an H200, two quickstart runs identical) and restores the caller's flags afterwards."""
-    from squish_plugin.training import _CudnnDeterminism
+    from squish_plugin.study.training import _CudnnDeterminism
 
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
@@ -178,7 +186,16 @@ def test_cuda_device_without_a_gpu_is_one_sentence(tmp_path):
 
     with pytest.raises(InvalidArgumentError, match="PyTorch sees no CUDA GPU"):
         distributed.device_for("cuda")
-    result = CliRunner().invoke(app, ["run", str(REPO / "examples" / "quickstart.yaml"), "--set", "train.device=cuda",
-                                      "--set", f"output.dir={tmp_path / 'runs'}"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(REPO / "examples" / "quickstart.yaml"),
+            "--set",
+            "train.device=cuda",
+            "--set",
+            f"output.dir={tmp_path / 'runs'}",
+        ],
+    )
     assert result.exit_code == 2 and "PyTorch sees no CUDA GPU" in result.output
     assert not (tmp_path / "runs").exists()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from squish_plugin import CheckpointError, InvalidArgumentError, load_pruned, squeezenet1_1_ancestor
-from squish_plugin.engine import evolve
+from squish_plugin.study.engine import evolve
 
 SMALL = torch.zeros(1, 3, 64, 64)
 
@@ -39,9 +39,15 @@ def eval_fn(model):
 def _evolve(run_dir, **kw):
     kw.setdefault("generations", 3)
     return evolve(
-        squeezenet1_1_ancestor(weights="imagenet"), train_fn=kw.pop("train", train_fn), eval_fn=eval_fn,
-        run_dir=run_dir, env=0.8, seed=5, example_inputs=SMALL, **kw,
-    )  # fmt: skip
+        squeezenet1_1_ancestor(weights="imagenet"),
+        train_fn=kw.pop("train", train_fn),
+        eval_fn=eval_fn,
+        run_dir=run_dir,
+        env=0.8,
+        seed=5,
+        example_inputs=SMALL,
+        **kw,
+    )
 
 
 def _essence(records):
@@ -83,8 +89,16 @@ def test_resume_after_interruption_reaches_same_lineage(tmp_path):
 def test_resume_refuses_other_seed_and_foreign_lineage(tmp_path):
     _evolve(tmp_path, generations=0)
     with pytest.raises(InvalidArgumentError, match="same seed"):
-        evolve(squeezenet1_1_ancestor(weights=None), train_fn=train_fn, eval_fn=eval_fn,
-               run_dir=tmp_path, seed=6, resume=True, generations=1, example_inputs=SMALL)  # fmt: skip
+        evolve(
+            squeezenet1_1_ancestor(weights=None),
+            train_fn=train_fn,
+            eval_fn=eval_fn,
+            run_dir=tmp_path,
+            seed=6,
+            resume=True,
+            generations=1,
+            example_inputs=SMALL,
+        )
     (tmp_path / "lineage.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot resume"):
         _evolve(tmp_path, resume=True)
@@ -117,8 +131,7 @@ def test_screening_trains_only_the_fittest_offspring(tmp_path):
     def screen(model, ctx):
         return -sum(p.numel() for p in model.parameters())  # prefer the smallest child
 
-    recs = _evolve(tmp_path, generations=2, offspring_per_generation=4, screen_fn=screen,
-                   train=counting_train).records  # fmt: skip
+    recs = _evolve(tmp_path, generations=2, offspring_per_generation=4, screen_fn=screen, train=counting_train).records
     assert [g for g, _ in trained] == [0, 1, 2]  # one training per generation, not four
     for rec in recs[1:]:
         assert len(rec["screened"]) == 4

@@ -8,19 +8,21 @@ import pytest
 import torch
 
 from squish_plugin.errors import InvalidArgumentError
-from squish_plugin.genetics import (
-    LinearForm,
-    ResourceModel,
-    ResourceTerm,
+from squish_plugin.synthesis.genetics import (
     SynthesisConfig,
-    calibrate_multiplier,
     cluster_strength,
     derive_seed,
     enforce_floor_and_rounding,
-    expected_fractions,
     synaptic_probability,
     synthesis_probabilities,
     synthesize,
+)
+from squish_plugin.synthesis.resources import (
+    LinearForm,
+    ResourceModel,
+    ResourceTerm,
+    calibrate_multiplier,
+    expected_fractions,
 )
 
 

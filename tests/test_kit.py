@@ -25,8 +25,15 @@ MODELS = ("ancestor", "squishednet-1")
 def onnx_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
-    torch.onnx.export(model, torch.randn(1, 3, 16, 16), str(path), dynamo=False, opset_version=13,
-                      input_names=["input"], output_names=["logits"])  # fmt: skip
+    torch.onnx.export(
+        model,
+        torch.randn(1, 3, 16, 16),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     return path
 
 
@@ -42,10 +49,24 @@ def _template():
     return module
 
 
+def test_kit_script_writes_the_package_schema():
+    """The device script carries its own copy of the result format (it cannot import the
+    package); it must be the package's one."""
+    from squish_plugin.deploy import schema
+
+    script = _template()
+    assert (script.SCHEMA, script.LATENCY_KEYS) == (schema.SCHEMA, schema.LATENCY_KEYS)
+
+
 def test_make_kit_writes_every_file(kit, onnx_file):
     """The kit holds the models, run_trtexec.sh, bench_trt.py (the template), README.md and manifest.json."""
-    assert sorted(p.name for p in kit.iterdir()) == ["README.md", "bench_trt.py", "manifest.json", "models",
-                                                     "run_trtexec.sh"]  # fmt: skip
+    assert sorted(p.name for p in kit.iterdir()) == [
+        "README.md",
+        "bench_trt.py",
+        "manifest.json",
+        "models",
+        "run_trtexec.sh",
+    ]
     for name in MODELS:
         assert (kit / "models" / f"{name}.onnx").read_bytes() == onnx_file.read_bytes()
     assert (kit / "bench_trt.py").read_text() == TEMPLATE.read_text()
@@ -83,12 +104,21 @@ def test_script_runs_with_a_fake_trtexec(kit, tmp_path):
     fake = tmp_path / "trtexec"
     fake.write_text(f"#!/bin/sh\ncat {LOGS / 'trt84_xavier.log'}\n")
     fake.chmod(0o755)
-    done = subprocess.run(["sh", str(kit / "run_trtexec.sh")], capture_output=True, text=True,
-                          env={**os.environ, "TRTEXEC": str(fake)}, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        ["sh", str(kit / "run_trtexec.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRTEXEC": str(fake)},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     results = collect_results(kit / "results")
     assert [(r["model"], r["precision"]) for r in results] == [
-        ("ancestor", "fp16"), ("ancestor", "fp32"), ("squishednet-1", "fp16"), ("squishednet-1", "fp32")]
+        ("ancestor", "fp16"),
+        ("ancestor", "fp32"),
+        ("squishednet-1", "fp16"),
+        ("squishednet-1", "fp32"),
+    ]
     assert {r["backend"] for r in results} == {"trtexec"}
 
 
@@ -101,8 +131,11 @@ def test_template_is_python36_compatible():
     """vermin finds nothing in the template that Python 3.6 (JetPack 4.6) lacks."""
     pytest.importorskip("vermin")
     run = "import sys, vermin; sys.exit(vermin.main())"  # vermin has no __main__ module
-    done = subprocess.run([sys.executable, "-c", run, "-t=3.6-", "--no-tips", "--violations", str(TEMPLATE)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", run, "-t=3.6-", "--no-tips", "--violations", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -133,12 +166,15 @@ def test_parse_logs_mode_makes_results_that_collect_accepts(tmp_path):
     results.mkdir()
     shutil.copy(LOGS / "trt84_xavier.log", results / "ancestor_fp32.trtexec.log")
     shutil.copy(LOGS / "trt10_thor.log", results / "squishednet-1_fp16.trtexec.log")
-    done = subprocess.run([sys.executable, str(TEMPLATE), "--parse-logs", str(results), "--batch", "32"],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(TEMPLATE), "--parse-logs", str(results), "--batch", "32"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     collected = collect_results(results)
     assert [(r["model"], r["backend"], r["precision"]) for r in collected] == [
-        ("ancestor", "trtexec", "fp32"), ("squishednet-1", "trtexec", "fp16")]
+        ("ancestor", "trtexec", "fp32"),
+        ("squishednet-1", "trtexec", "fp16"),
+    ]
     assert collected[0]["images_per_second"] == pytest.approx(41087.7 * 32)
     assert collected[1]["latency_ms"]["p90"] == 664.195
 
@@ -160,9 +196,19 @@ def test_collect_names_a_bad_file(tmp_path):
     (tmp_path / "broken.json").write_text(json.dumps({"schema": "other"}))
     with pytest.raises(InvalidArgumentError, match="broken.json.*schema"):
         collect_results(tmp_path)
-    good = {"schema": "squish-plugin/bench-v1", "model": "m", "backend": "tensorrt", "precision": "fp32",
-            "batch": 32, "input_size": 224, "images_per_second": 10.0, "runs": 5, "warmup_runs": 1, "env": {},
-            "latency_ms": {"median": 1.0, "p90": 1.0, "mean": 1.0, "min": 1.0}}  # fmt: skip
+    good = {
+        "schema": "squish-plugin/bench-v1",
+        "model": "m",
+        "backend": "tensorrt",
+        "precision": "fp32",
+        "batch": 32,
+        "input_size": 224,
+        "images_per_second": 10.0,
+        "runs": 5,
+        "warmup_runs": 1,
+        "env": {},
+        "latency_ms": {"median": 1.0, "p90": 1.0, "mean": 1.0, "min": 1.0},
+    }
     (tmp_path / "broken.json").write_text(json.dumps(good))
     with pytest.raises(InvalidArgumentError, match="broken.json.*latency_ms"):
         collect_results(tmp_path)
@@ -176,11 +222,14 @@ def test_collect_empty_or_missing_folder(tmp_path):
         collect_results(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("models, kw, field", [
-    ({}, {}, "models"),
-    ({"bad name": "x.onnx"}, {}, "model name"),
-    ({"m": "missing.onnx"}, {}, "ONNX file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "models, kw, field",
+    [
+        ({}, {}, "models"),
+        ({"bad name": "x.onnx"}, {}, "model name"),
+        ({"m": "missing.onnx"}, {}, "ONNX file"),
+    ],
+)
 def test_make_kit_checks_its_input(tmp_path, models, kw, field):
     """Empty models, unsafe names and missing files are refused with a sentence naming the field."""
     with pytest.raises(InvalidArgumentError, match=field):

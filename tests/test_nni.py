@@ -125,9 +125,13 @@ def test_different_seeds_different_masks():
 
 @pytest.mark.parametrize(
     "pruner_name, name",
-    [("L1NormPruner", "squeezenet1_1"), ("L2NormPruner", "squeezenet1_1"), ("FPGMPruner", "squeezenet1_1"),
-     ("L1NormPruner", "resnet18")],
-)  # fmt: skip
+    [
+        ("L1NormPruner", "squeezenet1_1"),
+        ("L2NormPruner", "squeezenet1_1"),
+        ("FPGMPruner", "squeezenet1_1"),
+        ("L1NormPruner", "resnet18"),
+    ],
+)
 def test_builtin_nni_masks_apply_physically(pruner_name, name):
     """NNI's own pruners' masks become a physically smaller, equivalent network
     (on resnet18 their conv-only masks are propagated to BatchNorm, as ModelSpeedup does)."""
@@ -135,7 +139,9 @@ def test_builtin_nni_masks_apply_physically(pruner_name, name):
 
     model = _model(name)
     excl = ["classifier.1"] if name == "squeezenet1_1" else ["fc"]
-    pruner = getattr(pruning, pruner_name)(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "exclude_op_names": excl}])
+    pruner = getattr(pruning, pruner_name)(
+        model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "exclude_op_names": excl}]
+    )
     _, masks = pruner.compress()
     pruner.unwrap_model()
     before = sum(p.numel() for p in model.parameters())
@@ -162,9 +168,16 @@ def test_taylor_masks_apply_physically():
                 return
 
     evaluator = TorchEvaluator(
-        training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01), lambda b, m: F.cross_entropy(m(b[0]), b[1])
+        training_func,
+        nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01),
+        lambda b, m: F.cross_entropy(m(b[0]), b[1]),
     )
-    pruner = TaylorPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "exclude_op_names": ["classifier.1"]}], evaluator, training_steps=2)
+    pruner = TaylorPruner(
+        model,
+        [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "exclude_op_names": ["classifier.1"]}],
+        evaluator,
+        training_steps=2,
+    )
     _, masks = pruner.compress()
     pruner.unwrap_model()
     small = apply_masks(model.eval(), masks, X1)
@@ -194,6 +207,7 @@ def test_missing_nni_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "nni.compression.base", None)
     monkeypatch.setitem(sys.modules, "nni.compression.base.compressor", None)
     monkeypatch.delitem(sys.modules, "squish_plugin.nni")
+    monkeypatch.delitem(sys.modules, "squish_plugin.synthesis.nni")
     with pytest.raises(MissingExtraError, match=r"squish-plugin\[nni\]"):
         importlib.import_module("squish_plugin.nni")
     monkeypatch.undo()

@@ -12,10 +12,10 @@ from squish_plugin import (
     CheckpointError,
     EvolutionarySynthesisPruner,
     load_pruned,
+    persistence,
     save_pruned,
     squeezenet1_1_ancestor,
 )
-from squish_plugin import persistence
 
 SMALL = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

@@ -21,7 +21,7 @@ from squish_plugin import (
     UntraceableModelError,
     squeezenet1_1_ancestor,
 )
-from squish_plugin._surgery import Surgeon
+from squish_plugin.synthesis.surgery import Surgeon
 
 SMALL = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -139,9 +139,7 @@ def test_same_seed_same_offspring_across_processes():
     outs = []
     for hashseed in ("1", "987"):
         env = dict(os.environ, PYTHONHASHSEED=hashseed, OMP_NUM_THREADS="1")
-        run = subprocess.run(
-            [sys.executable, "-c", _CHILD_SCRIPT], env=env, capture_output=True, text=True, check=True
-        )
+        run = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT], env=env, capture_output=True, text=True, check=True)
         outs.append(json.loads(run.stdout.strip().splitlines()[-1]))
     assert outs[0] == outs[1]
 
@@ -173,7 +171,7 @@ def test_resource_model_is_exact_for_a_given_draw():
     pruner = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL)
     plan = pruner.sample()
     rm = Surgeon(model, SMALL).resource_model("params")
-    fractions = torch.tensor([plan[l.name].double().mean() for l in pruner.layers])
+    fractions = torch.tensor([plan[layer.name].double().mean() for layer in pruner.layers])
     assert rm(fractions) == pytest.approx(_params(pruner.offspring()), abs=0.5)
 
 
@@ -229,9 +227,7 @@ def test_not_a_module_is_refused():
 
 def test_wrong_example_inputs_are_refused():
     with pytest.raises(InvalidArgumentError, match=r"example_inputs of shape \(1, 1, 32, 32\)"):
-        EvolutionarySynthesisPruner(
-            squeezenet1_1_ancestor(weights=None), example_inputs=torch.zeros(1, 1, 32, 32)
-        )
+        EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), example_inputs=torch.zeros(1, 1, 32, 32))
 
 
 class _Detached(nn.Module):

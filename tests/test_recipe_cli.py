@@ -9,8 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from squish_plugin.baselines.recipe import load_compare_recipe
 from squish_plugin.cli import app
-from squish_plugin.recipe import load_compare_recipe, load_recipe
+from squish_plugin.study.recipe import load_recipe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from squish_plugin.errors import InvalidArgumentError
-from squish_plugin.report import (
+from squish_plugin.study.report import (
     ALEXNET_PARAMS,
     CSV_COLUMNS,
     SQUEEZENET1_1_PARAMS,
@@ -25,12 +25,19 @@ ANCESTOR_WIDTHS = {"features.0": 64, "features.3.squeeze": 16, "features.3.expan
 def _record(gen: int, params: int, top1: float, **extra) -> dict:
     shrink = params / 727_626
     return {
-        "generation": gen, "seed": 100 + gen, "parent": gen - 1 if gen else None,
-        "params": params, "size_mb": params * 4 / 1e6, "macs": int(params * 380),
+        "generation": gen,
+        "seed": 100 + gen,
+        "parent": gen - 1 if gen else None,
+        "params": params,
+        "size_mb": params * 4 / 1e6,
+        "macs": int(params * 380),
         "widths": {k: max(1, round(v * shrink)) for k, v in ANCESTOR_WIDTHS.items()},
-        "top1": top1, "top5": top1 + 12.5, "train_seconds": 60.0 + gen,
-        "checkpoint": f"gen{gen:02d}.pt", **extra,
-    }  # fmt: skip
+        "top1": top1,
+        "top5": top1 + 12.5,
+        "train_seconds": 60.0 + gen,
+        "checkpoint": f"gen{gen:02d}.pt",
+        **extra,
+    }
 
 
 def _sized(*pairs) -> list[dict]:
@@ -49,8 +56,9 @@ def records() -> list[dict]:
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory, records):
     run = tmp_path_factory.mktemp("run")
-    paths = write_report(run, records, squishednets=select_squishednets(records),
-                         recipe={"env": 0.9, "sizes": (224, 224)})  # fmt: skip
+    paths = write_report(
+        run, records, squishednets=select_squishednets(records), recipe={"env": 0.9, "sizes": (224, 224)}
+    )
     return run, paths
 
 
@@ -140,8 +148,10 @@ def test_csv_and_json_round_trip(report_dir, records):
 def test_report_has_table2_and_reduction_factors(report_dir, records):
     """report.md has the Table-2 header and reductions computed from the reference constants."""
     text = report_dir[1]["report"].read_text()
-    assert ("| Model | Generation | Size (MB) | Reduction vs SqueezeNet v1.1 | "
-            "Reduction vs AlexNet | Images/s | Top-1 (%) |") in text  # fmt: skip
+    assert (
+        "| Model | Generation | Size (MB) | Reduction vs SqueezeNet v1.1 | "
+        "Reduction vs AlexNet | Images/s | Top-1 (%) |"
+    ) in text
     ancestor_mb = records[0]["size_mb"]
     vs_squeeze = SQUEEZENET1_1_PARAMS * 4 / 1e6 / ancestor_mb
     vs_alex = ALEXNET_PARAMS * 4 / 1e6 / ancestor_mb
@@ -189,10 +199,8 @@ def test_recipe_is_a_yaml_block(report_dir):
     ("mutate", "match"),
     [
         (lambda recs, nets: (recs[1:], []), "generation 0"),
-        (lambda recs, nets: ([{k: v for k, v in recs[0].items() if k != "macs"}], []),
-         "lacks \\['macs'\\]"),
-        (lambda recs, nets: (recs, [{"name": "SquishedNet-1", "target_mb": 2.4,
-                                     "generation": 99}]), "generation 99"),
+        (lambda recs, nets: ([{k: v for k, v in recs[0].items() if k != "macs"}], []), "lacks \\['macs'\\]"),
+        (lambda recs, nets: (recs, [{"name": "SquishedNet-1", "target_mb": 2.4, "generation": 99}]), "generation 99"),
         (lambda recs, nets: (recs + recs[:1], []), "appears twice"),
     ],
 )
@@ -230,9 +238,7 @@ def test_missing_matplotlib_skips_plots_with_a_hint(tmp_path, monkeypatch, recor
 # --------------------------------------------------------------- atomicity
 
 
-def test_failed_replace_keeps_old_report_and_leaves_no_temp_files(
-    tmp_path, monkeypatch, records
-):
+def test_failed_replace_keeps_old_report_and_leaves_no_temp_files(tmp_path, monkeypatch, records):
     """If os.replace fails, the previous report.md is intact and no temp file remains."""
     nets = select_squishednets(records)
     write_report(tmp_path, records, squishednets=nets, title="old")

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from squish_plugin import study
+from _helpers import QUICK, set_args
 from squish_plugin.cli import app
+from squish_plugin.study import runner as study
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -49,15 +50,31 @@ def test_levers_of_issue_8_through_a_recipe(tmp_path):
     """model.init starts from a trained ancestor without retraining it; layer
     starvation, proxy selection among offspring (only the winner trains) and
     distillation from the ancestor all run from the recipe and are recorded."""
-    first = ["run", str(EXAMPLES / "quickstart.yaml"), "--set", "evolution.generations=0",
-             "--set", "train.ancestor_epochs=0.25", "--set", f"output.dir={tmp_path / 'a'}"]  # fmt: skip
+    first = [
+        "run",
+        str(EXAMPLES / "quickstart.yaml"),
+        "--set",
+        "evolution.generations=0",
+        "--set",
+        "train.ancestor_epochs=0.25",
+        "--set",
+        f"output.dir={tmp_path / 'a'}",
+    ]
     assert runner.invoke(app, first).exit_code == 0
     base = _only_run(tmp_path / "a")
-    sets = {"model.init": str(base / "checkpoints" / "gen_00.pt"), "train.ancestor_epochs": 0,
-            "train.epochs_per_generation": 0.25, "evolution.generations": 1, "evolution.starvation": "layer",
-            "evolution.temperature": 0.3, "evolution.offspring_per_generation": 3,
-            "evolution.selection": "proxy", "evolution.proxy_images": 64, "train.distill.teacher": "ancestor",
-            "output.dir": str(tmp_path / "b")}  # fmt: skip
+    sets = {
+        "model.init": str(base / "checkpoints" / "gen_00.pt"),
+        "train.ancestor_epochs": 0,
+        "train.epochs_per_generation": 0.25,
+        "evolution.generations": 1,
+        "evolution.starvation": "layer",
+        "evolution.temperature": 0.3,
+        "evolution.offspring_per_generation": 3,
+        "evolution.selection": "proxy",
+        "evolution.proxy_images": 64,
+        "train.distill.teacher": "ancestor",
+        "output.dir": str(tmp_path / "b"),
+    }
     args = ["run", str(EXAMPLES / "quickstart.yaml")] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -65,14 +82,15 @@ def test_levers_of_issue_8_through_a_recipe(tmp_path):
     ancestor = json.loads((base / "lineage.json").read_text())["records"][0]
     assert recs[0]["top1"] == ancestor["top1"] and recs[0]["train_seconds"] < 1.0  # not retrained
     assert len(recs[1]["screened"]) == 3
-    assert recs[1]["seed"] == max(recs[1]["screened"], key=lambda c: (c["screen"], -recs[1]["screened"].index(c)))["seed"]
+    assert (
+        recs[1]["seed"] == max(recs[1]["screened"], key=lambda c: (c["screen"], -recs[1]["screened"].index(c)))["seed"]
+    )
 
 
 def test_interrupted_run_resumes_to_the_same_lineage(tmp_path, monkeypatch):
     """Ctrl-C during generation 2 exits 130 with a resume hint; --resume completes
     the run with the same lineage as an uninterrupted one."""
-    common = ["--set", "evolution.generations=2", "--set", "train.ancestor_epochs=0.5",
-              "--set", "train.epochs_per_generation=0.5"]  # fmt: skip
+    common = set_args(QUICK)
     recipe = str(EXAMPLES / "quickstart.yaml")
     ok = runner.invoke(app, ["run", recipe, *common, "--set", f"output.dir={tmp_path / 'full'}"])
     assert ok.exit_code == 0, ok.output
@@ -124,18 +142,34 @@ def _fake_ilsvrc(samples: Path, root: Path) -> None:
 def test_paper_recipe_on_imagenet10_built_from_local_ilsvrc(tmp_path, shared_dir):
     """`data imagenet10` builds the paper's subset; squeezenet10.yaml runs on it."""
     _fake_ilsvrc(shared_dir / "data" / "imagenet10-samples", tmp_path / "ilsvrc")
-    built = runner.invoke(app, ["data", "imagenet10", "--imagenet-root", str(tmp_path / "ilsvrc"), "--out", str(tmp_path / "in10")])
+    built = runner.invoke(
+        app, ["data", "imagenet10", "--imagenet-root", str(tmp_path / "ilsvrc"), "--out", str(tmp_path / "in10")]
+    )
     assert built.exit_code == 0, built.output
     assert "iPod" in built.output
-    assert sorted(p.name for p in (tmp_path / "in10" / "train").iterdir()) == sorted(
-        ["n02783161", "n03584254", "n03085013", "n04548362", "n04557648",
-         "n07930864", "n04037443", "n03782006", "n03793489", "n04409515"]
-    )  # fmt: skip
-    result = runner.invoke(app, [
-        "run", str(EXAMPLES / "squeezenet10.yaml"), "--set", f"data.root={tmp_path / 'in10'}",
-        "--set", "evolution.generations=1", "--set", "train.ancestor_epochs=1", "--set", "train.epochs_per_generation=1",
-        "--set", "data.train_size=64", "--set", "data.eval_size=64", "--set", f"output.dir={tmp_path / 'runs'}",
-    ])  # fmt: skip
+    paper = "n02783161 n03584254 n03085013 n04548362 n04557648 n07930864 n04037443 n03782006 n03793489 n04409515"
+    assert sorted(p.name for p in (tmp_path / "in10" / "train").iterdir()) == sorted(paper.split())
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(EXAMPLES / "squeezenet10.yaml"),
+            "--set",
+            f"data.root={tmp_path / 'in10'}",
+            "--set",
+            "evolution.generations=1",
+            "--set",
+            "train.ancestor_epochs=1",
+            "--set",
+            "train.epochs_per_generation=1",
+            "--set",
+            "data.train_size=64",
+            "--set",
+            "data.eval_size=64",
+            "--set",
+            f"output.dir={tmp_path / 'runs'}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     recs = json.loads((_only_run(tmp_path / "runs") / "lineage.json").read_text())["records"]
     assert len(recs) == 2 and recs[1]["params"] < recs[0]["params"]

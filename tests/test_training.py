@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from squish_plugin.data import LoadedSplit
-from squish_plugin.training import TrainSettings, train
+from squish_plugin.study.data import LoadedSplit
+from squish_plugin.study.training import TrainSettings, train
 
 
 def _split(n=64, size=16, seed=0):
@@ -27,8 +27,9 @@ def _net(seed):
 def _kl_to(student, teacher, split):
     x = (split.images.float() / 255 - 0.45) / 0.225
     with torch.no_grad():
-        return float(F.kl_div(F.log_softmax(student(x), 1), F.log_softmax(teacher(x), 1), log_target=True,
-                              reduction="batchmean"))  # fmt: skip
+        return float(
+            F.kl_div(F.log_softmax(student(x), 1), F.log_softmax(teacher(x), 1), log_target=True, reduction="batchmean")
+        )
 
 
 def test_distillation_pulls_student_to_teacher_and_alpha_zero_is_cross_entropy():
@@ -45,8 +46,13 @@ def test_distillation_pulls_student_to_teacher_and_alpha_zero_is_cross_entropy()
     plain = TrainSettings(lr=0.05, channels_last=False, grad_clip=None)
     a, b = _net(2), _net(2)
     train(a, split, plain, **kw)
-    train(b, split, TrainSettings(lr=0.05, channels_last=False, grad_clip=None, distill_alpha=0.0),
-          teacher=copy.deepcopy(teacher), **kw)  # fmt: skip
+    train(
+        b,
+        split,
+        TrainSettings(lr=0.05, channels_last=False, grad_clip=None, distill_alpha=0.0),
+        teacher=copy.deepcopy(teacher),
+        **kw,
+    )
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
     c = _net(2)
     train(c, split, TrainSettings(lr=0.05, channels_last=False, grad_clip=None), teacher=teacher, **kw)

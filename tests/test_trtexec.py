@@ -23,20 +23,42 @@ def test_command_fp32_has_paper_shape_and_timing_flags():
     """fp32: --onnx, --shapes input:32x3x224x224, warm-up/duration/avgRuns/percentile, no --fp16 or --explicitBatch."""
     cmd = trtexec_command("m.onnx")
     assert cmd == [
-        "/usr/src/tensorrt/bin/trtexec", "--onnx=m.onnx", "--shapes=input:32x3x224x224", "--warmUp=2000",
-        "--duration=10", "--avgRuns=10", "--percentile=90",
-    ]  # fmt: skip
+        "/usr/src/tensorrt/bin/trtexec",
+        "--onnx=m.onnx",
+        "--shapes=input:32x3x224x224",
+        "--warmUp=2000",
+        "--duration=10",
+        "--avgRuns=10",
+        "--percentile=90",
+    ]
     assert not any("explicitBatch" in a for a in cmd)
 
 
 def test_command_fp16_iterations_workspace_and_extra_in_order():
     """fp16 adds --fp16; iterations, workspace and extra flags land where trtexec expects them."""
-    cmd = trtexec_command("m.onnx", trtexec="trtexec", batch=8, size=112, fp16=True, iterations=100,
-                          workspace_mb=1024, extra=("--useSpinWait",))  # fmt: skip
+    cmd = trtexec_command(
+        "m.onnx",
+        trtexec="trtexec",
+        batch=8,
+        size=112,
+        fp16=True,
+        iterations=100,
+        workspace_mb=1024,
+        extra=("--useSpinWait",),
+    )
     assert cmd == [
-        "trtexec", "--onnx=m.onnx", "--shapes=input:8x3x112x112", "--fp16", "--workspace=1024", "--warmUp=2000",
-        "--duration=10", "--iterations=100", "--avgRuns=10", "--percentile=90", "--useSpinWait",
-    ]  # fmt: skip
+        "trtexec",
+        "--onnx=m.onnx",
+        "--shapes=input:8x3x112x112",
+        "--fp16",
+        "--workspace=1024",
+        "--warmUp=2000",
+        "--duration=10",
+        "--iterations=100",
+        "--avgRuns=10",
+        "--percentile=90",
+        "--useSpinWait",
+    ]
 
 
 def test_command_without_shapes_for_static_onnx():
@@ -108,10 +130,14 @@ def _fake_trtexec(tmp_path: Path, log: str, *, static: bool = False) -> Path:
     """An executable that prints a fixture log (and, if static, rejects --shapes as trtexec does)."""
     script = tmp_path / "trtexec"
     reject = (
-        "if any(a.startswith('--shapes') for a in sys.argv[1:]):\n"
-        "    print('[E] Static model does not take explicit shapes since the shape of inference tensors will be "
-        "determined by the model itself'); sys.exit(1)\n"
-    ) if static else ""  # fmt: skip
+        (
+            "if any(a.startswith('--shapes') for a in sys.argv[1:]):\n"
+            "    print('[E] Static model does not take explicit shapes since the shape of inference tensors will be "
+            "determined by the model itself'); sys.exit(1)\n"
+        )
+        if static
+        else ""
+    )
     script.write_text(
         f"#!{sys.executable}\nimport sys\n{reject}"
         f"open({str(tmp_path / 'argv.txt')!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"

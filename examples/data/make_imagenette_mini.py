@@ -21,9 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
-def make_subset(
-    source: Path, out: Path, per_split: dict[str, int], size: int, quality: int
-) -> dict[str, int]:
+def make_subset(source: Path, out: Path, per_split: dict[str, int], size: int, quality: int) -> dict[str, int]:
     """Write the subset; returns the number of images per split."""
     counts = {}
     for split, per_class in per_split.items():
@@ -44,8 +42,12 @@ def make_subset(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--source", type=Path, default=REPO.parent / "shared/data/imagenette2-224",
-        help="Imagenette 2 with train/<wnid>/ and val/<wnid>/ (default: ../shared/data/imagenette2-224)")
+    add(
+        "--source",
+        type=Path,
+        default=REPO.parent / "shared/data/imagenette2-224",
+        help="Imagenette 2 with train/<wnid>/ and val/<wnid>/ (default: ../shared/data/imagenette2-224)",
+    )
     add("--out", type=Path, default=REPO / "examples/data/imagenette-mini", help="output folder")
     add("--train-per-class", type=int, default=40, help="first N train images of each class")
     add("--val-per-class", type=int, default=16, help="first N val images of each class")

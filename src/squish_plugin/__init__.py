@@ -8,19 +8,11 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .engine import GenerationContext, Lineage, evolve
 from .errors import CheckpointError, InvalidArgumentError, MissingExtraError, SquishError, UntraceableModelError
-from .genetics import SynthesisConfig
-from .models import (
-    IMAGENET10_WNIDS,
-    IMAGENETTE_WNIDS,
-    imagenet_classes,
-    imagenet_index,
-    model_stats,
-    squeezenet1_1_ancestor,
-)
+from .models import IMAGENET10_WNIDS, IMAGENETTE_WNIDS, imagenet_classes, imagenet_index, squeezenet1_1_ancestor
 from .persistence import load_pruned, save_pruned
-from .pruner import EvolutionarySynthesisPruner
+from .study.engine import EvolutionConfig, GenerationContext, Lineage, evolve
+from .synthesis import EvolutionarySynthesisPruner, SynthesisConfig, model_stats
 
 try:
     __version__ = version("squish-plugin")
@@ -31,6 +23,7 @@ __all__ = [
     "IMAGENET10_WNIDS",
     "IMAGENETTE_WNIDS",
     "CheckpointError",
+    "EvolutionConfig",
     "EvolutionarySynthesisPruner",
     "GenerationContext",
     "Lineage",

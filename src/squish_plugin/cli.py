@@ -8,9 +8,10 @@ import platform
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from .errors import SquishError
 
@@ -31,6 +32,7 @@ OPTIONAL = {
     "onnxruntime": "pip install 'squish-plugin[export]'",
     "tensorrt": "NVIDIA's tensorrt wheel on a GPU host, or JetPack on a Jetson",
 }
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a recipe key: a.b=value")]
 
 
 def _version(dist: str) -> str:
@@ -66,55 +68,16 @@ def _guard(action: Callable[[], T], resume_hint: Path | None = None) -> T:
         raise typer.Exit(130) from None
 
 
-@app.command()
-def run(
-    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe, e.g. examples/quickstart.yaml")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a recipe key: a.b=value")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and print the resolved recipe only")] = False,
-    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
-) -> None:
-    """Run a SquishedNets study: ancestor -> generations -> lineage -> report."""
-    import yaml
-
-    from .recipe import load_recipe
-    from .study import check_data, new_run_dir, read_run_recipe, run_study
-
-    if (recipe is None) == (resume is None):
-        typer.echo("error: give either a recipe file or --resume RUN_DIR, not both or neither.", err=True)
-        raise typer.Exit(2)
-    if resume is not None and dry_run:
-        typer.echo("error: --resume continues a run as it was recorded; --dry-run does not apply.", err=True)
-        raise typer.Exit(2)
-    other = [item for item in set_ or [] if item.partition("=")[0].strip() != "evolution.generations"]
-    if resume is not None and other:
-        typer.echo(
-            f"error: --resume continues a run as it was recorded; only --set evolution.generations=N "
-            f"(to extend a run) applies, not '{other[0]}'.",
-            err=True,
-        )
-        raise typer.Exit(2)
-    if resume is not None:
-        resolved = _guard(lambda: read_run_recipe(resume, set_ or []))
-        with _process_group(resolved.train.device):
-            _guard(lambda: run_study(resolved, run_dir=resume, resume=True), resume_hint=resume)
-        return
-    resolved = _guard(lambda: load_recipe(recipe, set_ or []))
-    if dry_run:
-        _guard(lambda: check_data(resolved))
-        typer.echo(yaml.safe_dump(resolved.model_dump(), sort_keys=False).rstrip())
-        typer.echo("dry run: recipe valid, nothing trained or written.")
-        return
-    with _process_group(resolved.train.device):
-        from . import distributed
-
-        run_dir = distributed.broadcast_object(new_run_dir(resolved))  # one name for every rank
-        _guard(lambda: run_study(resolved, run_dir=run_dir), resume_hint=run_dir)
+def _fail(message: str) -> NoReturn:
+    """A wrong combination of arguments: one line on stderr, exit code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @contextlib.contextmanager
 def _process_group(device: str) -> Iterator[None]:
     """Under torchrun (``WORLD_SIZE`` > 1): join the process group for the command, leave it after."""
-    from . import distributed
+    from .study import distributed
 
     _guard(lambda: distributed.setup(device))
     try:
@@ -123,18 +86,57 @@ def _process_group(device: str) -> Iterator[None]:
         distributed.shutdown()
 
 
+def _study(recipe, run_dir: Path | None) -> None:
+    """Run (``run_dir`` None: a new run directory) or resume a study under torchrun or alone."""
+    from .study import distributed, runner
+
+    with _process_group(recipe.train.device):
+        resume = run_dir is not None
+        run_dir = run_dir or distributed.broadcast_object(runner.new_run_dir(recipe))  # one name for every rank
+        _guard(lambda: runner.run_study(recipe, run_dir=run_dir, resume=resume), resume_hint=run_dir)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe, e.g. examples/quickstart.yaml")] = None,
+    set_: SetOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and print the resolved recipe only")] = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
+) -> None:
+    """Run a SquishedNets study: ancestor -> generations -> lineage -> report."""
+    import yaml
+
+    from .study import runner
+    from .study.recipe import load_recipe
+
+    if (recipe is None) == (resume is None):
+        _fail("give either a recipe file or --resume RUN_DIR, not both or neither.")
+    if resume is not None and dry_run:
+        _fail("--resume continues a run as it was recorded; --dry-run does not apply.")
+    if resume is not None:
+        _study(_guard(lambda: runner.read_run_recipe(resume, set_ or [])), resume)
+        return
+    resolved = _guard(lambda: load_recipe(recipe, set_ or []))
+    if dry_run:
+        _guard(lambda: runner.check_data(resolved))
+        typer.echo(yaml.safe_dump(resolved.model_dump(), sort_keys=False).rstrip())
+        typer.echo("dry run: recipe valid, nothing trained or written.")
+        return
+    _study(resolved, None)
+
+
 @app.command()
 def compare(
     recipe: Annotated[Path, typer.Argument(help="comparison recipe, e.g. examples/compare.yaml")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a recipe key: a.b=value")] = None,
+    set_: SetOption = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue a comparison in this directory")] = None,
 ) -> None:
     """Classic pruners (NNI L1/L2/FPGM/Taylor, torch-pruning magnitude/random) on a run's schedule."""
-    from .comparison import run_comparison
-    from .recipe import load_compare_recipe
+    from .baselines.protocol import run_comparison
+    from .baselines.recipe import load_compare_recipe
 
     resolved = _guard(lambda: load_compare_recipe(recipe, set_ or []))
-    _guard(lambda: run_comparison(resolved, out_dir=resume), resume_hint=None)
+    _guard(lambda: run_comparison(resolved, out_dir=resume))
 
 
 @app.command()
@@ -150,12 +152,32 @@ def export(
     manifest = _guard(lambda: export_run(run_dir, opset=opset, batch=batch, size=size))
     for name, info in manifest["models"].items():
         unsupported = ", ".join(info["unsupported_ops"]) or "none"
-        typer.echo(f"{name:15s} {info['path']}  max|diff| {info['max_abs_diff']:.1e}  ops unsupported by TensorRT 8.2: {unsupported}")
+        diff = info["max_abs_diff"]
+        typer.echo(f"{name:15s} {info['path']}  max|diff| {diff:.1e}  ops unsupported by TensorRT 8.2: {unsupported}")
 
 
-@app.command(context_settings={"allow_extra_args": False})
-def bench(
-    target: Annotated[list[str], typer.Argument(help="RUN_DIR, or: kit RUN_DIR --out DIR, or: collect RESULTS_DIR --into RUN_DIR")],
+class _DefaultRun(TyperGroup):
+    """``bench RUN_DIR ...`` means ``bench run RUN_DIR ...``: the sub-verbs ``kit`` and
+    ``collect`` are named, measuring a run is the default."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+bench_app = typer.Typer(
+    cls=_DefaultRun,
+    no_args_is_help=True,
+    help="Throughput of a run's exported models (`bench RUN_DIR`); `bench kit` builds the Jetson TX1 kit, "
+    "`bench collect` brings the device's results into the run's report.",
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("run")
+def bench_run(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory with exported models")],
     backend: Annotated[str, typer.Option(help="pytorch | onnxruntime | tensorrt | trtexec")] = "onnxruntime",
     batch: Annotated[int, typer.Option(help="images per batch")] = 32,
     precision: Annotated[str, typer.Option(help="fp32 | fp16 (tensorrt, trtexec)")] = "fp32",
@@ -164,62 +186,74 @@ def bench(
     runs: Annotated[int, typer.Option(help="timed batches (per round)")] = 10,
     rounds: Annotated[int, typer.Option(help="interleaved rounds over the models (pytorch, onnxruntime)")] = 1,
     trtexec: Annotated[str | None, typer.Option(help="path to trtexec")] = None,
-    out: Annotated[Path | None, typer.Option(help="kit: where to write the Jetson kit")] = None,
-    into: Annotated[Path | None, typer.Option(help="collect: the run directory to fill")] = None,
 ) -> None:
-    """Throughput of a run's exported models; `bench kit` builds the Jetson TX1 kit,
-    `bench collect` brings the device's results into the run's report."""
+    """Measure the throughput of a run's exported models with one backend."""
     from .deploy import runs as deploy
 
-    verb, args = (target[0], target[1:]) if target[0] in ("kit", "collect") else ("run", target)
-    if len(args) != 1:
-        typer.echo("error: give exactly one directory (see squish-plugin bench --help).", err=True)
-        raise typer.Exit(2)
-    if verb == "kit":
-        if out is None:
-            typer.echo("error: bench kit needs --out DIR.", err=True)
-            raise typer.Exit(2)
-        path = _guard(lambda: deploy.kit_for_run(args[0], out, batch=batch))
-        typer.echo(f"Jetson kit written to {path}; see {path / 'README.md'}")
-    elif verb == "collect":
-        if into is None:
-            typer.echo("error: bench collect needs --into RUN_DIR.", err=True)
-            raise typer.Exit(2)
-        results = _guard(lambda: deploy.collect_into_run(args[0], into))
-        typer.echo(f"{len(results)} results collected; report: {into / 'report.md'}")
-    else:
-        results = _guard(lambda: deploy.bench_run(args[0], backend=backend, batch=batch, precision=precision,
-                                                  threads=threads, warmup=warmup, runs=runs, trtexec=trtexec,
-                                                  rounds=rounds))  # fmt: skip
-        for r in results:
-            typer.echo(f"{r['model']:15s} {r['images_per_second']:8.1f} img/s  median {r['latency_ms']['median']:.1f} ms/batch"
-                       f"  p90 {r['latency_ms']['p90']:.1f}  ({r['backend']} {r['precision']}, batch {r['batch']})")  # fmt: skip
+    options = {"backend": backend, "batch": batch, "precision": precision, "threads": threads, "warmup": warmup}
+    results = _guard(lambda: deploy.bench_run(run_dir, **options, runs=runs, trtexec=trtexec, rounds=rounds))
+    for r in results:
+        lat = r["latency_ms"]
+        typer.echo(
+            f"{r['model']:15s} {r['images_per_second']:8.1f} img/s  median {lat['median']:.1f} ms/batch"
+            f"  p90 {lat['p90']:.1f}  ({r['backend']} {r['precision']}, batch {r['batch']})"
+        )
+
+
+@bench_app.command("kit")
+def bench_kit(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory with exported models")],
+    out: Annotated[Path | None, typer.Option(help="where to write the Jetson kit")] = None,
+    batch: Annotated[int, typer.Option(help="images per batch")] = 32,
+) -> None:
+    """Build the Jetson TX1 kit: the run's ONNX models, a benchmark script, a README."""
+    from .deploy import runs as deploy
+
+    if out is None:
+        _fail("bench kit needs --out DIR.")
+    path = _guard(lambda: deploy.kit_for_run(run_dir, out, batch=batch))
+    typer.echo(f"Jetson kit written to {path}; see {path / 'README.md'}")
+
+
+@bench_app.command("collect")
+def bench_collect(
+    results_dir: Annotated[Path, typer.Argument(help="the kit's results folder, brought back from the device")],
+    into: Annotated[Path | None, typer.Option(help="the run directory to fill")] = None,
+) -> None:
+    """Bring the device's results into the run's report."""
+    from .deploy import runs as deploy
+
+    if into is None:
+        _fail("bench collect needs --into RUN_DIR.")
+    results = _guard(lambda: deploy.collect_into_run(results_dir, into))
+    typer.echo(f"{len(results)} results collected; report: {into / 'report.md'}")
 
 
 data_app = typer.Typer(help="Build datasets for the study.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+CELLPHONE_HELP = (
+    "wnid for the paper's 'cell phone': n03584254 (as listed; ILSVRC's iPod) or n02992529 (cellular telephone)"
+)
 
 
 @data_app.command("imagenet10")
 def data_imagenet10(
     imagenet_root: Annotated[Path, typer.Option("--imagenet-root", help="local ILSVRC-2012 with train/ and val/")],
     out: Annotated[Path, typer.Option("--out", help="where to write train/ and val/ of ImageNet-10")],
-    cellphone: Annotated[str, typer.Option(help="wnid for the paper's 'cell phone': n03584254 (as listed; ILSVRC's iPod) or n02992529 (cellular telephone)")] = "n03584254",
+    cellphone: Annotated[str, typer.Option(help=CELLPHONE_HELP)] = "n03584254",
     copy: Annotated[bool, typer.Option("--copy", help="copy files instead of symlinking")] = False,
     ground_truth: Annotated[Path | None, typer.Option(help="labels for a flat val/ folder")] = None,
 ) -> None:
     """Build the paper's ImageNet-10 subset from a local ILSVRC-2012 (links, not copies)."""
-    from .data import build_imagenet10
+    from .study.imagenet10 import build_imagenet10
 
     typer.echo(
         "note: the paper lists n03584254 for 'cell phone'; in ILSVRC-2012 that wnid is 'iPod', "
         "while 'cellular telephone' is n02992529 (choose with --cellphone)."
     )
-    counts = _guard(
-        lambda: build_imagenet10(
-            imagenet_root, out, cellphone=cellphone, link=not copy, devkit_ground_truth=ground_truth
-        )
-    )
+    options = {"cellphone": cellphone, "link": not copy, "devkit_ground_truth": ground_truth}
+    counts = _guard(lambda: build_imagenet10(imagenet_root, out, **options))
     typer.echo(f"ImageNet-10 written to {out}: {counts}")
 
 

@@ -1,11 +1,10 @@
 """The SquishedNets ancestor (SqueezeNet v1.1 with a ``num_classes``-filter conv10),
-ImageNet class tables, and size statistics.
+and the ImageNet class tables.
 
 Example:
-    >>> from squish_plugin import squeezenet1_1_ancestor, model_stats
-    >>> model = squeezenet1_1_ancestor(num_classes=10, weights=None)
-    >>> model_stats(model)["params"]
-    727626
+    >>> from squish_plugin import squeezenet1_1_ancestor
+    >>> squeezenet1_1_ancestor(num_classes=10, weights=None).classifier[1].out_channels
+    10
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ __all__ = [
     "IMAGENETTE_WNIDS",
     "imagenet_classes",
     "imagenet_index",
-    "model_stats",
     "squeezenet1_1_ancestor",
 ]
 
@@ -124,9 +122,7 @@ def squeezenet1_1_ancestor(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InvalidArgumentError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
     if head is not None and len(head) != num_classes:
-        raise InvalidArgumentError(
-            f"head must list exactly num_classes={num_classes} classes, got {len(head)}."
-        )
+        raise InvalidArgumentError(f"head must list exactly num_classes={num_classes} classes, got {len(head)}.")
     head_idx = [imagenet_index(c) for c in head] if head is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -160,22 +156,3 @@ def _load_pretrained(
     else:
         features.update({k: v for k, v in own.items() if k.startswith("classifier.")})
     model.load_state_dict(features, strict=True)
-
-
-def model_stats(model: nn.Module, example_inputs: torch.Tensor | None = None) -> dict[str, float]:
-    """Parameters, size in MB (float32, the paper's measure: 4 bytes a parameter,
-    10^6 bytes a MB) and MACs per image at ``example_inputs`` (224x224 by default)."""
-    import torch_pruning as tp
-
-    if example_inputs is None:
-        example_inputs = torch.zeros(1, 3, 224, 224)
-    from ._surgery import EvalMode
-
-    params = sum(p.numel() for p in model.parameters())
-    with EvalMode(model):
-        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
-    return {
-        "params": params,
-        "size_mb": params * 4 / 1e6,
-        "macs": int(macs) // max(int(example_inputs.shape[0]), 1),
-    }

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,7 +29,15 @@ from torch import nn
 
 from .errors import CheckpointError, InvalidArgumentError
 
-__all__ = ["atomic_file", "atomic_save", "atomic_write_bytes", "atomic_write_text", "load_pruned", "save_pruned"]
+__all__ = [
+    "atomic_file",
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_pruned",
+    "save_pruned",
+    "write_json_atomic",
+]
 
 FORMAT = "squish-plugin/pruned-v1"
 
@@ -52,9 +61,7 @@ def _build(arch: dict[str, Any]) -> nn.Module:
     elif builder in _builders():
         model = _builders()[builder](**kwargs)
     else:
-        raise CheckpointError(
-            f"the checkpoint names no known architecture ({builder!r}); pass model= to load it."
-        )
+        raise CheckpointError(f"the checkpoint names no known architecture ({builder!r}); pass model= to load it.")
     model.squish_arch = {"builder": builder, "kwargs": kwargs}
     return model
 
@@ -88,6 +95,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically (see :func:`atomic_file`)."""
     with atomic_file(path, "w") as fh:
         fh.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON (indented, sorted keys) atomically (see :func:`atomic_file`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

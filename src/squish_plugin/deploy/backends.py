@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, MissingExtraError
+from .schema import SCHEMA, bench_result
 
 __all__ = ["BACKENDS", "SCHEMA", "latency_summary", "result"]
-
-SCHEMA = "squish-plugin/bench-v1"
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -41,16 +40,31 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def result(model: str, backend: str, precision: str, batch: int, size: int, seconds: list[float],
-           warmup: int, env: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def result(
+    model: str,
+    backend: str,
+    precision: str,
+    batch: int,
+    size: int,
+    seconds: list[float],
+    warmup: int,
+    env: dict[str, Any],
+) -> dict[str, Any]:
     """A result in the shared schema from measured per-batch wall times."""
     lat = latency_summary(seconds)
-    return {
-        "schema": SCHEMA, "model": model, "backend": backend, "precision": precision,
-        "batch": batch, "input_size": size, "images_per_second": batch / (lat["median"] / 1e3),
-        "latency_ms": lat, "runs": len(seconds), "warmup_runs": warmup,
-        "env": {"python": platform.python_version(), "host": platform.node(), **env},
-    }  # fmt: skip
+    ips = batch / (lat["median"] / 1e3)
+    return bench_result(
+        model,
+        backend,
+        precision,
+        batch,
+        size,
+        images_per_second=ips,
+        latency_ms=lat,
+        runs=len(seconds),
+        warmup=warmup,
+        env=env,
+    )
 
 
 def _time(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
@@ -74,8 +88,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def pytorch_runner(model: torch.nn.Module, *, batch: int = 32, size: int = 224, threads: int = 2,
-                   channels_last: bool = True) -> tuple[Callable[[], Any], dict[str, Any]]:  # fmt: skip
+def pytorch_runner(
+    model: torch.nn.Module, *, batch: int = 32, size: int = 224, threads: int = 2, channels_last: bool = True
+) -> tuple[Callable[[], Any], dict[str, Any]]:
     """``(run one batch, environment)`` for eager PyTorch on the CPU."""
     torch.set_num_threads(threads)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -90,21 +105,34 @@ def pytorch_runner(model: torch.nn.Module, *, batch: int = 32, size: int = 224, 
     return run, env
 
 
-def bench_pytorch(model: torch.nn.Module, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
-                  channels_last: bool = True, warmup: int = 3, runs: int = 10, **_: Any) -> dict[str, Any]:  # fmt: skip
+def bench_pytorch(
+    model: torch.nn.Module,
+    *,
+    name: str,
+    batch: int = 32,
+    size: int = 224,
+    threads: int = 2,
+    channels_last: bool = True,
+    warmup: int = 3,
+    runs: int = 10,
+    **_: Any,
+) -> dict[str, Any]:
     """Eager PyTorch on the CPU (channels_last by default)."""
     run, env = pytorch_runner(model, batch=batch, size=size, threads=threads, channels_last=channels_last)
     return result(name, "pytorch", "fp32", batch, size, _time(run, warmup, runs), warmup, env)
 
 
-def onnxruntime_runner(onnx_path: str | os.PathLike, *, batch: int = 32, size: int = 224, threads: int = 2,
-                       cuda: bool = False) -> tuple[Callable[[], Any], dict[str, Any]]:  # fmt: skip
+def onnxruntime_runner(
+    onnx_path: str | os.PathLike, *, batch: int = 32, size: int = 224, threads: int = 2, cuda: bool = False
+) -> tuple[Callable[[], Any], dict[str, Any]]:
     """``(run one batch, environment)`` for ONNX Runtime: the CPU execution provider, or
     CUDA where present and asked for."""
     try:
         import onnxruntime as ort
     except ImportError:
-        raise MissingExtraError("the onnxruntime backend needs onnxruntime: pip install 'squish-plugin[export]'.") from None
+        raise MissingExtraError(
+            "the onnxruntime backend needs onnxruntime: pip install 'squish-plugin[export]'."
+        ) from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -114,21 +142,46 @@ def onnxruntime_runner(onnx_path: str | os.PathLike, *, batch: int = 32, size: i
             raise InvalidArgumentError("ONNX Runtime here has no CUDAExecutionProvider; install onnxruntime-gpu.")
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)}
-    env = {"device": "CUDA" if cuda else _cpu_name(), "threads": threads, "onnxruntime": ort.__version__,
-           "providers": session.get_providers()}  # fmt: skip
+    feed = {
+        session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    }
+    env = {
+        "device": "CUDA" if cuda else _cpu_name(),
+        "threads": threads,
+        "onnxruntime": ort.__version__,
+        "providers": session.get_providers(),
+    }
     return (lambda: session.run(None, feed)), env
 
 
-def bench_onnxruntime(onnx_path: str | os.PathLike, *, name: str, batch: int = 32, size: int = 224, threads: int = 2,
-                      warmup: int = 3, runs: int = 10, cuda: bool = False, **_: Any) -> dict[str, Any]:  # fmt: skip
+def bench_onnxruntime(
+    onnx_path: str | os.PathLike,
+    *,
+    name: str,
+    batch: int = 32,
+    size: int = 224,
+    threads: int = 2,
+    warmup: int = 3,
+    runs: int = 10,
+    cuda: bool = False,
+    **_: Any,
+) -> dict[str, Any]:
     """ONNX Runtime: the CPU execution provider, or CUDA where present and asked for."""
     run, env = onnxruntime_runner(onnx_path, batch=batch, size=size, threads=threads, cuda=cuda)
     return result(name, "onnxruntime", "fp32", batch, size, _time(run, warmup, runs), warmup, env)
 
 
-def bench_interleaved(targets: dict[str, Any], *, backend: str, batch: int = 32, size: int = 224, threads: int = 2,
-                      warmup: int = 3, runs: int = 10, rounds: int = 1) -> list[dict[str, Any]]:  # fmt: skip
+def bench_interleaved(
+    targets: dict[str, Any],
+    *,
+    backend: str,
+    batch: int = 32,
+    size: int = 224,
+    threads: int = 2,
+    warmup: int = 3,
+    runs: int = 10,
+    rounds: int = 1,
+) -> list[dict[str, Any]]:
     """PyTorch or ONNX Runtime throughput of several models measured in ``rounds``
     interleaved rounds (A B C, A B C, ...), each model timed ``runs`` batches per round
     after ``warmup`` untimed ones: a machine that slows down for a while slows every model
@@ -136,7 +189,7 @@ def bench_interleaved(targets: dict[str, Any], *, backend: str, batch: int = 32,
     make = {"pytorch": pytorch_runner, "onnxruntime": onnxruntime_runner}[backend]
     runners = {name: make(target, batch=batch, size=size, threads=threads) for name, target in targets.items()}
     seconds: dict[str, list[float]] = {name: [] for name in targets}
-    for name, (run, _) in runners.items():
+    for run, _ in runners.values():
         _time(run, warmup, 0)
     for _ in range(rounds):
         for name, (run, _) in runners.items():

@@ -40,7 +40,9 @@ def _need(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtraError(f"ONNX export needs {module}: install it with pip install 'squish-plugin[export]'.") from None
+        raise MissingExtraError(
+            f"ONNX export needs {module}: install it with pip install 'squish-plugin[export]'."
+        ) from None
 
 
 @functools.cache
@@ -97,9 +99,15 @@ def export_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         torch.onnx.export(
-            model, (example,), str(raw), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
-        )  # fmt: skip
+            model,
+            (example,),
+            str(raw),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic,
+        )
         proto = onnx.load(str(raw))
     onnx.checker.check_model(proto)
     simplified = False

@@ -29,16 +29,14 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text
-from .trtexec import SCHEMA, STATIC_SHAPE_ERROR, trtexec_command
+from .schema import LATENCY_KEYS, RESULT_KEYS, SCHEMA
+from .trtexec import STATIC_SHAPE_ERROR, trtexec_command
 
 __all__ = ["KIT_SCHEMA", "collect_results", "make_kit"]
 
 KIT_SCHEMA = "squish-plugin/kit-v1"
 TEMPLATE = Path(__file__).with_name("_kit") / "bench_trt.py"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names files and appears unquoted in the script
-_REQUIRED = ("model", "backend", "precision", "batch", "input_size", "images_per_second", "latency_ms",
-             "runs", "warmup_runs", "env")  # fmt: skip
-_LATENCY = ("median", "p90", "mean", "min", "max")
 # The kit targets TensorRT 8.2, whose trtexec would otherwise build with a 16 MiB
 # workspace; bench_trt.py uses the same 1024 MiB.
 KIT_TRTEXEC = {"warmup_ms": 2000, "duration_s": 10, "avg_runs": 10, "workspace_mb": 1024}
@@ -98,7 +96,7 @@ def _script(names: list[str], batch: int, size: int, precisions: list[str]) -> s
                 "fi",
                 "",
             ]
-    lines += ['exec python3 bench_trt.py --parse-logs results', ""]
+    lines += ["exec python3 bench_trt.py --parse-logs results", ""]
     return "\n".join(lines)
 
 
@@ -130,8 +128,14 @@ Each result is JSON in the `{SCHEMA}` schema; images/s is batch / median latency
 """
 
 
-def make_kit(models: dict[str, os.PathLike], out: str | os.PathLike, *, batch: int = 32, size: int = 224,
-             precisions: Iterable[str] = ("fp32", "fp16")) -> Path:  # fmt: skip
+def make_kit(
+    models: dict[str, os.PathLike],
+    out: str | os.PathLike,
+    *,
+    batch: int = 32,
+    size: int = 224,
+    precisions: Iterable[str] = ("fp32", "fp16"),
+) -> Path:
     """Write the Jetson kit for ``models`` (name -> ONNX file) into ``out`` and return ``out``.
 
     ``out`` gets ``models/<name>.onnx``, ``run_trtexec.sh`` (executable),
@@ -154,10 +158,15 @@ def make_kit(models: dict[str, os.PathLike], out: str | os.PathLike, *, batch: i
     bench.chmod(0o755)
     atomic_write_text(out / "README.md", _readme(names, batch, size, precisions).replace("{kit}", str(out)))
     manifest = {
-        "schema": KIT_SCHEMA, "models": {n: f"models/{n}.onnx" for n in names}, "batch": batch,
-        "input_size": size, "precisions": precisions, "input_name": "input", "output_name": "logits",
+        "schema": KIT_SCHEMA,
+        "models": {n: f"models/{n}.onnx" for n in names},
+        "batch": batch,
+        "input_size": size,
+        "precisions": precisions,
+        "input_name": "input",
+        "output_name": "logits",
         "trtexec": KIT_TRTEXEC,
-    }  # fmt: skip
+    }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -165,12 +174,12 @@ def make_kit(models: dict[str, os.PathLike], out: str | os.PathLike, *, batch: i
 def _validate(data: Any, path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise InvalidArgumentError(f"{str(path)!r} is not a {SCHEMA} result (its schema tag is missing or different).")
-    missing = [k for k in _REQUIRED if k not in data]
+    missing = [k for k in RESULT_KEYS if k not in data]
     if missing:
         raise InvalidArgumentError(f"result {str(path)!r} lacks the key {missing[0]!r}.")
     lat = data["latency_ms"]
-    if not isinstance(lat, dict) or any(k not in lat for k in _LATENCY):
-        raise InvalidArgumentError(f"result {str(path)!r} needs latency_ms with {', '.join(_LATENCY)}.")
+    if not isinstance(lat, dict) or any(k not in lat for k in LATENCY_KEYS):
+        raise InvalidArgumentError(f"result {str(path)!r} needs latency_ms with {', '.join(LATENCY_KEYS)}.")
     ips = data["images_per_second"]
     if isinstance(ips, bool) or not isinstance(ips, (int, float)) or not ips > 0:
         raise InvalidArgumentError(f"result {str(path)!r} has images_per_second {ips!r}, not a positive number.")

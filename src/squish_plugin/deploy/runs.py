@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..engine import write_json_atomic
 from ..errors import InvalidArgumentError
-from ..persistence import load_pruned
-from ..study import THROUGHPUT_FILE, read_lineage, rewrite_report, squishednet_models
+from ..persistence import load_pruned, write_json_atomic
+from ..study.engine import read_lineage
+from ..study.runner import THROUGHPUT_FILE, rewrite_report, squishednet_models
 from .backends import BACKENDS, bench_interleaved
 
 __all__ = ["bench_run", "collect_into_run", "export_run", "kit_for_run"]
@@ -61,16 +61,54 @@ def _store(run_dir: Path, results: list[dict], generations: dict[str, int]) -> P
     device = first.get("env", {}).get("device", "unknown device")
     label = f"{first['backend']} {first['precision']}, batch {first['batch']}, {first['input_size']} px, {device}"
     values = {str(generations[r["model"]]): r["images_per_second"] for r in results if r["model"] in generations}
-    write_json_atomic(run_dir / THROUGHPUT_FILE, {"label": label, "values": values, "source": str(path.relative_to(run_dir))})
+    write_json_atomic(
+        run_dir / THROUGHPUT_FILE, {"label": label, "values": values, "source": str(path.relative_to(run_dir))}
+    )
     rewrite_report(run_dir)
     return path
 
 
-def bench_run(run_dir: str | Path, *, backend: str = "onnxruntime", batch: int = 32, precision: str = "fp32",
-              threads: int = 2, warmup: int = 3, runs: int = 10, trtexec: str | None = None,
-              rounds: int = 1) -> list[dict]:  # fmt: skip
+def bench_run(
+    run_dir: str | Path,
+    *,
+    backend: str = "onnxruntime",
+    batch: int = 32,
+    precision: str = "fp32",
+    threads: int = 2,
+    warmup: int = 3,
+    runs: int = 10,
+    trtexec: str | None = None,
+    rounds: int = 1,
+) -> list[dict]:
     """Benchmark every exported model of ``run_dir`` with one backend, in one process;
     ``rounds > 1`` (pytorch, onnxruntime) interleaves the models round by round."""
+    _check_bench(backend, precision, rounds)
+    run_dir = Path(run_dir)
+    manifest = _manifest(run_dir)
+    needs, fn = BACKENDS[backend]
+    records = {r["generation"]: r for r in read_lineage(run_dir)}
+    models = manifest["models"]
+
+    def target(info: dict) -> Any:
+        if needs == "model":
+            return load_pruned(run_dir / records[info["generation"]]["checkpoint"])
+        return run_dir / info["path"]
+
+    common = {"batch": batch, "size": manifest["size"], "threads": threads, "warmup": warmup, "runs": runs}
+    if rounds > 1:
+        targets = {name: target(info) for name, info in models.items()}
+        results = bench_interleaved(targets, backend=backend, rounds=rounds, **common)
+    else:
+        options = {**common, "precision": precision, "trtexec": trtexec}
+        results = [fn(target(info), name=name, **options) for name, info in models.items()]
+    for res in results:
+        info = models[res["model"]]
+        res.update(params=info["params"], macs=info["macs"], generation=info["generation"])
+    _store(run_dir, results, {n: i["generation"] for n, i in manifest["models"].items()})
+    return results
+
+
+def _check_bench(backend: str, precision: str, rounds: int) -> None:
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}.")
     if precision not in ("fp32", "fp16"):
@@ -81,27 +119,6 @@ def bench_run(run_dir: str | Path, *, backend: str = "onnxruntime", batch: int =
         raise InvalidArgumentError(f"rounds must be an integer >= 1, got {rounds!r}.")
     if rounds > 1 and backend not in ("pytorch", "onnxruntime"):
         raise InvalidArgumentError(f"rounds > 1 applies to the pytorch and onnxruntime backends, not {backend}.")
-    run_dir = Path(run_dir)
-    manifest = _manifest(run_dir)
-    needs, fn = BACKENDS[backend]
-    records = {r["generation"]: r for r in read_lineage(run_dir)}
-    models = manifest["models"]
-
-    def target(info: dict) -> Any:
-        return load_pruned(run_dir / records[info["generation"]]["checkpoint"]) if needs == "model" else run_dir / info["path"]
-
-    if rounds > 1:
-        results = bench_interleaved({name: target(info) for name, info in models.items()}, backend=backend,
-                                    batch=batch, size=manifest["size"], threads=threads, warmup=warmup, runs=runs,
-                                    rounds=rounds)  # fmt: skip
-    else:
-        results = [fn(target(info), name=name, batch=batch, size=manifest["size"], threads=threads, warmup=warmup,
-                      runs=runs, precision=precision, trtexec=trtexec) for name, info in models.items()]  # fmt: skip
-    for res in results:
-        info = models[res["model"]]
-        res.update(params=info["params"], macs=info["macs"], generation=info["generation"])
-    _store(run_dir, results, {n: i["generation"] for n, i in manifest["models"].items()})
-    return results
 
 
 def kit_for_run(run_dir: str | Path, out: str | Path, *, batch: int = 32, precisions=("fp32", "fp16")) -> Path:

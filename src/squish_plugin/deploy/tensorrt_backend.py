@@ -19,16 +19,14 @@ Example (needs TensorRT and a CUDA GPU):
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError, MissingExtraError
+from .schema import bench_result
 
 __all__ = ["bench_tensorrt"]
-
-SCHEMA = "squish-plugin/bench-v1"
 
 
 def _kit():
@@ -40,8 +38,13 @@ def _kit():
 def _check(precision: str, batch: int, size: int, warmup: int, runs: int, workspace_mb: int) -> None:
     if precision not in ("fp32", "fp16"):
         raise InvalidArgumentError(f"precision must be 'fp32' or 'fp16', got {precision!r}.")
-    for name, value, low in (("batch", batch, 1), ("size", size, 1), ("warmup", warmup, 0), ("runs", runs, 1),
-                             ("workspace_mb", workspace_mb, 1)):  # fmt: skip
+    for name, value, low in (
+        ("batch", batch, 1),
+        ("size", size, 1),
+        ("warmup", warmup, 0),
+        ("runs", runs, 1),
+        ("workspace_mb", workspace_mb, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}.")
 
@@ -82,8 +85,8 @@ def _time_batches(execute, tensors, buffers, host, warmup: int, runs: int) -> li
 
 def _summary(seconds: list[float]) -> dict[str, float]:
     ms = sorted(s * 1e3 for s in seconds)
-    return {"median": statistics.median(ms), "p90": _kit().percentile(ms, 90), "mean": statistics.fmean(ms),
-            "min": ms[0], "max": ms[-1]}  # fmt: skip
+    p90 = _kit().percentile(ms, 90)
+    return {"median": statistics.median(ms), "p90": p90, "mean": statistics.fmean(ms), "min": ms[0], "max": ms[-1]}
 
 
 def bench_tensorrt(
@@ -128,11 +131,23 @@ def bench_tensorrt(
     execute = kit.make_execute(context, tensors, [b.data_ptr() for b in buffers])
     seconds = _time_batches(execute, tensors, buffers, host, warmup, runs)
     lat = _summary(seconds)
-    return {
-        "schema": SCHEMA, "model": model, "backend": "tensorrt", "precision": precision, "batch": batch,
-        "input_size": size, "images_per_second": batch / (lat["median"] / 1e3), "latency_ms": lat,
-        "runs": runs, "warmup_runs": warmup,
-        "env": {"device": torch.cuda.get_device_name(), "tensorrt": trt.__version__,
-                "python": platform.python_version(), "host": platform.node(), "torch": torch.__version__,
-                "timing": "torch.cuda events: H2D + inference + D2H", "workspace_mb": workspace_mb},
-    }  # fmt: skip
+    env = {
+        "device": torch.cuda.get_device_name(),
+        "tensorrt": trt.__version__,
+        "torch": torch.__version__,
+        "timing": "torch.cuda events: H2D + inference + D2H",
+        "workspace_mb": workspace_mb,
+    }
+    ips = batch / (lat["median"] / 1e3)
+    return bench_result(
+        model,
+        "tensorrt",
+        precision,
+        batch,
+        size,
+        images_per_second=ips,
+        latency_ms=lat,
+        runs=runs,
+        warmup=warmup,
+        env=env,
+    )

@@ -4,7 +4,8 @@ trtexec prints, at the end of a run, a block like (TensorRT 8.2 on a Jetson)::
 
     [07/14/2023-11:55:18] [I] === Performance summary ===
     [07/14/2023-11:55:18] [I] Throughput: 11.0613 qps
-    [07/14/2023-11:55:18] [I] Latency: min = 89.312 ms, max = 91.492 ms, mean = 90.3919 ms, median = 90.3035 ms, percentile(99%) = 91.492 ms
+    [07/14/2023-11:55:18] [I] Latency: min = 89.312 ms, max = 91.492 ms, mean = 90.3919 ms,
+        median = 90.3035 ms, percentile(99%) = 91.492 ms      (one line in the log)
 
 ``Throughput`` counts inferences per second, and one inference is one whole batch
 (explicit batch: the batch is the input's first dimension), so images/s is
@@ -22,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -32,10 +32,10 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, MissingExtraError
 from ..persistence import atomic_write_text
+from .schema import LATENCY_KEYS, bench_result
 
 __all__ = ["DEFAULT_TRTEXEC", "parse_trtexec_output", "resolve_trtexec", "run_trtexec", "trtexec_command"]
 
-SCHEMA = "squish-plugin/bench-v1"  # same tag as deploy.backends.SCHEMA
 DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # JetPack and NVIDIA's containers put it here
 PERCENTILE = 90
 # trtexec refuses --shapes for an ONNX whose input shape is fixed; we then run again without it.
@@ -51,8 +51,10 @@ _STAT_LINE = {
     "latency": re.compile(_TAGS + r"Latency:(.*)$", re.M),
     "gpu_compute": re.compile(_TAGS + r"GPU Compute Time:(.*)$", re.M),
 }
-_STAT = re.compile(r"(min|max|mean|median|percentile\(\s*" + _NUM + r"\s*%\s*\)|percentile:\s*" + _NUM + r"\s*%)"
-                   r"\s*=\s*" + _NUM + r"\s*ms")  # fmt: skip
+_STAT = re.compile(
+    r"(min|max|mean|median|percentile\(\s*" + _NUM + r"\s*%\s*\)|percentile:\s*" + _NUM + r"\s*%)"
+    r"\s*=\s*" + _NUM + r"\s*ms"
+)
 _DEVICE = re.compile(_TAGS + r"Selected Device:[ \t]*(\S[^\n]*?)[ \t]*$", re.M)
 _VERSION_LINE = re.compile(_TAGS + r"TensorRT version:[ \t]*([\d.]+)", re.M)
 _VERSION_TAG = re.compile(r"\[TensorRT v(\d+)\]")
@@ -158,7 +160,7 @@ def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None
     start = _SUMMARY.search(text)
     if start is None:
         raise _failure(text, "'=== Performance summary ===' section")
-    summary = text[start.end():]
+    summary = text[start.end() :]
     throughput = _THROUGHPUT.search(summary)
     latency_line = _STAT_LINE["latency"].search(summary)
     if throughput is None:
@@ -183,8 +185,7 @@ def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None
     return {
         "qps": qps,
         "images_per_second": qps * batch,
-        "latency_ms": {"median": latency["median"], "p90": latency.get("p90"), "mean": latency["mean"],
-                       "min": latency["min"], "max": latency["max"]},  # fmt: skip
+        "latency_ms": {k: latency.get(k) if k == "p90" else latency[k] for k in LATENCY_KEYS},
         "latency_percentiles_ms": {k: v for k, v in latency.items() if k.startswith("p")},
         "gpu_compute_ms": _stats(gpu_line.group(1)) if gpu_line else None,
         "runs": int(timed.group(1)) if timed else None,
@@ -224,8 +225,15 @@ def resolve_trtexec(trtexec: str | os.PathLike | None = None) -> str:
 
 def _run(cmd: list[str], timeout_s: float) -> str:
     try:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace", timeout=timeout_s, check=False)  # fmt: skip
+        done = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise InvalidArgumentError(
             f"trtexec ran past timeout_s={timeout_s} seconds; raise it (engine builds are slow on a Jetson)."
@@ -268,19 +276,31 @@ def run_trtexec(
     if log_path is not None:
         atomic_write_text(log_path, text)
     parsed = parse_trtexec_output(text, batch=batch, input_name=kw.get("input_name", "input"))
-    return to_result(parsed, model=model, precision=precision, batch=batch, size=size,
-                     env={"trtexec": exe, "command": cmd})  # fmt: skip
+    return to_result(
+        parsed, model=model, precision=precision, batch=batch, size=size, env={"trtexec": exe, "command": cmd}
+    )
 
 
-def to_result(parsed: dict[str, Any], *, model: str, precision: str, batch: int, size: int,
-              env: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def to_result(
+    parsed: dict[str, Any], *, model: str, precision: str, batch: int, size: int, env: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A ``squish-plugin/bench-v1`` result (backend ``trtexec``) from :func:`parse_trtexec_output`."""
-    return {
-        "schema": SCHEMA, "model": model, "backend": "trtexec", "precision": precision,
-        "batch": batch, "input_size": size, "images_per_second": parsed["images_per_second"],
-        "latency_ms": parsed["latency_ms"], "runs": parsed["runs"], "warmup_runs": parsed["warmup_runs"],
-        "env": {"device": parsed["device"], "tensorrt": parsed["tensorrt"], "python": platform.python_version(),
-                "host": platform.node(), **(env or {})},
-        "trtexec": {"qps": parsed["qps"], "latency_percentiles_ms": parsed["latency_percentiles_ms"],
-                    "gpu_compute_ms": parsed["gpu_compute_ms"], "input_shape": parsed["input_shape"]},
-    }  # fmt: skip
+    trtexec = {
+        "qps": parsed["qps"],
+        "latency_percentiles_ms": parsed["latency_percentiles_ms"],
+        "gpu_compute_ms": parsed["gpu_compute_ms"],
+        "input_shape": parsed["input_shape"],
+    }
+    return bench_result(
+        model,
+        "trtexec",
+        precision,
+        batch,
+        size,
+        images_per_second=parsed["images_per_second"],
+        latency_ms=parsed["latency_ms"],
+        runs=parsed["runs"],
+        warmup=parsed["warmup_runs"],
+        env={"device": parsed["device"], "tensorrt": parsed["tensorrt"], **(env or {})},
+        trtexec=trtexec,
+    )

@@ -26,7 +26,8 @@ import random
 import re
 import sys
 
-SCHEMA = "squish-plugin/bench-v1"
+SCHEMA = "squish-plugin/bench-v1"  # = squish_plugin.deploy.schema.SCHEMA (this script cannot import it)
+LATENCY_KEYS = ("median", "p90", "mean", "min", "max")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # --- trtexec log parsing ------------------------------------------------------
@@ -39,8 +40,10 @@ _SUMMARY = re.compile(_TAGS + r"=== Performance summary ===", re.M)
 _THROUGHPUT = re.compile(_TAGS + r"Throughput:[ \t]*" + _NUM + r"[ \t]*qps", re.M)
 _LATENCY = re.compile(_TAGS + r"Latency:(.*)$", re.M)
 _GPU = re.compile(_TAGS + r"GPU Compute Time:(.*)$", re.M)
-_STAT = re.compile(r"(min|max|mean|median|percentile\(\s*" + _NUM + r"\s*%\s*\)|percentile:\s*" + _NUM + r"\s*%)"
-                   r"\s*=\s*" + _NUM + r"\s*ms")
+_STAT = re.compile(
+    r"(min|max|mean|median|percentile\(\s*" + _NUM + r"\s*%\s*\)|percentile:\s*" + _NUM + r"\s*%)"
+    r"\s*=\s*" + _NUM + r"\s*ms"
+)
 _DEVICE = re.compile(_TAGS + r"Selected Device:[ \t]*(\S[^\n]*?)[ \t]*$", re.M)
 _VERSION_LINE = re.compile(_TAGS + r"TensorRT version:[ \t]*([\d.]+)", re.M)
 _VERSION_TAG = re.compile(r"\[TensorRT v(\d+)\]")
@@ -88,7 +91,7 @@ def parse_trtexec_output(text, batch, input_name=None):
     start = _SUMMARY.search(text)
     if start is None:
         raise _failure(text, "'=== Performance summary ===' section")
-    summary = text[start.end():]
+    summary = text[start.end() :]
     throughput = _THROUGHPUT.search(summary)
     latency_line = _LATENCY.search(summary)
     if throughput is None:
@@ -105,16 +108,17 @@ def parse_trtexec_output(text, batch, input_name=None):
             shape = [int(d) for d in dims.split("x") if d]
             break
     if shape and shape[0] != batch:
-        raise KitError("the trtexec log shows input %s, i.e. batch %d, but batch=%d was asked; export the ONNX with "
-                       "that batch (or a dynamic one)." % ("x".join(map(str, shape)), shape[0], batch))
+        raise KitError(
+            "the trtexec log shows input %s, i.e. batch %d, but batch=%d was asked; export the ONNX with "
+            "that batch (or a dynamic one)." % ("x".join(map(str, shape)), shape[0], batch)
+        )
     gpu_line = _GPU.search(summary)
     qps = float(throughput.group(1))
     timed, warm, device = _TIMED.search(text), _WARMUP.search(text), _DEVICE.search(text)
     return {
         "qps": qps,
         "images_per_second": qps * batch,
-        "latency_ms": {"median": latency["median"], "p90": latency.get("p90"), "mean": latency["mean"],
-                       "min": latency["min"], "max": latency["max"]},
+        "latency_ms": dict((k, latency.get(k) if k == "p90" else latency[k]) for k in LATENCY_KEYS),
         "latency_percentiles_ms": dict((k, v) for k, v in latency.items() if k.startswith("p")),
         "gpu_compute_ms": _stats(gpu_line.group(1)) if gpu_line else None,
         "runs": int(timed.group(1)) if timed else None,
@@ -127,8 +131,7 @@ def parse_trtexec_output(text, batch, input_name=None):
 
 # --- results ------------------------------------------------------------------
 def _env(device, tensorrt_version):
-    env = {"device": device, "tensorrt": tensorrt_version, "python": platform.python_version(),
-           "host": platform.node()}
+    env = {"device": device, "tensorrt": tensorrt_version, "python": platform.python_version(), "host": platform.node()}
     try:
         with open("/proc/device-tree/model") as fh:  # "NVIDIA Jetson TX1 Developer Kit" on the board
             env["board"] = fh.read().strip("\x00\n ")
@@ -180,24 +183,36 @@ def parse_logs(folder, batch, size):
             print("%s: %s" % (log, exc), file=sys.stderr)
             continue
         result = {
-            "schema": SCHEMA, "model": model, "backend": "trtexec", "precision": precision,
-            "batch": batch, "input_size": size, "images_per_second": parsed["images_per_second"],
-            "latency_ms": parsed["latency_ms"], "runs": parsed["runs"], "warmup_runs": parsed["warmup_runs"],
+            "schema": SCHEMA,
+            "model": model,
+            "backend": "trtexec",
+            "precision": precision,
+            "batch": batch,
+            "input_size": size,
+            "images_per_second": parsed["images_per_second"],
+            "latency_ms": parsed["latency_ms"],
+            "runs": parsed["runs"],
+            "warmup_runs": parsed["warmup_runs"],
             "env": _env(parsed["device"], parsed["tensorrt"]),
-            "trtexec": {"qps": parsed["qps"], "latency_percentiles_ms": parsed["latency_percentiles_ms"],
-                        "gpu_compute_ms": parsed["gpu_compute_ms"], "input_shape": parsed["input_shape"],
-                        "log": os.path.basename(log)},
+            "trtexec": {
+                "qps": parsed["qps"],
+                "latency_percentiles_ms": parsed["latency_percentiles_ms"],
+                "gpu_compute_ms": parsed["gpu_compute_ms"],
+                "input_shape": parsed["input_shape"],
+                "log": os.path.basename(log),
+            },
         }
         out = os.path.join(folder, stem + ".trtexec.json")
         write_json(out, result)
-        print("%s: %.1f images/s (median latency %.2f ms per batch of %d)"
-              % (out, result["images_per_second"], parsed["latency_ms"]["median"], batch))
+        print(
+            "%s: %.1f images/s (median latency %.2f ms per batch of %d)"
+            % (out, result["images_per_second"], parsed["latency_ms"]["median"], batch)
+        )
     return 1 if failures else 0
 
 
 # --- TensorRT engine (shared with squish_plugin.deploy.tensorrt_backend) ------
-_DTYPE_BYTES = {"FLOAT": 4, "HALF": 2, "BF16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1, "INT32": 4, "INT64": 8,
-                "FP8": 1}
+_DTYPE_BYTES = {"FLOAT": 4, "HALF": 2, "BF16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1, "INT32": 4, "INT64": 8, "FP8": 1}
 
 
 def dtype_bytes(trt, dtype):
@@ -242,8 +257,10 @@ def build_engine(trt, onnx_path, precision, batch, size, workspace_mb, logger=No
         profile.set_shape(inp.name, shape, shape, shape)
         config.add_optimization_profile(profile)
     elif dims != shape:
-        raise KitError("%s has the fixed input shape %s, not %s; export it for batch %d and size %d."
-                       % (onnx_path, "x".join(map(str, dims)), "x".join(map(str, shape)), batch, size))
+        raise KitError(
+            "%s has the fixed input shape %s, not %s; export it for batch %d and size %d."
+            % (onnx_path, "x".join(map(str, dims)), "x".join(map(str, shape)), batch, size)
+        )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise KitError("TensorRT could not build an engine for %s (see its log above)." % onnx_path)
@@ -306,8 +323,13 @@ class Cuda(object):
         if self.lib is None:
             raise KitError("libcudart.so was not found; is CUDA installed (JetPack puts it in /usr/local/cuda/lib64)?")
         self.lib.cudaGetErrorString.restype = ctypes.c_char_p
-        self.lib.cudaMemcpyAsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                                             ctypes.c_void_p]
+        self.lib.cudaMemcpyAsync.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
         self.lib.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
 
     def check(self, status, what):
@@ -333,8 +355,10 @@ class Cuda(object):
     def elapsed_ms(self, start, end):
         ms = ctypes.c_float()
         self.check(self.lib.cudaEventSynchronize(ctypes.c_void_p(end)), "cudaEventSynchronize")
-        self.check(self.lib.cudaEventElapsedTime(ctypes.byref(ms), ctypes.c_void_p(start), ctypes.c_void_p(end)),
-                   "cudaEventElapsedTime")
+        self.check(
+            self.lib.cudaEventElapsedTime(ctypes.byref(ms), ctypes.c_void_p(start), ctypes.c_void_p(end)),
+            "cudaEventElapsedTime",
+        )
         return ms.value
 
     def device_name(self):
@@ -385,11 +409,21 @@ def bench_one(trt, cuda, onnx_path, model, precision, batch, size, warmup, runs,
         cuda.lib.cudaStreamDestroy(ctypes.c_void_p(stream))
     lat = latency_summary(times)
     return {
-        "schema": SCHEMA, "model": model, "backend": "tensorrt", "precision": precision, "batch": batch,
-        "input_size": size, "images_per_second": batch / (lat["median"] / 1e3), "latency_ms": lat,
-        "runs": runs, "warmup_runs": warmup,
-        "env": dict(_env(cuda.device_name(), trt.__version__), timing="cuda events: H2D + inference + D2H",
-                    workspace_mb=workspace_mb),
+        "schema": SCHEMA,
+        "model": model,
+        "backend": "tensorrt",
+        "precision": precision,
+        "batch": batch,
+        "input_size": size,
+        "images_per_second": batch / (lat["median"] / 1e3),
+        "latency_ms": lat,
+        "runs": runs,
+        "warmup_runs": warmup,
+        "env": dict(
+            _env(cuda.device_name(), trt.__version__),
+            timing="cuda events: H2D + inference + D2H",
+            workspace_mb=workspace_mb,
+        ),
     }
 
 
@@ -406,8 +440,9 @@ def main(argv=None):
     manifest = _manifest()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("onnx", nargs="*", help="ONNX files; the model name is the file name without .onnx")
-    ap.add_argument("--precision", nargs="+", choices=("fp32", "fp16"),
-                    default=manifest.get("precisions", ["fp32", "fp16"]))
+    ap.add_argument(
+        "--precision", nargs="+", choices=("fp32", "fp16"), default=manifest.get("precisions", ["fp32", "fp16"])
+    )
     ap.add_argument("--batch", type=int, default=manifest.get("batch", 32))
     ap.add_argument("--size", type=int, default=manifest.get("input_size", 224))
     ap.add_argument("--warmup", type=int, default=10)
@@ -425,8 +460,10 @@ def main(argv=None):
     try:
         import tensorrt as trt
     except ImportError:
-        print("the tensorrt Python module is missing; on a Jetson it comes with JetPack (python3-libnvinfer).",
-              file=sys.stderr)
+        print(
+            "the tensorrt Python module is missing; on a Jetson it comes with JetPack (python3-libnvinfer).",
+            file=sys.stderr,
+        )
         return 2
     cuda = Cuda()
     if not os.path.isdir(args.out):
@@ -436,16 +473,19 @@ def main(argv=None):
         model = os.path.basename(path)[: -len(".onnx")] if path.endswith(".onnx") else os.path.basename(path)
         for precision in args.precision:
             try:
-                result = bench_one(trt, cuda, path, model, precision, args.batch, args.size, args.warmup, args.runs,
-                                   args.workspace_mb)
+                result = bench_one(
+                    trt, cuda, path, model, precision, args.batch, args.size, args.warmup, args.runs, args.workspace_mb
+                )
             except KitError as exc:
                 failures += 1
                 print("%s %s: %s" % (model, precision, exc), file=sys.stderr)
                 continue
             out = os.path.join(args.out, "%s_%s.json" % (model, precision))
             write_json(out, result)
-            print("%s: %.1f images/s (median %.2f ms per batch of %d)"
-                  % (out, result["images_per_second"], result["latency_ms"]["median"], args.batch))
+            print(
+                "%s: %.1f images/s (median %.2f ms per batch of %d)"
+                % (out, result["images_per_second"], result["latency_ms"]["median"], args.batch)
+            )
     return 1 if failures else 0
 
 

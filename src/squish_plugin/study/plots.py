@@ -14,9 +14,7 @@ __all__ = ["render_comparison", "render_plots"]
 _DPI = 120
 
 
-def render_plots(
-    records: Sequence[Mapping], squishednets: Sequence[Mapping]
-) -> dict[str, bytes] | None:
+def render_plots(records: Sequence[Mapping], squishednets: Sequence[Mapping]) -> dict[str, bytes] | None:
     """PNG bytes keyed ``top1_vs_size`` and ``widths``, or ``None`` when matplotlib
     is not installed. ``records`` are sorted by generation and start with 0."""
     try:
@@ -43,19 +41,41 @@ def _top1_vs_size(Figure, records, squishednets):
     top1 = [r["top1"] for r in records]
     ax.plot(sizes, top1, "-o", color="tab:blue", ms=4, lw=1.2, label="generations, in order")
     for r in records:
-        ax.annotate(str(r["generation"]), (r["size_mb"], r["top1"]), xytext=(0, 8),
-                    textcoords="offset points", ha="center", fontsize=7, color="tab:blue")
+        ax.annotate(
+            str(r["generation"]),
+            (r["size_mb"], r["top1"]),
+            xytext=(0, 8),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+            color="tab:blue",
+        )
     ancestor = records[0]
     ax.plot(ancestor["size_mb"], ancestor["top1"], "*", color="black", ms=14, label="ancestor")
     by_gen = {r["generation"]: r for r in records}
     named = [n for n in squishednets if n["generation"] is not None]
     for i, net in enumerate(named):
         r = by_gen[net["generation"]]
-        ax.plot(r["size_mb"], r["top1"], "D", color="tab:red", ms=8, mfc="none", mew=1.8,
-                label="SquishedNet" if i == 0 else None)
-        ax.annotate(net["name"], (r["size_mb"], r["top1"]), xytext=(-7, -12),
-                    textcoords="offset points", ha="right", fontsize=8, color="tab:red",
-                    fontweight="bold")
+        ax.plot(
+            r["size_mb"],
+            r["top1"],
+            "D",
+            color="tab:red",
+            ms=8,
+            mfc="none",
+            mew=1.8,
+            label="SquishedNet" if i == 0 else None,
+        )
+        ax.annotate(
+            net["name"],
+            (r["size_mb"], r["top1"]),
+            xytext=(-7, -12),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color="tab:red",
+            fontweight="bold",
+        )
     for net in squishednets:
         ax.axvline(net["target_mb"], color="0.8", lw=0.8, ls="--", zorder=0)
     # Evolution shrinks the network, so size falls from left to right.
@@ -85,15 +105,15 @@ def _widths(Figure, records):
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
     vmax = max(1.0, float(np.nanmax(ratio))) if not np.all(np.isnan(ratio)) else 1.0
-    im = ax.imshow(np.ma.masked_invalid(ratio), aspect="auto", cmap="viridis", vmin=0,
-                   vmax=vmax, interpolation="nearest")
+    im = ax.imshow(
+        np.ma.masked_invalid(ratio), aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest"
+    )
     ax.set_xticks(range(len(records)), [str(r["generation"]) for r in records], fontsize=8)
     ax.set_yticks(range(len(layers)), [f"{n} ({base[n]})" for n in layers], fontsize=7)
     ax.set_xlabel("generation")
     ax.set_title("Layer width / ancestor width")
     fig.colorbar(im, ax=ax, label="width / ancestor width", fraction=0.05, pad=0.02)
     return fig
-
 
 
 def render_comparison(rows: Sequence[Mapping]) -> bytes | None:

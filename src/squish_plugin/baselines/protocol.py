@@ -1,9 +1,9 @@
-"""``squish-plugin compare``: run the baselines of :mod:`squish_plugin.compare` on an
+"""``squish-plugin compare``: run the baselines of :mod:`squish_plugin.baselines.pruners` on an
 evolutionary run's schedule and write the table, CSV and Pareto plot.
 
 Example:
-    >>> from squish_plugin.recipe import load_compare_recipe
-    >>> from squish_plugin.comparison import run_comparison
+    >>> from squish_plugin.baselines.recipe import load_compare_recipe
+    >>> from squish_plugin.baselines.protocol import run_comparison
     >>> out = run_comparison(load_compare_recipe("examples/compare.yaml"))  # doctest: +SKIP
 """
 
@@ -13,7 +13,6 @@ import copy
 import csv
 import io
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,19 @@ import torch
 import yaml
 from rich.console import Console
 
-from ._plots import render_comparison
-from .compare import PruneContext, prune_to
-from .engine import write_json_atomic
-from .errors import InvalidArgumentError
-from .genetics import derive_seed
-from .models import model_stats
-from .persistence import atomic_write_bytes, atomic_write_text, load_pruned
-from .data import LoadedSplit
-from .recipe import CompareRecipe, Recipe
-from .report import select_squishednets
-from .study import load_data, train_settings, read_lineage, read_run_recipe
-from .training import evaluate, train
+from ..errors import InvalidArgumentError
+from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, write_json_atomic
+from ..study.data import LoadedSplit
+from ..study.engine import read_lineage
+from ..study.plots import render_comparison
+from ..study.recipe import Recipe
+from ..study.report import select_squishednets
+from ..study.runner import load_data, read_run_recipe, timestamped_dir, train_settings
+from ..study.training import evaluate, train
+from ..synthesis.genetics import derive_seed
+from ..synthesis.surgery import model_stats
+from .pruners import PruneContext, prune_to
+from .recipe import CompareRecipe
 
 __all__ = ["COLUMNS", "run_comparison"]
 
@@ -62,11 +62,19 @@ def _targets(records: list[dict], run_recipe, extra_params: list[int] = ()) -> t
 def _ours(records: list[dict], gens: dict[int, str], epochs) -> list[dict[str, Any]]:
     by_gen = {r["generation"]: r for r in records}
     return [
-        {"method": "evolutionary", "squishednet": name, "generation": g, "params": by_gen[g]["params"],
-         "size_mb": by_gen[g]["size_mb"], "macs": by_gen[g]["macs"], "epochs": epochs(g),
-         "top1": by_gen[g]["top1"], "top5": by_gen[g]["top5"]}
+        {
+            "method": "evolutionary",
+            "squishednet": name,
+            "generation": g,
+            "params": by_gen[g]["params"],
+            "size_mb": by_gen[g]["size_mb"],
+            "macs": by_gen[g]["macs"],
+            "epochs": epochs(g),
+            "top1": by_gen[g]["top1"],
+            "top5": by_gen[g]["top5"],
+        }
         for g, name in sorted(gens.items())
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -102,13 +110,24 @@ def _baseline(method, ancestor, records, gens, last, setup: _Setup, console, dis
         teacher = {"ancestor": frozen_ancestor, "parent": parent}.get(kind)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            train(model, train_split, settings, epochs=run_recipe.train.epochs_per_generation, seed=seed,
-                  teacher=teacher)  # fmt: skip
+            train(
+                model, train_split, settings, epochs=run_recipe.train.epochs_per_generation, seed=seed, teacher=teacher
+            )
         if g in gens:
             metrics = evaluate(model, val_split, batch_size=run_recipe.train.eval_batch_size)
             stats = model_stats(model, example)
-            rows.append({"method": label, "squishednet": gens[g], "generation": g, "params": stats["params"],
-                         "size_mb": stats["size_mb"], "macs": stats["macs"], "epochs": epochs(g), **metrics})  # fmt: skip
+            rows.append(
+                {
+                    "method": label,
+                    "squishednet": gens[g],
+                    "generation": g,
+                    "params": stats["params"],
+                    "size_mb": stats["size_mb"],
+                    "macs": stats["macs"],
+                    "epochs": epochs(g),
+                    **metrics,
+                }
+            )
             console.print(f"{label:16s} {gens[g]}  {stats['params']:>9,} params  top-1 {metrics['top1']:5.1f}%")
     return rows
 
@@ -177,7 +196,7 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
         )
     gens, last = _targets(records, run_recipe, recipe.extra_params)
     torch.set_num_threads(recipe.threads or run_recipe.train.threads)
-    out = out_dir or Path(recipe.output.dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out_dir or timestamped_dir(recipe.output.dir, recipe.name)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.yaml", yaml.safe_dump(recipe.model_dump(), sort_keys=False))
     done = json.loads((out / RESULTS).read_text()) if (out / RESULTS).is_file() else {}

@@ -9,8 +9,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ._surgery import PrunableLayer, Surgeon
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 from .genetics import (
     SynthesisConfig,
     cluster_strength,
@@ -18,6 +17,7 @@ from .genetics import (
     draw,
     synthesis_probabilities,
 )
+from .surgery import PrunableLayer, Surgeon
 
 __all__ = ["EvolutionarySynthesisPruner"]
 
@@ -35,7 +35,7 @@ class EvolutionarySynthesisPruner:
     Args:
         model: any CNN torch-pruning can trace.
         env: environmental factor in (0, 1]; overrides ``config.env``.
-        config: a :class:`~squish_plugin.genetics.SynthesisConfig` (mode, resource,
+        config: a :class:`~squish_plugin.synthesis.genetics.SynthesisConfig` (mode, resource,
             floors, rounding, temperature). Default: ``mode="budget"`` on parameters,
             so each generation keeps about ``env`` of its parent's parameters.
         seed: the seed of generation ``g`` is derived from ``(seed, g)``; the same
@@ -69,9 +69,7 @@ class EvolutionarySynthesisPruner:
         if env is not None:
             config = replace(config, env=env)
         if not isinstance(importance, str) and not callable(importance):
-            raise InvalidArgumentError(
-                f"importance must be 'l1', 'l2' or a callable on a group, got {importance!r}."
-            )
+            raise InvalidArgumentError(f"importance must be 'l1', 'l2' or a callable on a group, got {importance!r}.")
         if isinstance(importance, str) and importance not in ("l1", "l2"):
             raise InvalidArgumentError(f"importance must be 'l1' or 'l2', got {importance!r}.")
         derive_seed(seed)  # validates

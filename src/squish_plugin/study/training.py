@@ -1,7 +1,7 @@
 """Training and evaluation loops for the study (CPU-friendly, seeded).
 
 Example:
-    >>> from squish_plugin.training import TrainSettings
+    >>> from squish_plugin.study.training import TrainSettings
     >>> TrainSettings().optimizer
     'sgd'
 """
@@ -59,6 +59,54 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
+class _CudnnDeterminism:
+    """On CUDA, deterministic cuDNN algorithms (and no autotuning) while training, so
+    that the same seed gives the same weights and ``--resume`` replays a run exactly;
+    the previous flags come back afterwards."""
+
+    def __init__(self, on: bool) -> None:
+        self.saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) if on else None
+        if on:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved
+
+
+class _Placement:
+    """While training: the model (channels-last if asked) and its teacher on ``device``,
+    the model wrapped in DistributedDataParallel under torchrun, deterministic cuDNN on
+    CUDA; afterwards everything back where it was and cuDNN's flags restored."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, device: torch.device, s: TrainSettings) -> None:
+        self.model, self.teacher, self.device = model, teacher, device
+        self.fmt = torch.channels_last if s.channels_last else torch.preserve_format
+        self.homes = (_device_of(model), _device_of(teacher) if teacher is not None else None)
+        self.deterministic = s.deterministic and device.type == "cuda"
+        self.cudnn: _CudnnDeterminism | None = None
+
+    def __enter__(self) -> nn.Module:
+        self.model.to(device=self.device, memory_format=self.fmt)
+        self.model.train()
+        net: nn.Module = self.model
+        if distributed.world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.teacher is not None:
+            self.teacher.eval()
+            self.teacher.to(device=self.device, memory_format=self.fmt)
+        self.cudnn = _CudnnDeterminism(self.deterministic)
+        return net
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cudnn is not None:
+            self.cudnn.restore()
+        self.model.to(self.homes[0])
+        if self.teacher is not None:
+            self.teacher.to(self.homes[1])
+
+
 def train(
     model: nn.Module,
     split: LoadedSplit,
@@ -84,41 +132,22 @@ def train(
     wrapped in DistributedDataParallel, each rank takes its ``1/world`` part of every batch
     of ``settings.batch_size`` (the global batch, so steps and learning rate are those of
     one process), and every rank must call with the same ``seed``."""
-    steps_per_epoch = math.ceil(len(split.labels) / settings.batch_size)
-    total = math.ceil(epochs * steps_per_epoch)
+    total = math.ceil(epochs * math.ceil(len(split.labels) / settings.batch_size))
     if total <= 0:
         return {"steps": 0, "loss": float("nan")}
     device = distributed.device_for(settings.device)
-    home = _device_of(model)
-    fmt = torch.channels_last if settings.channels_last else torch.preserve_format
-    model.to(device=device, memory_format=fmt)
-    model.train()
-    net: nn.Module = model
     world = distributed.world_size()
     shard = (distributed.rank(), world) if world > 1 else None
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = _optimizer(model, settings)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, total, settings.warmup_steps))
-    teacher_home = None
-    if teacher is not None:
-        teacher_home = _device_of(teacher)
-        teacher.eval()
-        teacher.to(device=device, memory_format=fmt)
-    gen = torch.Generator().manual_seed(seed)
     step, running = 0, 0.0
-    cudnn = _CudnnDeterminism(settings.deterministic and device.type == "cuda")
-    try:
+    with _Placement(model, teacher, device, settings) as net:
+        opt = _optimizer(model, settings)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, total, settings.warmup_steps))
+        gen = torch.Generator().manual_seed(seed)
+        batches = {"train": True, "generator": gen, "channels_last": settings.channels_last, "crop": settings.crop}
         while step < total:
-            for images, labels in iterate_batches(
-                split, settings.batch_size, train=True, generator=gen, channels_last=settings.channels_last,
-                crop=settings.crop, shard=shard,
-            ):
+            for images, labels in iterate_batches(split, settings.batch_size, **batches, shard=shard):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                logits = net(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
-                if teacher is not None:
-                    loss = _distill(loss, logits, teacher, images, settings)
+                loss = _loss(net(images), labels, teacher, images, settings)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if settings.grad_clip:
@@ -131,28 +160,8 @@ def train(
                     on_step(step, total, running)
                 if step >= total:
                     break
-    finally:
-        cudnn.restore()
         del net
-        model.to(home)
-        if teacher is not None:
-            teacher.to(teacher_home)
     return {"steps": step, "loss": running}
-
-
-class _CudnnDeterminism:
-    """On CUDA, deterministic cuDNN algorithms (and no autotuning) while training, so
-    that the same seed gives the same weights and ``--resume`` replays a run exactly;
-    the previous flags come back afterwards."""
-
-    def __init__(self, on: bool) -> None:
-        self.saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) if on else None
-        if on:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-
-    def restore(self) -> None:
-        if self.saved is not None:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -160,8 +169,13 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _distill(ce: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor,
-             s: TrainSettings) -> torch.Tensor:
+def _loss(
+    logits: torch.Tensor, labels: torch.Tensor, teacher: nn.Module | None, images: torch.Tensor, s: TrainSettings
+) -> torch.Tensor:
+    """Cross-entropy, or with a ``teacher`` the distillation loss of :func:`train`."""
+    ce = F.cross_entropy(logits, labels, label_smoothing=s.label_smoothing)
+    if teacher is None:
+        return ce
     with torch.no_grad():
         soft = F.log_softmax(teacher(images) / s.distill_temperature, dim=1)
     kl = F.kl_div(F.log_softmax(logits / s.distill_temperature, dim=1), soft, reduction="batchmean", log_target=True)

@@ -10,7 +10,7 @@ NNI ``config_list`` entry, the classifier excluded), as users of those pruners d
 Evaluation at the SquishedNet generations on the run's validation split.
 
 Example:
-    >>> from squish_plugin.compare import METHODS
+    >>> from squish_plugin.baselines.pruners import METHODS
     >>> sorted(METHODS)[:2]
     ['nni-fpgm', 'nni-l1']
 """
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._surgery import Surgeon
-from .data import LoadedSplit, iterate_batches
-from .errors import InvalidArgumentError
-from .genetics import _bisect
+from ..errors import InvalidArgumentError
+from ..study.data import LoadedSplit, iterate_batches
+from ..synthesis.resources import bisect
+from ..synthesis.surgery import Surgeon
 
-__all__ = ["METHODS", "prune_to"]
+__all__ = ["METHODS", "METHOD_NAMES", "PruneContext", "prune_to"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _taylor(model: nn.Module, config: list[dict], ctx: PruneContext):
 
 def _nni(name: str) -> Callable:
     def prune(model: nn.Module, keep: float, ctx: PruneContext) -> nn.Module:
-        from .nni import apply_masks
+        from ..synthesis.nni import apply_masks
 
         surgeon = Surgeon(model, ctx.example_inputs)
         classifier = surgeon.names[surgeon.classifier]
@@ -130,6 +130,8 @@ METHODS: dict[str, Callable] = {
     "tp-magnitude": _tp("magnitude"),
     "tp-random": _tp("random"),
 }
+#: the method names, in the order a comparison runs them by default
+METHOD_NAMES = tuple(METHODS)
 
 
 def _params(model: nn.Module) -> int:
@@ -141,7 +143,7 @@ def _uniform_keep(model: nn.Module, target: int, example_inputs: torch.Tensor) -
     surgeon = Surgeon(model, example_inputs)
     rm = surgeon.resource_model("params")
     n = len(surgeon.layers)
-    return _bisect(lambda f: rm([f] * n), target, 0.0, 1.0, 40)
+    return bisect(lambda f: rm([f] * n), target, 0.0, 1.0, 40)
 
 
 def prune_to(
@@ -164,7 +166,6 @@ def prune_to(
         keep = min(1.0, keep * math.sqrt(target_params / got))  # params ~ keep^2
     if abs(best[0]) > tolerance:
         raise InvalidArgumentError(
-            f"{method} could not reach {target_params:,} parameters within {tolerance:.0%} "
-            f"(closest {best[0]:+.1%})."
+            f"{method} could not reach {target_params:,} parameters within {tolerance:.0%} (closest {best[0]:+.1%})."
         )
     return best[1]

@@ -1,5 +1,5 @@
 """Carve the paper's ImageNet-10 out of a local ILSVRC-2012 copy (see
-:func:`build_imagenet10`, re-exported by :mod:`squish_plugin.data`)."""
+:func:`build_imagenet10`, re-exported by :mod:`squish_plugin.study.data`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import InvalidArgumentError
-from .models import IMAGENET10_WNIDS
+from ..errors import InvalidArgumentError
+from ..models import IMAGENET10_WNIDS
 
 __all__ = ["CELLPHONE_CHOICES", "build_imagenet10"]
 
@@ -89,9 +89,7 @@ def _resolve_wnids(wnids: Sequence[str], cellphone: str) -> list[str]:
         )
     valid = all(isinstance(w, str) and _WNID.fullmatch(w) for w in wnids)
     if isinstance(wnids, str) or not wnids or not valid:
-        raise InvalidArgumentError(
-            f"wnids must be a non-empty list of wnids such as 'n02783161', got {wnids!r}."
-        )
+        raise InvalidArgumentError(f"wnids must be a non-empty list of wnids such as 'n02783161', got {wnids!r}.")
     resolved = [cellphone if w in CELLPHONE_CHOICES else w for w in wnids]
     if len(set(resolved)) != len(resolved):
         raise InvalidArgumentError(f"wnids lists a class twice (after the cellphone choice): {resolved!r}.")
@@ -118,9 +116,7 @@ def _train_files(train: Path, wnids: list[str]) -> dict[str, list[Path]]:
 
 def _val_files(val: Path, wnids: list[str], ground_truth) -> dict[str, list[Path]]:
     if not val.is_dir():
-        raise InvalidArgumentError(
-            f"ImageNet val folder '{val}' does not exist; expected val/<wnid>/ or val/*.JPEG."
-        )
+        raise InvalidArgumentError(f"ImageNet val folder '{val}' does not exist; expected val/<wnid>/ or val/*.JPEG.")
     in_folders = [w for w in wnids if (val / w).is_dir()]
     if in_folders:
         found = {}
@@ -140,9 +136,7 @@ def _val_files(val: Path, wnids: list[str], ground_truth) -> dict[str, list[Path
         found = {w: [] for w in wnids}
         for path in _images(val):
             if path.stem not in labels:
-                raise InvalidArgumentError(
-                    f"val image '{path}' is not listed in ground truth '{ground_truth}'."
-                )
+                raise InvalidArgumentError(f"val image '{path}' is not listed in ground truth '{ground_truth}'.")
             if labels[path.stem] in found:
                 found[labels[path.stem]].append(path)
     for wnid, paths in found.items():

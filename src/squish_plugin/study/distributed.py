@@ -11,7 +11,7 @@ Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) every function here 
 no-op for a single process.
 
 Example:
-    >>> from squish_plugin import distributed
+    >>> from squish_plugin.study import distributed
     >>> distributed.rank(), distributed.world_size(), distributed.is_main()
     (0, 1, True)
 """
@@ -26,12 +26,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import InvalidArgumentError, SquishError
+from ..errors import InvalidArgumentError, SquishError
 
 __all__ = [
-    "ReplicaMismatchError", "all_reduce_sum", "barrier", "broadcast_object", "check_replicas",
-    "device_for", "fingerprint", "is_main", "rank", "setup", "shutdown", "world_size",
-]  # fmt: skip
+    "ReplicaMismatchError",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "check_replicas",
+    "device_for",
+    "fingerprint",
+    "is_main",
+    "rank",
+    "setup",
+    "shutdown",
+    "world_size",
+]
 
 T = TypeVar("T")
 

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgumentError
-from .persistence import atomic_write_bytes
+from ..errors import InvalidArgumentError
+from ..persistence import atomic_write_bytes
 
 __all__ = [
     "ALEXNET_PARAMS",
@@ -48,9 +48,17 @@ ALEXNET_PARAMS = 61_100_840
 SQUISHEDNET_SIZES_MB = (2.4, 2.0, 1.3, 0.95)
 RULES = ("first_below", "pareto")
 CSV_COLUMNS = (
-    "generation", "seed", "parent", "params", "size_mb", "macs",
-    "top1", "top5", "train_seconds", "checkpoint",
-)  # fmt: skip
+    "generation",
+    "seed",
+    "parent",
+    "params",
+    "size_mb",
+    "macs",
+    "top1",
+    "top5",
+    "train_seconds",
+    "checkpoint",
+)
 _REQUIRED = (*CSV_COLUMNS, "widths")
 _DASH = "—"
 _PLOTS = {"top1_vs_size": "top1_vs_size.png", "widths": "widths.png"}
@@ -169,9 +177,7 @@ def _check_throughput(throughput: Mapping | None) -> tuple[str | None, dict[int,
     label = throughput.get("label") if isinstance(throughput, Mapping) else None
     values = throughput.get("values") if isinstance(throughput, Mapping) else None
     if not isinstance(label, str) or not label or not isinstance(values, Mapping):
-        raise InvalidArgumentError(
-            "throughput must be {'label': str, 'values': {generation: images_per_second}}."
-        )
+        raise InvalidArgumentError("throughput must be {'label': str, 'values': {generation: images_per_second}}.")
     try:
         return label, {int(g): float(v) for g, v in values.items()}
     except (TypeError, ValueError):
@@ -183,13 +189,9 @@ def _check_throughput(throughput: Mapping | None) -> tuple[str | None, dict[int,
 def _check_squishednets(squishednets: Sequence[Mapping], gens: set[int]) -> None:
     for net in squishednets:
         if not isinstance(net, Mapping) or not {"name", "target_mb", "generation"} <= set(net):
-            raise InvalidArgumentError(
-                f"squishednets entries need name, target_mb and generation, got {net!r}."
-            )
+            raise InvalidArgumentError(f"squishednets entries need name, target_mb and generation, got {net!r}.")
         if net["generation"] is not None and net["generation"] not in gens:
-            raise InvalidArgumentError(
-                f"{net['name']} names generation {net['generation']}, which is not in records."
-            )
+            raise InvalidArgumentError(f"{net['name']} names generation {net['generation']}, which is not in records.")
 
 
 # ------------------------------------------------------------------ markdown
@@ -215,11 +217,14 @@ def _table2(by_gen: dict[int, Mapping], squishednets: Sequence[Mapping], ips: di
     def row(model: str, gen: int) -> list[str]:
         rec = by_gen[gen]
         return [
-            model, str(gen), f"{rec['size_mb']:.2f}",
+            model,
+            str(gen),
+            f"{rec['size_mb']:.2f}",
             _factor(_mb(SQUEEZENET1_1_PARAMS), rec["size_mb"]),
             _factor(_mb(ALEXNET_PARAMS), rec["size_mb"]),
-            _fmt(ips.get(gen), ",.0f"), _fmt(rec["top1"], ".2f"),
-        ]  # fmt: skip
+            _fmt(ips.get(gen), ",.0f"),
+            _fmt(rec["top1"], ".2f"),
+        ]
 
     rows = [row("Ancestor (SqueezeNet v1.1)", 0)]
     for net in squishednets:
@@ -227,23 +232,44 @@ def _table2(by_gen: dict[int, Mapping], squishednets: Sequence[Mapping], ips: di
             rows.append([net["name"], f"not reached (<= {net['target_mb']} MB)"] + [_DASH] * 5)
         else:
             rows.append(row(net["name"], net["generation"]))
-    header = ("Model", "Generation", "Size (MB)", "Reduction vs SqueezeNet v1.1",
-              "Reduction vs AlexNet", "Images/s", "Top-1 (%)")  # fmt: skip
+    header = (
+        "Model",
+        "Generation",
+        "Size (MB)",
+        "Reduction vs SqueezeNet v1.1",
+        "Reduction vs AlexNet",
+        "Images/s",
+        "Top-1 (%)",
+    )
     return _table(header, rows)
 
 
 def _generations_table(records: list[Mapping], ips: dict) -> list[str]:
     rows = [
         [
-            str(r["generation"]), _fmt(r["parent"], "d"), f"{r['params']:,}",
-            f"{r['size_mb']:.3f}", _fmt(r["macs"] / 1e6, ".1f"), _fmt(r["top1"], ".2f"),
-            _fmt(r["top5"], ".2f"), _fmt(r["train_seconds"], ".0f"),
+            str(r["generation"]),
+            _fmt(r["parent"], "d"),
+            f"{r['params']:,}",
+            f"{r['size_mb']:.3f}",
+            _fmt(r["macs"] / 1e6, ".1f"),
+            _fmt(r["top1"], ".2f"),
+            _fmt(r["top5"], ".2f"),
+            _fmt(r["train_seconds"], ".0f"),
             _fmt(ips.get(r["generation"]), ",.0f"),
-        ]  # fmt: skip
+        ]
         for r in records
     ]
-    header = ("Generation", "Parent", "Params", "Size (MB)", "MACs (M)", "Top-1 (%)",
-              "Top-5 (%)", "Train (s)", "Images/s")  # fmt: skip
+    header = (
+        "Generation",
+        "Parent",
+        "Params",
+        "Size (MB)",
+        "MACs (M)",
+        "Top-1 (%)",
+        "Top-5 (%)",
+        "Train (s)",
+        "Images/s",
+    )
     return _table(header, rows)
 
 
@@ -261,24 +287,31 @@ def _markdown(records, squishednets, recipe, label, ips, title, plots_ok) -> str
     rules = sorted({str(n.get("rule", "unspecified")) for n in squishednets})
     targets = " / ".join(str(float(n["target_mb"])) for n in squishednets)
     out = [
-        f"# {title}", "",
+        f"# {title}",
+        "",
         f"SquishedNets named by rule `{', '.join(rules) or 'unspecified'}` "
         f"for target sizes {targets or _DASH} MB. Sizes are float32 parameter bytes, "
         "MB = params * 4 / 1e6: SqueezeNet v1.1 (torchvision, 1,000 classes) has "
         f"{SQUEEZENET1_1_PARAMS:,} params = {_mb(SQUEEZENET1_1_PARAMS):.2f} MB, AlexNet has "
-        f"{ALEXNET_PARAMS:,} params = {_mb(ALEXNET_PARAMS):.1f} MB.", "",
-        "## SquishedNets (Table 2)", "",
-        *_table2(by_gen, squishednets, ips), "",
-        f"Images/s: {label}." if label else "Images/s: not measured.", "",
-        "## Generations", "",
-        *_generations_table(records, ips), "",
-        "## Plots", "",
-    ]  # fmt: skip
+        f"{ALEXNET_PARAMS:,} params = {_mb(ALEXNET_PARAMS):.1f} MB.",
+        "",
+        "## SquishedNets (Table 2)",
+        "",
+        *_table2(by_gen, squishednets, ips),
+        "",
+        f"Images/s: {label}." if label else "Images/s: not measured.",
+        "",
+        "## Generations",
+        "",
+        *_generations_table(records, ips),
+        "",
+        "## Plots",
+        "",
+    ]
     if plots_ok:
         out += ["![Top-1 vs size](top1_vs_size.png)", "", "![Layer widths](widths.png)", ""]
     else:
-        out += ["Plots skipped: matplotlib is not installed (`pip install matplotlib` "
-                "would add them).", ""]  # fmt: skip
+        out += ["Plots skipped: matplotlib is not installed (`pip install matplotlib` would add them).", ""]
     if recipe is not None:
         out += ["## Resolved recipe", "", "```yaml", _recipe_yaml(recipe), "```", ""]
     return "\n".join(out)
@@ -317,18 +350,16 @@ def write_report(
     if recipe is not None and not isinstance(recipe, Mapping):
         raise InvalidArgumentError(f"recipe must be a dict, got {type(recipe).__name__}.")
 
-    from ._plots import render_plots  # matplotlib is optional
+    from .plots import render_plots  # matplotlib is optional
 
     pngs = render_plots(recs, squishednets)
     files = {
         "csv": ("generations.csv", _csv_text(recs).encode()),
-        "json": ("generations.json", (json.dumps(list(recs), indent=2, default=_jsonable)
-                                      + "\n").encode()),
+        "json": ("generations.json", (json.dumps(list(recs), indent=2, default=_jsonable) + "\n").encode()),
         **{key: (_PLOTS[key], data) for key, data in (pngs or {}).items()},
         # last, so that it never links to a plot that is not there yet
-        "report": ("report.md", _markdown(recs, squishednets, recipe, label, ips, title,
-                                          pngs is not None).encode()),
-    }  # fmt: skip
+        "report": ("report.md", _markdown(recs, squishednets, recipe, label, ips, title, pngs is not None).encode()),
+    }
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {}

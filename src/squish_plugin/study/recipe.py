@@ -3,7 +3,7 @@
 Every error is one sentence naming the key path and what is allowed.
 
 Example:
-    >>> from squish_plugin.recipe import Recipe
+    >>> from squish_plugin.study.recipe import Recipe
     >>> Recipe.model_validate({"name": "demo", "data": {"root": "data"}}).evolution.env
     0.9
 """
@@ -16,20 +16,38 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
-__all__ = ["CompareRecipe", "Recipe", "RecipeError", "apply_overrides", "load_compare_recipe", "load_recipe"]
+__all__ = [
+    "NAME_PATTERN",
+    "OutputSection",
+    "Recipe",
+    "RecipeError",
+    "RecipeSection",
+    "apply_overrides",
+    "load_recipe",
+    "read_yaml",
+    "recipe_sentence",
+    "resolve_paths",
+    "validate_recipe",
+]
+
+
+#: what a recipe's ``name`` may be: it names the run folders.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class RecipeError(InvalidArgumentError):
     """A recipe key is unknown, mistyped or out of range."""
 
 
-class _Section(BaseModel):
+class RecipeSection(BaseModel):
+    """A recipe section: unknown keys are errors, values are frozen once validated."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSection(_Section):
+class ModelSection(RecipeSection):
     arch: Literal["squeezenet1_1_ancestor"] = "squeezenet1_1_ancestor"
     num_classes: int | None = Field(None, ge=1, description="default: the number of data classes")
     weights: str | None = "imagenet"
@@ -39,7 +57,7 @@ class ModelSection(_Section):
     )
 
 
-class DataSection(_Section):
+class DataSection(RecipeSection):
     root: str
     train_split: str = "train"
     val_split: str = "val"
@@ -52,15 +70,16 @@ class DataSection(_Section):
     cache_dir: str | None = None
 
 
-class DistillSection(_Section):
+class DistillSection(RecipeSection):
     teacher: Literal["none", "ancestor", "parent"] = Field(
-        "none", description="knowledge distillation while each offspring trains: from the trained ancestor or the parent"
+        "none",
+        description="knowledge distillation while each offspring trains: from the trained ancestor or the parent",
     )
     alpha: float = Field(0.7, ge=0, le=1)
     temperature: float = Field(4.0, gt=0, le=100)
 
 
-class TrainSection(_Section):
+class TrainSection(RecipeSection):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -74,7 +93,8 @@ class TrainSection(_Section):
     channels_last: bool = True
     threads: int = Field(2, ge=1, le=256)
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where networks train and are evaluated: auto = a CUDA GPU when PyTorch sees one, else the CPU"
+        "auto",
+        description="where networks train and are evaluated: auto = a CUDA GPU when PyTorch sees one, else the CPU",
     )
     deterministic: bool = Field(
         True, description="on CUDA, deterministic cuDNN algorithms: same seed, same weights, exact resume (slower)"
@@ -83,7 +103,7 @@ class TrainSection(_Section):
     distill: DistillSection = DistillSection()
 
 
-class EvolutionSection(_Section):
+class EvolutionSection(RecipeSection):
     generations: int = Field(15, ge=0, le=1000)
     env: float = Field(0.9, gt=0, le=1)
     mode: Literal["paper", "budget"] = "budget"
@@ -96,14 +116,15 @@ class EvolutionSection(_Section):
     importance: Literal["l1", "l2"] = "l1"
     offspring_per_generation: int = Field(1, ge=1, le=64)
     selection: Literal["trained", "proxy"] = Field(
-        "trained", description="how the best of several offspring is chosen, by top-1 on a fixed slice of "
-        "training images (never val): after training all of them, or before training ('proxy': only the winner trains)"
+        "trained",
+        description="how the best of several offspring is chosen, by top-1 on a fixed slice of "
+        "training images (never val): after training all of them, or before training ('proxy': only the winner trains)",
     )
     proxy_images: int = Field(512, ge=16, le=100000)
     reinitialize: bool = False
 
 
-class SquishedNetsSection(_Section):
+class SquishedNetsSection(RecipeSection):
     sizes_mb: list[float] = [2.4, 2.0, 1.3, 0.95]
     rule: Literal["first_below", "pareto"] = "first_below"
 
@@ -115,14 +136,14 @@ class SquishedNetsSection(_Section):
         return v
 
 
-class OutputSection(_Section):
+class OutputSection(RecipeSection):
     dir: str = "runs"
 
 
-class Recipe(_Section):
+class Recipe(RecipeSection):
     """A whole study: ancestor, data, training, evolution, naming, output."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
     seed: int = Field(0, ge=0)
     model: ModelSection = ModelSection()
     data: DataSection
@@ -144,7 +165,7 @@ class Recipe(_Section):
         return self
 
 
-def _sentence(exc: ValidationError, source: str) -> str:
+def recipe_sentence(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     path = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
@@ -189,7 +210,7 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_sentence(exc, source)) from None
+        raise RecipeError(recipe_sentence(exc, source)) from None
 
 
 def resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -203,7 +224,7 @@ def resolve_paths(data: dict[str, Any], base: Path) -> None:
                 section[key] = str((base / value).resolve())
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' does not exist.")
     try:
@@ -219,62 +240,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     ``data.cache_dir`` are resolved against the recipe file's folder, or against the
     working directory when given as an override."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if isinstance(data, dict):
         resolve_paths(data, path.parent)  # the recipe's own paths: relative to the file
         data = apply_overrides(data, overrides or [])
         resolve_paths(data, Path.cwd())  # paths given with --set: relative to the shell
     return validate_recipe(data, str(path))
-
-
-COMPARE_METHODS = ("nni-l1", "nni-l2", "nni-fpgm", "nni-taylor", "tp-magnitude", "tp-random")
-
-
-class CompareRecipe(_Section):
-    """A head-to-head against classic pruners on an evolutionary run's own schedule."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
-    run: str = Field(description="run directory of `squish-plugin run` to compare against")
-    methods: list[Literal[COMPARE_METHODS]] = list(COMPARE_METHODS)  # type: ignore[valid-type]
-    tolerance: float = Field(0.02, gt=0, le=0.1)
-    distill: Literal["none", "run"] = Field(
-        "none", description="baselines train with plain cross-entropy ('none') or the run's distillation ('run', "
-        "rows named '<method>+kd')"
-    )
-    threads: int | None = Field(None, ge=1, le=256, description="CPU threads (default: the run's train.threads)")
-    extra_params: list[int] = Field(
-        [], description="more comparison points: the run's first generation at or below each parameter count"
-    )
-    output: OutputSection = OutputSection()
-
-    @field_validator("extra_params")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError("must be positive parameter counts")
-        return sorted(set(v), reverse=True)
-
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("must list at least one method, each once")
-        return v
-
-
-def load_compare_recipe(path: str | Path, overrides: list[str] | None = None) -> CompareRecipe:
-    """Read, override and validate a comparison recipe; a relative ``run`` is
-    relative to the recipe file (or to the working directory when overridden)."""
-    path = Path(path)
-    data = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping.")
-    if isinstance(data.get("run"), str) and not Path(data["run"]).is_absolute():
-        data["run"] = str((path.parent / data["run"]).resolve())
-    data = apply_overrides(data, overrides or [])
-    if isinstance(data.get("run"), str):
-        data["run"] = str(Path(data["run"]).expanduser().resolve())
-    try:
-        return CompareRecipe.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(_sentence(exc, str(path))) from None

@@ -3,7 +3,7 @@ array, then serve normalised, augmented batches straight from memory (fast on CP
 
 Example:
     >>> import torch
-    >>> from squish_plugin.data import load_split, iterate_batches
+    >>> from squish_plugin.study.data import load_split, iterate_batches
     >>> train = load_split("examples/data/imagenette-mini", "train", 128)
     >>> train.images.shape, train.classes[0]
     (torch.Size([400, 3, 128, 128]), 'n01440764')
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._imagenet10 import build_imagenet10
-from .errors import InvalidArgumentError
-from .persistence import atomic_file
+from ..errors import InvalidArgumentError
+from ..persistence import atomic_file
+from .imagenet10 import build_imagenet10
 
 __all__ = ["IMAGE_EXTENSIONS", "LoadedSplit", "build_imagenet10", "iterate_batches", "load_split"]
 
@@ -132,9 +132,7 @@ def iterate_batches(
         400
     """
     if not isinstance(split, LoadedSplit):
-        raise InvalidArgumentError(
-            f"split must be a LoadedSplit from load_split(), got {type(split).__name__}."
-        )
+        raise InvalidArgumentError(f"split must be a LoadedSplit from load_split(), got {type(split).__name__}.")
     batch_size = _check_int("batch_size", batch_size)
     if train and not isinstance(generator, torch.Generator):
         raise InvalidArgumentError(
@@ -220,9 +218,12 @@ def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _check_shard(shard: object, batch_size: int | None) -> tuple[int, int]:
-    if (not isinstance(shard, tuple) or len(shard) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
-            or not 0 <= shard[0] < shard[1]):  # fmt: skip
+    if (
+        not isinstance(shard, tuple)
+        or len(shard) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
         raise InvalidArgumentError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}.")
     if batch_size is not None and batch_size % shard[1]:
         raise InvalidArgumentError(
@@ -238,27 +239,19 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
-def _list_split(
-    root: Path, split: str, classes: Sequence[str] | None
-) -> tuple[tuple[str, ...], list[Path], list[int]]:
+def _list_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[tuple[str, ...], list[Path], list[int]]:
     if not root.is_dir():
-        raise InvalidArgumentError(
-            f"data root '{root}' does not exist or is not a folder; expected {_LAYOUT}."
-        )
+        raise InvalidArgumentError(f"data root '{root}' does not exist or is not a folder; expected {_LAYOUT}.")
     split_dir = root / split
     if not split_dir.is_dir():
-        raise InvalidArgumentError(
-            f"split folder '{split_dir}' does not exist; expected the layout {_LAYOUT}."
-        )
+        raise InvalidArgumentError(f"split folder '{split_dir}' does not exist; expected the layout {_LAYOUT}.")
     present = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not present:
         raise InvalidArgumentError(f"split folder '{split_dir}' holds no class folders; expected {_LAYOUT}.")
     names = tuple(present) if classes is None else _check_classes(classes, present, split_dir)
     files, labels = [], []
     for label, name in enumerate(names):
-        found = sorted(
-            p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not found:
             raise InvalidArgumentError(
                 f"class folder '{split_dir / name}' holds no {'/'.join(IMAGE_EXTENSIONS)} images."
@@ -270,9 +263,7 @@ def _list_split(
 
 def _check_classes(classes: Sequence[str], present: list[str], split_dir: Path) -> tuple[str, ...]:
     if isinstance(classes, str) or not all(isinstance(c, str) for c in classes) or not classes:
-        raise InvalidArgumentError(
-            f"classes must be a non-empty list of class folder names, got {classes!r}."
-        )
+        raise InvalidArgumentError(f"classes must be a non-empty list of class folder names, got {classes!r}.")
     if len(set(classes)) != len(classes):
         raise InvalidArgumentError(f"classes lists a class twice: {list(classes)!r}.")
     for name in classes:
@@ -328,7 +319,7 @@ def _write_cache(path: Path, array: np.ndarray) -> None:
             if stale != path:
                 stale.unlink(missing_ok=True)
     except OSError as exc:
-        warnings.warn(f"could not write the dataset cache '{path}' ({exc}); the next load decodes again.")
+        warnings.warn(f"could not write the dataset cache '{path}' ({exc}); the next load decodes again.", stacklevel=2)
 
 
 def _decode_all(files: list[Path], resize_to: int, size: int, workers: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Pure tensor maths on per-layer cluster strengths. Nothing here knows about
 torch-pruning, NNI, files or training, so every function is testable in
-milliseconds.
+milliseconds; what a network costs and the budget calibration live in
+:mod:`squish_plugin.synthesis.resources`.
 
 Terms (SquishedNets, Shafiee et al. 2017, and synaptic cluster-driven synthesis,
 Shafiee & Wong 2016):
@@ -17,7 +18,7 @@ Shafiee & Wong 2016):
 
 Example:
     >>> import torch
-    >>> from squish_plugin.genetics import SynthesisConfig, synthesize
+    >>> from squish_plugin.synthesis.genetics import SynthesisConfig, synthesize
     >>> strengths = [torch.tensor([1.0, 0.5, 0.25]), torch.tensor([2.0, 2.0])]
     >>> keep = synthesize(strengths, SynthesisConfig(env=0.9, mode="paper"), seed=0)
     >>> [k.dtype for k in keep]
@@ -28,24 +29,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
+from .resources import ResourceModel, calibrate_multiplier, kept_floor, starve_layers
 
 __all__ = [
-    "LinearForm",
-    "ResourceModel",
-    "ResourceTerm",
+    "MODES",
+    "RESOURCES",
+    "STARVATION",
     "SynthesisConfig",
-    "calibrate_multiplier",
     "cluster_strength",
     "derive_seed",
     "draw",
     "enforce_floor_and_rounding",
-    "expected_fractions",
     "synaptic_probability",
     "synthesis_probabilities",
     "synthesize",
@@ -54,7 +54,6 @@ __all__ = [
 MODES = ("paper", "budget")
 RESOURCES = ("params", "macs")
 STARVATION = ("global", "layer", "cost")
-COST_EXPONENT = 0.5  # starvation="cost": a_l = (cluster cost / median cluster cost) ** COST_EXPONENT
 
 
 @dataclass(frozen=True)
@@ -107,17 +106,11 @@ class SynthesisConfig:
         if self.mode not in MODES:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {self.mode!r}.")
         if self.resource not in RESOURCES:
-            raise InvalidArgumentError(
-                f"resource must be one of {RESOURCES}, got {self.resource!r}."
-            )
+            raise InvalidArgumentError(f"resource must be one of {RESOURCES}, got {self.resource!r}.")
         if not _is_int(self.min_channels) or self.min_channels < 1:
-            raise InvalidArgumentError(
-                f"min_channels must be an integer >= 1, got {self.min_channels!r}."
-            )
+            raise InvalidArgumentError(f"min_channels must be an integer >= 1, got {self.min_channels!r}.")
         if self.round_to is not None and (not _is_int(self.round_to) or self.round_to < 1):
-            raise InvalidArgumentError(
-                f"round_to must be None or an integer >= 1, got {self.round_to!r}."
-            )
+            raise InvalidArgumentError(f"round_to must be None or an integer >= 1, got {self.round_to!r}.")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
             raise InvalidArgumentError(f"temperature must be a finite number > 0, got {t!r}.")
@@ -135,9 +128,7 @@ def _is_int(value: object) -> bool:
 # --------------------------------------------------------------------------- encoding
 
 
-def cluster_strength(
-    weight: torch.Tensor, norm: str | Callable[[torch.Tensor], torch.Tensor] = "l1"
-) -> torch.Tensor:
+def cluster_strength(weight: torch.Tensor, norm: str | Callable[[torch.Tensor], torch.Tensor] = "l1") -> torch.Tensor:
     """Strength of each cluster from its filter weights, shape ``[clusters, ...]``.
 
     ``norm`` is ``"l1"`` (the default, the paper's synaptic strength), ``"l2"``, or a
@@ -151,9 +142,7 @@ def cluster_strength(
     if callable(norm):
         scores = torch.as_tensor(norm(weight.detach())).float().flatten()
         if scores.numel() != weight.shape[0]:
-            raise InvalidArgumentError(
-                f"strength callable must return {weight.shape[0]} scores, got {scores.numel()}."
-            )
+            raise InvalidArgumentError(f"strength callable must return {weight.shape[0]} scores, got {scores.numel()}.")
         return scores
     raise InvalidArgumentError(f"norm must be 'l1', 'l2' or a callable, got {norm!r}.")
 
@@ -173,126 +162,7 @@ def synaptic_probability(strengths: torch.Tensor, temperature: float = 1.0) -> t
     return torch.exp((s / z - 1.0) / temperature)
 
 
-# --------------------------------------------------------------------------- resources
-
-
-@dataclass(frozen=True)
-class LinearForm:
-    """``constant + sum(coef * f[layer])``: a tensor dimension as a function of the
-    kept fractions ``f`` of the prunable layers that feed it (concatenations and
-    flattens give several layers or large coefficients)."""
-
-    constant: float = 0.0
-    coeffs: tuple[tuple[int, float], ...] = ()
-
-    def __call__(self, fractions: Sequence[float]) -> float:
-        return self.constant + sum(coef * fractions[layer] for layer, coef in self.coeffs)
-
-
-@dataclass(frozen=True)
-class ResourceTerm:
-    """``scale * prod(form(f) for form in factors)``, e.g. a conv weight's size is
-    ``k*k * out * in``."""
-
-    scale: float
-    factors: tuple[LinearForm, ...] = ()
-
-    def __call__(self, fractions: Sequence[float]) -> float:
-        value = self.scale
-        for form in self.factors:
-            value *= form(fractions)
-        return value
-
-
-@dataclass(frozen=True)
-class ResourceModel:
-    """A network's resource (parameters or MACs) as a polynomial in the kept
-    fractions of its prunable layers.
-
-    With independent draws in different layers, ``E[out * in] = E[out] * E[in]``,
-    so evaluating at the *expected* fractions gives the expected resource exactly,
-    except for a dimension coupled to the same layer twice (rare; approximated).
-    """
-
-    terms: tuple[ResourceTerm, ...] = field(default_factory=tuple)
-
-    def restrict(self, active: Sequence[int], size: int) -> ResourceModel:
-        """The same resource with only the layers ``active`` (indices among ``size``)
-        free, renumbered 0..len(active)-1; every other layer is held at fraction 1."""
-        index = {layer: i for i, layer in enumerate(active)}
-
-        def form(f: LinearForm) -> LinearForm:
-            fixed = f.constant + sum(c for layer, c in f.coeffs if layer not in index)
-            return LinearForm(fixed, tuple((index[layer], c) for layer, c in f.coeffs if layer in index))
-
-        if any(not 0 <= layer < size for layer in active):
-            raise InvalidArgumentError(f"active layer indices must lie in 0..{size - 1}.")
-        return ResourceModel(tuple(ResourceTerm(t.scale, tuple(form(f) for f in t.factors)) for t in self.terms))
-
-    def __call__(self, fractions: torch.Tensor | Sequence[float]) -> float:
-        # plain floats: this runs inside a bisection, tensors would be 10x slower
-        values = [float(f) for f in fractions]
-        return float(sum(term(values) for term in self.terms))
-
-
 # --------------------------------------------------------------------------- synthesis
-
-
-def _floor(n: int, min_channels: int, max_drop: float | None) -> int:
-    """The fewest clusters a layer of ``n`` may keep this generation."""
-    floor = min(min_channels, n)
-    if max_drop is not None:
-        floor = max(floor, n - math.floor(max_drop * n))
-    return floor
-
-
-def expected_fractions(
-    probabilities: Sequence[torch.Tensor], min_channels: int = 1, max_drop: float | None = None
-) -> torch.Tensor:
-    """Expected kept fraction of each layer, floors and cap included (rounding ignored)."""
-    out = []
-    for p in probabilities:
-        n = p.numel()
-        out.append(max(float(p.sum()), float(_floor(n, min_channels, max_drop))) / n)
-    return torch.tensor(out, dtype=torch.float64)
-
-
-def _bisect(fn: Callable[[float], float], target: float, lo: float, hi: float, iterations: int) -> float:
-    """The ``x`` in ``[lo, hi]`` with ``fn(x) = target`` for a non-decreasing ``fn`` (bisection)."""
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if fn(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def calibrate_multiplier(
-    encodings: Sequence[torch.Tensor],
-    resource: ResourceModel,
-    env: float,
-    min_channels: int = 1,
-    iterations: int = 60,
-    max_drop: float | None = None,
-) -> float:
-    """The multiplier ``m`` for which ``P_synth = min(1, m * P)`` gives an expected
-    resource of ``env`` times the parent's (``"budget"`` mode), by bisection.
-
-    Expected resource grows monotonically with ``m``; ``m = 1 / min(P)`` keeps
-    everything. If even the floors exceed the budget, the floors win.
-    """
-    full = resource(torch.ones(len(encodings), dtype=torch.float64))
-    target = env * full
-    lo, hi = 0.0, 1.0 / max(min(float(p.min()) for p in encodings), 1e-12)
-
-    def expected(m: float) -> float:
-        probs = [torch.clamp(m * p, max=1.0) for p in encodings]
-        return resource(expected_fractions(probs, min_channels, max_drop))
-
-    if expected(hi) <= target:
-        return hi
-    return _bisect(expected, target, lo, hi, iterations)
 
 
 def synthesis_probabilities(
@@ -308,47 +178,18 @@ def synthesis_probabilities(
         if resource is None:
             raise InvalidArgumentError('mode="budget" needs a resource model of the network.')
         if config.starvation != "global":
-            return _layer_starvation(encodings, resource, config)
+            return starve_layers(
+                encodings,
+                resource,
+                config.env,
+                starvation=config.starvation,
+                min_channels=config.min_channels,
+                max_drop=config.max_drop,
+            )
         multiplier = calibrate_multiplier(
             encodings, resource, config.env, config.min_channels, max_drop=config.max_drop
         )
     return [torch.clamp(multiplier * p, max=1.0) for p in encodings]
-
-
-def _layer_multiplier(p: torch.Tensor, kept: float, iterations: int = 50) -> float:
-    """The ``m`` with ``sum(min(1, m * p)) = kept`` clusters (bisection)."""
-    if kept >= p.numel():
-        return 1.0 / max(float(p.min()), 1e-12)
-    hi = 1.0 / max(float(p.min()), 1e-12)
-    return _bisect(lambda m: float(torch.clamp(m * p, max=1.0).sum()), kept, 0.0, hi, iterations)
-
-
-def _layer_starvation(encodings: Sequence[torch.Tensor], resource: ResourceModel, config: SynthesisConfig) -> list[torch.Tensor]:
-    """Every layer starved to one common expected kept fraction ``f`` (floors and the
-    ``max_drop`` cap respected) such that the expected resource is ``env`` times the
-    parent's; within a layer, clusters keep the encoding's relative odds."""
-    sizes = [p.numel() for p in encodings]
-    floors = [_floor(n, config.min_channels, config.max_drop) / n for n in sizes]
-    full = resource([1.0] * len(sizes))
-    exponents = [1.0] * len(sizes)
-    if config.starvation == "cost":
-        costs = []
-        for i, n in enumerate(sizes):  # the resource one cluster of layer i costs
-            fractions = [1.0] * len(sizes)
-            fractions[i] = (n - 1) / n
-            costs.append(max(full - resource(fractions), 1e-12))
-        median = float(np.median(costs))
-        exponents = [(c / median) ** COST_EXPONENT for c in costs]
-
-    def fractions_at(f: float) -> list[float]:
-        return [max(f**a, fl) for a, fl in zip(exponents, floors)]
-
-    f = _bisect(lambda x: resource(fractions_at(x)), config.env * full, 0.0, 1.0, 50)
-    out = []
-    for p, n, frac in zip(encodings, sizes, fractions_at(f)):
-        m = _layer_multiplier(p, frac * n)
-        out.append(torch.clamp(m * p, max=1.0))
-    return out
 
 
 def derive_seed(seed: int, *stream: int) -> int:
@@ -371,7 +212,7 @@ def enforce_floor_and_rounding(
     ``round_to``, a multiple of it (capped at the layer's width). Never removes a
     survivor."""
     n = keep.numel()
-    target = max(int(keep.sum()), _floor(n, min_channels, max_drop))
+    target = max(int(keep.sum()), kept_floor(n, min_channels, max_drop))
     if round_to:
         target = min(n, -(-target // round_to) * round_to)
     missing = target - int(keep.sum())

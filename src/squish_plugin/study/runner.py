@@ -1,8 +1,8 @@
 """The study: a recipe in, a run directory with lineage, checkpoints and report out.
 
 Example:
-    >>> from squish_plugin.recipe import load_recipe
-    >>> from squish_plugin.study import run_study
+    >>> from squish_plugin.study.recipe import load_recipe
+    >>> from squish_plugin.study.runner import run_study
     >>> run_dir = run_study(load_recipe("examples/quickstart.yaml"))  # doctest: +SKIP
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +21,29 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..errors import InvalidArgumentError
+from ..models import squeezenet1_1_ancestor
+from ..persistence import atomic_write_text, load_pruned
+from ..synthesis.genetics import SynthesisConfig
 from . import distributed
 from .data import LoadedSplit, load_split
-from .engine import GenerationContext, evolve
-from .errors import InvalidArgumentError
-from .genetics import SynthesisConfig
-from .models import squeezenet1_1_ancestor
-from .persistence import atomic_write_text, load_pruned
+from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
 from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .training import TrainSettings, evaluate, train
 
-__all__ = ["check_data", "new_run_dir", "read_lineage", "rewrite_report", "run_study", "squishednet_models"]
+__all__ = [
+    "check_data",
+    "load_data",
+    "new_run_dir",
+    "read_lineage",
+    "read_run_recipe",
+    "rewrite_report",
+    "run_study",
+    "squishednet_models",
+    "timestamped_dir",
+    "train_settings",
+]
 
 RECIPE_FILE = "recipe.yaml"
 THROUGHPUT_FILE = "throughput.json"
@@ -54,9 +67,9 @@ def check_data(recipe: Recipe) -> None:
             )
 
 
-def new_run_dir(recipe: Recipe) -> Path:
-    """``<output.dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
-    base = Path(recipe.output.dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def timestamped_dir(parent: str | Path, name: str) -> Path:
+    """``<parent>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder (``-2``, ``-3``... when taken)."""
+    base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
     while path.exists():
         n += 1
@@ -64,9 +77,20 @@ def new_run_dir(recipe: Recipe) -> Path:
     return path
 
 
+def new_run_dir(recipe: Recipe) -> Path:
+    """``<output.dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
+    return timestamped_dir(recipe.output.dir, recipe.name)
+
+
 def read_run_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:
     """The resolved recipe a run directory was started with (for ``--resume``), with
-    ``overrides`` (``a.b=value``) applied, e.g. more generations to extend the run."""
+    ``overrides`` applied: only ``evolution.generations=N``, to extend the run."""
+    other = [item for item in overrides or [] if item.partition("=")[0].strip() != "evolution.generations"]
+    if other:
+        raise InvalidArgumentError(
+            "--resume continues a run as it was recorded; only --set evolution.generations=N "
+            f"(to extend a run) applies, not '{other[0]}'."
+        )
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise InvalidArgumentError(f"'{run_dir}' is not a run directory: it has no {RECIPE_FILE}.")
@@ -88,14 +112,11 @@ def _extend(run_dir: Path, generations: int) -> None:
 
 
 def train_settings(recipe: Recipe) -> TrainSettings:
+    """The optimiser and schedule a recipe's ``train`` section describes."""
     t = recipe.train
-    return TrainSettings(
-        optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        batch_size=t.batch_size, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
-        label_smoothing=t.label_smoothing, channels_last=t.channels_last,
-        distill_alpha=t.distill.alpha, distill_temperature=t.distill.temperature,
-        crop=recipe.data.train_crop, device=recipe.train.device, deterministic=recipe.train.deterministic,
-    )  # fmt: skip
+    same = {f.name: getattr(t, f.name) for f in fields(TrainSettings) if f.name in type(t).model_fields}
+    distill = {"distill_alpha": t.distill.alpha, "distill_temperature": t.distill.temperature}
+    return TrainSettings(**same, **distill, crop=recipe.data.train_crop)
 
 
 def proxy_slice(split: LoadedSplit, n: int) -> LoadedSplit:
@@ -127,9 +148,7 @@ def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
     m = recipe.model
     num_classes = m.num_classes or len(classes)
     if num_classes != len(classes):
-        raise InvalidArgumentError(
-            f"model.num_classes is {num_classes} but the data has {len(classes)} classes."
-        )
+        raise InvalidArgumentError(f"model.num_classes is {num_classes} but the data has {len(classes)} classes.")
     if m.init is not None:
         model = load_pruned(m.init)
         out = [mod for mod in model.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))][-1]
@@ -155,11 +174,13 @@ class _Display:
 
     def __init__(self, console: Console, generations: int) -> None:
         self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=False,
-        )  # fmt: skip
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
         self.gen_task = self.progress.add_task("generations", total=generations + 1, info="")
         self.step_task = self.progress.add_task("training", total=1, info="")
 
@@ -176,6 +197,7 @@ class _Display:
 
 
 def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
+    """The recipe's training and validation splits, decoded (and cached) once."""
     d = recipe.data
     check_data(recipe)
     if not distributed.is_main():
@@ -189,15 +211,51 @@ def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
     return train_split, val_split
 
 
+def _open_run_dir(recipe: Recipe, run_dir: Path | None, resume: bool) -> Path:
+    """The run directory every rank agrees on; rank 0 records the recipe there (a resumed
+    run only its new generation count)."""
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else str(new_run_dir(recipe))))
+    if distributed.is_main() and resume:
+        _extend(run_dir, recipe.evolution.generations)
+    elif distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
+    return run_dir
+
+
+def _scorer(recipe: Recipe, split: LoadedSplit) -> Callable[[torch.nn.Module], dict[str, float]]:
+    t = recipe.train
+    return lambda model: evaluate(
+        model, split, batch_size=t.eval_batch_size, channels_last=t.channels_last, device=t.device
+    )
+
+
+def evolution_config(recipe: Recipe, proxy_fn, on_generation=None) -> EvolutionConfig:
+    """The engine's settings from a recipe's ``evolution`` section; ``proxy_fn`` scores
+    offspring on the fixed slice of training images (selection never sees val)."""
+    evo, size = recipe.evolution, recipe.data.eval_size
+    synthesis = SynthesisConfig(**{f.name: getattr(evo, f.name) for f in fields(SynthesisConfig)})
+    return EvolutionConfig(
+        generations=evo.generations,
+        synthesis=synthesis,
+        offspring_per_generation=evo.offspring_per_generation,
+        fitness_fn=proxy_fn if evo.selection == "trained" and evo.offspring_per_generation > 1 else None,
+        screen_fn=proxy_fn if evo.selection == "proxy" else None,
+        importance=evo.importance,
+        reinitialize=evo.reinitialize,
+        example_inputs=torch.zeros(1, 3, size, size),
+        on_generation=on_generation,
+    )
+
+
 def run_study(
     recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, console: Console | None = None
 ) -> Path:
     """Run (or resume) the whole study of ``recipe``; return the run directory.
 
-    Under torchrun (see :mod:`squish_plugin.distributed`) call it on every rank: the ranks
-    train together, agree on every offspring, and rank 0 alone writes ``run_dir``."""
-    main = distributed.is_main()
-    console = console or Console(quiet=not main)
+    Under torchrun (see :mod:`squish_plugin.study.distributed`) call it on every rank: the
+    ranks train together, agree on every offspring, and rank 0 alone writes ``run_dir``."""
+    console = console or Console(quiet=not distributed.is_main())
     world = distributed.world_size()
     if recipe.train.batch_size % world:
         raise InvalidArgumentError(
@@ -207,52 +265,29 @@ def run_study(
     torch.set_num_threads(recipe.train.threads)
     train_split, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_split.classes)
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else str(new_run_dir(recipe))))
-    if main and resume:
-        _extend(run_dir, recipe.evolution.generations)
-    elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
+    run_dir = _open_run_dir(recipe, run_dir, resume)
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-    settings = train_settings(recipe)
-    evo = recipe.evolution
-    display = _Display(console, evo.generations)
-
-    teacher = Teacher(recipe.train.distill.teacher, run_dir)
+    settings, teacher = train_settings(recipe), Teacher(recipe.train.distill.teacher, run_dir)
+    display = _Display(console, recipe.evolution.generations)
 
     def train_fn(model: torch.nn.Module, ctx: GenerationContext) -> None:
         epochs = recipe.train.ancestor_epochs if ctx.generation == 0 else recipe.train.epochs_per_generation
         display.progress.update(display.step_task, description=f"training gen {ctx.generation}")
-        train(model, train_split, settings, epochs=epochs, seed=ctx.seed, on_step=display.on_step,
-              teacher=teacher(ctx))  # fmt: skip
+        train(model, train_split, settings, epochs=epochs, seed=ctx.seed, on_step=display.on_step, teacher=teacher(ctx))
 
-    proxy = proxy_slice(train_split, evo.proxy_images)
-
-    def proxy_fn(model: torch.nn.Module, ctx: GenerationContext) -> float:
-        return evaluate(model, proxy, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last,
-                        device=recipe.train.device)["top1"]  # fmt: skip
-
-    def eval_fn(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate(model, val_split, batch_size=recipe.train.eval_batch_size, channels_last=recipe.train.channels_last,
-                        device=recipe.train.device)  # fmt: skip
-
-    config = SynthesisConfig(
-        env=evo.env, mode=evo.mode, resource=evo.resource, min_channels=evo.min_channels,
-        round_to=evo.round_to, temperature=evo.temperature, max_drop=evo.max_drop,
-        starvation=evo.starvation,
-    )  # fmt: skip
-    size = recipe.data.eval_size
+    proxy = _scorer(recipe, proxy_slice(train_split, recipe.evolution.proxy_images))
+    config = evolution_config(recipe, lambda model, ctx: proxy(model)["top1"], display.on_generation)
     with display.progress:
         lineage = evolve(
-            ancestor, train_fn=train_fn, eval_fn=eval_fn, run_dir=run_dir,
-            generations=evo.generations, seed=recipe.seed, config=config,
-            offspring_per_generation=evo.offspring_per_generation, resume=resume,
-            fitness_fn=proxy_fn if evo.selection == "trained" and evo.offspring_per_generation > 1 else None,
-            screen_fn=proxy_fn if evo.selection == "proxy" else None,
-            importance=evo.importance, reinitialize=evo.reinitialize,
-            on_generation=display.on_generation, example_inputs=torch.zeros(1, 3, size, size),
-        )  # fmt: skip
-    if main:
+            ancestor,
+            train_fn=train_fn,
+            eval_fn=_scorer(recipe, val_split),
+            run_dir=run_dir,
+            config=config,
+            seed=recipe.seed,
+            resume=resume,
+        )
+    if distributed.is_main():
         rewrite_report(run_dir, recipe, lineage.records)
     console.print(f"report: {run_dir / 'report.md'}")
     return run_dir
@@ -270,13 +305,6 @@ def squishednet_models(run_dir: Path) -> dict[str, int]:
     return models
 
 
-def read_lineage(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "lineage.json"
-    if not path.is_file():
-        raise InvalidArgumentError(f"'{run_dir}' has no lineage.json: is it a finished `squish-plugin run`?")
-    return json.loads(path.read_text())["records"]
-
-
 def rewrite_report(run_dir: Path, recipe: Recipe | None = None, records: list[dict] | None = None) -> Path:
     """(Re)write a run's report, with the throughput column from ``throughput.json``
     when a benchmark has filled it."""
@@ -287,6 +315,8 @@ def rewrite_report(run_dir: Path, recipe: Recipe | None = None, records: list[di
     throughput = json.loads(tp_path.read_text()) if tp_path.is_file() else None
     if throughput:
         throughput = {"label": throughput["label"], "values": {int(k): v for k, v in throughput["values"].items()}}
-    write_report(run_dir, records, squishednets=squished, recipe=recipe.model_dump(), throughput=throughput,
-                 title=f"SquishedNets study: {recipe.name}")  # fmt: skip
+    title = f"SquishedNets study: {recipe.name}"
+    write_report(
+        run_dir, records, squishednets=squished, recipe=recipe.model_dump(), throughput=throughput, title=title
+    )
     return Path(run_dir) / "report.md"

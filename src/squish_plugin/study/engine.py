@@ -1,0 +1,303 @@
+"""The evolution engine: synthesise -> train -> evaluate -> record, generation after
+generation, with atomic checkpoints and resume.
+
+Training and evaluation are injected callables, so the engine runs your own loops:
+
+Example:
+    >>> from squish_plugin import EvolutionConfig, evolve, squeezenet1_1_ancestor
+    >>> def train_fn(model, ctx): ...            # train in place; ctx.seed seeds the data order
+    >>> def eval_fn(model): return {"top1": 0.0, "top5": 0.0}
+    >>> lineage = evolve(squeezenet1_1_ancestor(weights=None), train_fn=train_fn, eval_fn=eval_fn,
+    ...                  config=EvolutionConfig(generations=2), seed=0,
+    ...                  run_dir=__import__("tempfile").mkdtemp())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InvalidArgumentError
+from ..persistence import load_pruned, save_pruned, write_json_atomic
+from ..synthesis.genetics import SynthesisConfig, derive_seed
+from ..synthesis.pruner import EvolutionarySynthesisPruner
+from ..synthesis.surgery import model_stats
+from . import distributed
+
+__all__ = ["LINEAGE_FILE", "EvolutionConfig", "GenerationContext", "Lineage", "evolve", "read_lineage"]
+
+LINEAGE_FORMAT = "squish-plugin/lineage-v1"
+LINEAGE_FILE = "lineage.json"
+
+
+@dataclass(frozen=True)
+class GenerationContext:
+    """What a train/eval/fitness callable learns about the network in its hands."""
+
+    generation: int
+    candidate: int
+    seed: int
+    run_dir: Path
+    parent: nn.Module | None = None
+
+
+@dataclass
+class Lineage:
+    """The records of every generation (0 = the ancestor) and the run directory."""
+
+    run_dir: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def load_model(self, generation: int) -> nn.Module:
+        """The trained network of ``generation``, loaded from its checkpoint."""
+        record = self.records[generation]
+        return load_pruned(self.run_dir / record["checkpoint"])
+
+
+TrainFn = Callable[[nn.Module, GenerationContext], Any]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+FitnessFn = Callable[[nn.Module, GenerationContext], float]
+
+
+@dataclass(frozen=True, eq=False)
+class EvolutionConfig:
+    """How :func:`evolve` runs a lineage.
+
+    Args:
+        generations: offspring generations after the ancestor (15 in the paper).
+        synthesis: how each offspring is drawn (:class:`SynthesisConfig`).
+        offspring_per_generation: children drawn per generation (1, as in the paper).
+        fitness_fn: ``fitness_fn(child, ctx) -> score`` choosing among several trained
+            offspring (default: the ``top1`` of ``eval_fn``).
+        screen_fn: a cheap ``screen_fn(child, ctx) -> score`` run on every offspring
+            *before* training: with several offspring only the best-scoring one trains.
+        importance: cluster strength, ``"l1"``, ``"l2"`` or a torch-pruning ``Importance``.
+        reinitialize: re-initialise each offspring (the control for heredity).
+        train_ancestor: train generation 0 too.
+        example_inputs: a batch the model accepts (one 224x224 image by default).
+        on_generation: called with each generation's record once it is committed.
+    """
+
+    generations: int = 15
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    offspring_per_generation: int = 1
+    fitness_fn: FitnessFn | None = None
+    screen_fn: FitnessFn | None = None
+    importance: str | Callable[..., torch.Tensor] = "l1"
+    reinitialize: bool = False
+    train_ancestor: bool = True
+    example_inputs: torch.Tensor | None = None
+    on_generation: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        g, k = self.generations, self.offspring_per_generation
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise InvalidArgumentError(f"generations must be an integer >= 0, got {g!r}.")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidArgumentError(f"offspring_per_generation must be an integer >= 1, got {k!r}.")
+        if not isinstance(self.synthesis, SynthesisConfig):
+            raise InvalidArgumentError(f"synthesis must be a SynthesisConfig, got {type(self.synthesis).__name__}.")
+
+    def updated(self, **keywords: Any) -> EvolutionConfig:
+        """A copy with ``keywords`` replaced; ``env`` (a number) and ``config`` (a
+        :class:`SynthesisConfig`) set the synthesis, as :func:`evolve`'s keywords did."""
+        known = {f.name for f in fields(self)} | {"env", "config"}
+        unknown = sorted(set(keywords) - known)
+        if unknown:
+            raise InvalidArgumentError(f"evolve() got an unknown option {unknown[0]!r}; allowed: {sorted(known)}.")
+        synthesis = keywords.pop("config", None) or self.synthesis
+        env = keywords.pop("env", None)
+        if env is not None:
+            synthesis = replace(synthesis, env=env)
+        return replace(self, synthesis=synthesis, **keywords)
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {name: int(m.weight.shape[0]) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _reinitialize(model: nn.Module, seed: int) -> None:
+    """Fresh weights for every layer (the 're-initialised offspring' control)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+def read_lineage(run_dir: str | os.PathLike, seed: int | None = None) -> list[dict[str, Any]]:
+    """The generation records of ``run_dir``'s lineage; with ``seed``, the run must have
+    been written with it (a resume must replay the same seeds)."""
+    path = Path(run_dir) / LINEAGE_FILE
+    if not path.is_file():
+        raise InvalidArgumentError(f"'{run_dir}' has no {LINEAGE_FILE}: is it a finished `squish-plugin run`?")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} ({type(exc).__name__}); the run cannot resume.") from None
+    if not isinstance(data, dict) or data.get("format") != LINEAGE_FORMAT:
+        raise CheckpointError(f"{path} is not a squish-plugin lineage ({LINEAGE_FORMAT}).")
+    if seed is not None and data.get("seed") != seed:
+        raise InvalidArgumentError(
+            f"{path} was written with seed {data.get('seed')}, not {seed}: resume with the same seed."
+        )
+    return list(data["records"])
+
+
+class _Evolution:
+    """One run of :func:`evolve` (kept small: each method one phase)."""
+
+    def __init__(self, run_dir, config: EvolutionConfig, seed: int, train_fn: TrainFn, eval_fn: EvalFn) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.seed = seed
+        self.train_fn = train_fn
+        self.eval_fn = eval_fn
+        self.records: list[dict[str, Any]] = []
+
+    def measure(self, model: nn.Module, ctx: GenerationContext) -> dict[str, Any]:
+        what = "the ancestor" if ctx.generation == 0 else f"offspring {ctx.candidate} of generation {ctx.generation}"
+        before = distributed.check_replicas(model, what)  # torchrun: every rank holds the same network
+        start = time.perf_counter()
+        if ctx.generation > 0 or self.config.train_ancestor:
+            model.train()
+            # layers such as Dropout draw from the global RNG: seed it from ctx.seed
+            # for the call and restore it afterwards, so resume replays the same run
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(ctx.seed)
+                self.train_fn(model, ctx)
+        seconds = time.perf_counter() - start
+        model.eval()
+        metrics = dict(self.eval_fn(model))
+        stats = model_stats(model, self.config.example_inputs)
+        record = {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": _widths(model)}
+        if before is not None:
+            after = distributed.check_replicas(model, f"{what} after training")
+            record["replicas"] = {
+                "ranks": before["ranks"],
+                "before_training": before["fingerprint"],
+                "after_training": after["fingerprint"],
+            }
+        return record
+
+    def commit(self, generation: int, model: nn.Module, record: dict[str, Any]) -> None:
+        name = f"checkpoints/gen_{generation:02d}.pt"
+        record = {"generation": generation, **record, "checkpoint": name}
+        self.records = [r for r in self.records if r["generation"] < generation] + [record]
+        if distributed.is_main():  # torchrun: rank 0 alone writes
+            save_pruned(model, self.run_dir / name)
+            lineage = {"format": LINEAGE_FORMAT, "seed": self.seed, "records": self.records}
+            write_json_atomic(self.run_dir / LINEAGE_FILE, lineage)
+        distributed.barrier()  # the checkpoint exists for every rank from here on
+        if self.config.on_generation:
+            self.config.on_generation(record)
+
+    def ancestor(self, model: nn.Module) -> nn.Module:
+        ctx = GenerationContext(0, 0, derive_seed(self.seed, 0, 0, 1), self.run_dir)
+        record = self.measure(model, ctx)
+        self.commit(0, model, {"seed": self.seed, "parent": None, **record})
+        return model
+
+    def offspring(self, g: int, parent: nn.Module) -> list[tuple[int, nn.Module, GenerationContext]]:
+        """``(synthesis seed, child, context)`` for each offspring of generation ``g``."""
+        c = self.config
+        pruner = EvolutionarySynthesisPruner(
+            parent, config=c.synthesis, seed=self.seed, example_inputs=c.example_inputs, importance=c.importance
+        )
+        children = []
+        for k in range(c.offspring_per_generation):
+            synth_seed = derive_seed(self.seed, g, k)
+            child = pruner.offspring(seed=synth_seed)
+            if c.reinitialize:
+                _reinitialize(child, derive_seed(self.seed, g, k, 2))
+            children.append(
+                (synth_seed, child, GenerationContext(g, k, derive_seed(self.seed, g, k, 1), self.run_dir, parent))
+            )
+        return children
+
+    def screen(self, children: list) -> tuple[list, list[dict[str, Any]]]:
+        """Natural selection before training: only the offspring ``screen_fn`` scores best
+        goes on to train; returns it and every offspring's score."""
+        screen = self.config.screen_fn
+        if screen is None or len(children) <= 1:
+            return children, []
+        screened = []
+        for synth_seed, child, ctx in children:
+            child.eval()
+            score = float(screen(child, ctx))
+            screened.append({"seed": synth_seed, "screen": score, "params": sum(p.numel() for p in child.parameters())})
+        pick = max(range(len(children)), key=lambda i: (screened[i]["screen"], -i))
+        return [children[pick]], screened
+
+    def generation(self, g: int, parent: nn.Module) -> nn.Module:
+        children, screened = self.screen(self.offspring(g, parent))
+        best = None
+        candidates = []
+        for synth_seed, child, ctx in children:
+            record = self.measure(child, ctx)
+            fitness = self.config.fitness_fn(child, ctx) if self.config.fitness_fn else record.get("top1", 0.0)
+            candidates.append({"seed": synth_seed, "fitness": float(fitness), "params": record["params"]})
+            if best is None or fitness > best[0]:
+                best = (fitness, child, {"seed": synth_seed, "parent": g - 1, **record})
+        _, child, record = best
+        if len(candidates) > 1:
+            record["candidates"] = candidates
+        if screened:
+            record["screened"] = screened
+        self.commit(g, child, record)
+        return child
+
+
+def evolve(
+    ancestor: nn.Module,
+    *,
+    train_fn: TrainFn,
+    eval_fn: EvalFn,
+    run_dir: str | os.PathLike,
+    config: EvolutionConfig | SynthesisConfig | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    **keywords: Any,
+) -> Lineage:
+    """Evolve ``ancestor`` for ``config.generations`` generations and record the lineage.
+
+    Per generation: synthesise ``offspring_per_generation`` children of the parent
+    (one, as in the paper), train each with ``train_fn(child, ctx)`` (inherited
+    weights), evaluate with ``eval_fn(child) -> {"top1": ..., ...}``, keep the child
+    with the best ``fitness_fn(child, ctx)`` (default: its ``top1``), write its
+    checkpoint and the lineage atomically. Generation 0 is the ancestor, trained
+    too unless ``train_ancestor=False``. ``config`` is an :class:`EvolutionConfig`;
+    its fields may also be given as keywords (``generations=3, env=0.8, ...``), and a
+    :class:`SynthesisConfig` as ``config`` sets the synthesis alone (the older form).
+
+    ``resume=True`` continues a run in ``run_dir`` from its last complete generation;
+    with deterministic callables (seed the data order from ``ctx.seed``) it reaches
+    the same lineage as an uninterrupted run.
+    """
+    if isinstance(config, SynthesisConfig):
+        keywords = {"config": config, **keywords}
+        config = None
+    config = (config or EvolutionConfig()).updated(**keywords)
+    derive_seed(seed)
+    run = _Evolution(run_dir, config, seed, train_fn, eval_fn)
+    if resume and (run.run_dir / LINEAGE_FILE).exists():
+        run.records = read_lineage(run.run_dir, seed)
+        last = run.records[-1]
+        # the ancestor's own instance is reshaped, so any architecture resumes
+        parent = load_pruned(run.run_dir / last["checkpoint"], model=copy.deepcopy(ancestor))
+        start = last["generation"] + 1
+    else:
+        parent = run.ancestor(copy.deepcopy(ancestor))
+        start = 1
+    for g in range(start, config.generations + 1):
+        parent = run.generation(g, parent)
+    return Lineage(run.run_dir, run.records)

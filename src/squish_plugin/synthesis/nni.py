@@ -1,0 +1,226 @@
+"""The NNI face: evolutionary synthesis as an NNI 3 pruner, and a physical
+``apply_masks`` for any NNI masks (NNI's ``ModelSpeedup`` tracer fails on current torch).
+
+Needs the ``nni`` extra: ``pip install 'squish-plugin[nni]'``.
+
+Example:
+    >>> import torchvision
+    >>> from squish_plugin.nni import EvolutionarySynthesisPruner, apply_masks
+    >>> model = torchvision.models.squeezenet1_1(num_classes=10)
+    >>> config_list = [{"op_types": ["Conv2d"], "exclude_op_names": ["classifier.1"]}]
+    >>> _, masks = EvolutionarySynthesisPruner(model, config_list, env=0.9).compress()
+    >>> small = apply_masks(model, masks)   # channels physically removed
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError, MissingExtraError
+from .genetics import SynthesisConfig, cluster_strength, derive_seed, draw, synthesis_probabilities
+from .surgery import EvalMode, PrunableLayer, Surgeon
+
+try:
+    from nni.compression.base.compressor import Pruner as _NNIPruner
+except ImportError:  # pragma: no cover - exercised where nni is absent
+    raise MissingExtraError(
+        "squish_plugin.nni needs NNI 3: install it with pip install 'squish-plugin[nni]'."
+    ) from None
+
+__all__ = ["EvolutionarySynthesisPruner", "apply_masks", "masks_to_plan"]
+
+Masks = dict[str, dict[str, torch.Tensor]]
+
+
+def _with_ratio(config_list: list[dict], env: float) -> list[dict]:
+    """NNI activates only targets with a sparsity setting; ours comes from ``env``."""
+    if not isinstance(config_list, list) or not all(isinstance(c, dict) for c in config_list):
+        raise InvalidArgumentError("config_list must be a list of dicts (NNI's config_list format).")
+    return [c if "sparse_ratio" in c else {**c, "sparse_ratio": round(1.0 - env, 6)} for c in config_list]
+
+
+class EvolutionarySynthesisPruner(_NNIPruner):
+    """SquishedNets' evolutionary synthesis behind NNI's three-stage template:
+    collect weights -> synaptic probabilities ``P_synth`` -> stochastic draw -> masks.
+
+    Only the Conv/Linear layers the ``config_list`` selects are synthesised (their
+    coupled BatchNorm too when the config selects BatchNorm2d); ``sparse_ratio`` is
+    ignored, the environmental factor ``env`` decides. Deterministic: layers are
+    drawn in model order from seeds derived from ``(seed, generation)``.
+
+    Args:
+        model: the network (NNI wraps it until ``unwrap_model()``).
+        config_list: NNI config list (``op_types``, ``op_names``, ``exclude_op_names``...).
+        env, config, seed, example_inputs: as in the torch-pruning face.
+        evaluator: optional NNI evaluator (unused by the one-shot draw).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: list[dict],
+        *,
+        env: float | None = None,
+        config: SynthesisConfig | None = None,
+        seed: int = 0,
+        example_inputs: torch.Tensor | None = None,
+        evaluator: Any = None,
+        existed_wrappers: Any = None,
+    ) -> None:
+        config = config or SynthesisConfig()
+        if env is not None:
+            config = replace(config, env=env)
+        derive_seed(seed)
+        self.synthesis = config
+        self.seed = seed
+        self.generation = 0
+        # trace and describe the network before NNI wraps its modules
+        self._surgeon = Surgeon(model, example_inputs)
+        self._resource = self._surgeon.resource_model(config.resource)
+        super().__init__(model, _with_ratio(config_list, config.env), evaluator, existed_wrappers)
+
+    def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:
+        """Draw one offspring's masks: ``(model, {module: {"weight"|"bias": mask}})``."""
+        return super().compress(max_steps, max_epochs)
+
+    def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
+        if max_steps is not None or max_epochs is not None:
+            raise InvalidArgumentError(
+                "evolutionary synthesis draws masks in one shot; train the offspring between generations."
+            )
+        self.update_masks(self.generate_masks())
+
+    def _fuse_preprocess(self, evaluator: Any) -> None:
+        pass
+
+    def _fuse_postprocess(self, evaluator: Any) -> None:
+        pass
+
+    # -- NNI's three stages ---------------------------------------------------------
+
+    def _active_layers(self, data: Mapping[str, Mapping[str, torch.Tensor]]) -> list[tuple[int, PrunableLayer]]:
+        return [(i, layer) for i, layer in enumerate(self._surgeon.layers) if "weight" in data.get(layer.name, {})]
+
+    def _collect_data(self) -> dict[str, dict[str, torch.Tensor]]:
+        from nni.compression.pruning.tools import active_sparse_targets_filter
+
+        return active_sparse_targets_filter(self._target_spaces)
+
+    def _calculate_metrics(self, data: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+        active = self._active_layers(data)
+        strengths = [cluster_strength(data[layer.name]["weight"]) for _, layer in active]
+        resource = None
+        if self.synthesis.mode == "budget":
+            resource = self._resource.restrict([i for i, _ in active], len(self._surgeon.layers))
+        probs = synthesis_probabilities(strengths, self.synthesis, resource) if active else []
+        return {layer.name: {"weight": p} for (_, layer), p in zip(active, probs)}
+
+    def _generate_sparsity(self, metrics: dict[str, dict[str, torch.Tensor]]) -> Masks:
+        active = [layer for layer in self._surgeon.layers if layer.name in metrics]
+        seed = derive_seed(self.seed, self.generation)
+        self.generation += 1
+        probabilities = [metrics[layer.name]["weight"] for layer in active]
+        keep = draw(probabilities, seed, self.synthesis.min_channels, self.synthesis.round_to, self.synthesis.max_drop)
+        return self._masks_for(active, keep)
+
+    def _masks_for(self, active: list[PrunableLayer], keep: list[torch.Tensor]) -> Masks:
+        masks: Masks = {}
+        for layer, mask in zip(active, keep):
+            for dep, _idxs in self._surgeon.group(layer):
+                name = self._surgeon.names.get(dep.target.module)
+                if name not in self._target_spaces or not self._surgeon.is_out(dep):
+                    continue
+                channel = mask.float()
+                for target, space in self._target_spaces[name].items():
+                    if target in ("weight", "bias") and space.target is not None:
+                        shape = [-1] + [1] * (space.target.dim() - 1)
+                        masks.setdefault(name, {})[target] = channel.view(shape).expand_as(space.target).clone()
+        return masks
+
+
+# -- physical application of any NNI masks ---------------------------------------------
+
+
+def masks_to_plan(surgeon: Surgeon, masks: Masks) -> dict[str, torch.Tensor]:
+    """Keep-masks per prunable layer: a channel goes only where every masked
+    out-channel member of its group (coupled convs, BatchNorm) has it fully zero;
+    channels masked in some members only stay, with their zeros."""
+    plan = {}
+    for layer in surgeon.layers:
+        group = surgeon.group(layer)
+        keep = torch.zeros(layer.width, dtype=torch.bool)
+        seen = False
+        for i, (dep, idxs) in enumerate(group):
+            name = surgeon.names.get(dep.target.module)
+            mask = masks.get(name, {}).get("weight") if name else None
+            if mask is None or not surgeon.is_out(dep):
+                continue
+            seen = True
+            alive = mask.detach().flatten(1).ne(0).any(1) if mask.dim() > 1 else mask.detach().ne(0)
+            keep[torch.as_tensor(group[i].root_idxs)] |= alive[torch.as_tensor(idxs)]
+        if not seen:
+            keep[:] = True
+        elif not keep.any():
+            keep[0] = True  # a layer cannot vanish: one channel stays, masked to zero
+        plan[layer.name] = keep
+    return plan
+
+
+def _pairs(model: nn.Module, masks: Masks) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(tensor, mask) pairs in name order, each checked; None masks are skipped."""
+    modules = dict(model.named_modules())
+    pairs = []
+    for name in sorted(masks):
+        module = modules.get(name)
+        if module is None:
+            raise InvalidArgumentError(f"masks name module {name!r}, which the model does not have.")
+        for target, mask in sorted(masks[name].items()):
+            param = getattr(module, target, None)
+            if mask is None or not isinstance(param, torch.Tensor):
+                continue
+            if mask.shape != param.shape:
+                raise InvalidArgumentError(
+                    f"mask {name}.{target} has shape {tuple(mask.shape)}, the tensor {tuple(param.shape)}."
+                )
+            pairs.append((param, mask))
+    return pairs
+
+
+def apply_masks(
+    model: nn.Module,
+    masks: Masks,
+    example_inputs: torch.Tensor | None = None,
+    *,
+    tolerance: float = 1e-4,
+) -> nn.Module:
+    """Apply NNI masks ``{module: {"weight"|"bias": mask}}`` and remove the fully
+    masked output channels physically through torch-pruning (in place; returns the
+    model). Channels removed from a conv are removed from its coupled BatchNorm and
+    consumers too, as NNI's ``ModelSpeedup`` does. The result is checked against the
+    masked model (masks propagated along the dependency graph) on ``example_inputs``;
+    a difference above ``tolerance`` raises.
+    """
+    pairs = _pairs(model, masks)
+    surgeon = Surgeon(model, example_inputs)
+    plan = masks_to_plan(surgeon, masks)
+    with torch.no_grad():
+        for param, mask in pairs:
+            param.mul_(mask.to(param.dtype))
+    reference = copy.deepcopy(model)
+    Surgeon(reference, surgeon.example_inputs).zero(plan)
+    surgeon.prune(plan)
+    reference.eval()
+    with EvalMode(model), torch.no_grad():
+        diff = (model(surgeon.example_inputs) - reference(surgeon.example_inputs)).abs().max().item()
+    if diff > tolerance:
+        raise InvalidArgumentError(
+            f"the physically pruned model differs from the masked one by {diff:.2e} (> {tolerance}); "
+            "the masks are not channel-structured along the dependency graph."
+        )
+    return model

@@ -1,0 +1,280 @@
+"""Surgery: the one place that talks to torch-pruning.
+
+It traces any traceable CNN into torch-pruning's ``DependencyGraph``, finds its
+clusters (torch-pruning *groups*) with the classifier's outputs out of reach, tells
+the resource model which layer's clusters scale which module, removes channels
+physically (all or nothing) or zeroes them, and counts a network's MACs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..errors import InvalidArgumentError, UntraceableModelError
+from .resources import ROOT_TYPES, ResourceModel, resource_model
+
+__all__ = ["EvalMode", "PrunableLayer", "Surgeon", "count_macs", "default_example_inputs", "model_stats"]
+
+
+def default_example_inputs() -> torch.Tensor:
+    """One 224x224 RGB image, the input torchvision classifiers expect."""
+    return torch.zeros(1, 3, 224, 224)
+
+
+@dataclass(frozen=True)
+class PrunableLayer:
+    """A prunable layer: the root module of a torch-pruning group and its width."""
+
+    name: str
+    module: nn.Module
+    width: int
+
+
+class EvalMode:
+    """Run a block in eval mode (no BatchNorm statistics drift), then restore each
+    module's own training flag."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> None:
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for module, flag in self.flags:
+            module.training = flag
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    """MACs of one forward pass on ``example_inputs`` (torch-pruning's op counter)."""
+    macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
+    return int(macs)
+
+
+def model_stats(model: nn.Module, example_inputs: torch.Tensor | None = None) -> dict[str, float]:
+    """Parameters, size in MB (float32, the paper's measure: 4 bytes a parameter,
+    10^6 bytes a MB) and MACs per image at ``example_inputs`` (224x224 by default).
+
+    Example:
+        >>> from squish_plugin import squeezenet1_1_ancestor, model_stats
+        >>> model_stats(squeezenet1_1_ancestor(num_classes=10, weights=None))["params"]
+        727626
+    """
+    if example_inputs is None:
+        example_inputs = default_example_inputs()
+    params = sum(p.numel() for p in model.parameters())
+    with EvalMode(model):
+        macs = count_macs(model, example_inputs)
+    return {"params": params, "size_mb": params * 4 / 1e6, "macs": macs // max(int(example_inputs.shape[0]), 1)}
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def probe(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn.Module, tuple[int, ...]], nn.Module]:
+    """One forward pass with hooks: the output shape of every Conv/Linear that runs, and
+    the classifier (the last one to run)."""
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+    order: list[nn.Module] = []
+
+    def hook(module: nn.Module, _inp: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            shapes[module] = tuple(out.shape)
+            order.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
+    try:
+        with EvalMode(model), torch.no_grad():
+            model(example_inputs)
+    except Exception as exc:  # the user's model raised: report, don't crash
+        raise InvalidArgumentError(
+            f"example_inputs of shape {tuple(example_inputs.shape)} do not fit the model ({_first_line(exc)})."
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+    if not order:
+        raise UntraceableModelError("the model runs no Conv or Linear layer, nothing to prune.")
+    return shapes, order[-1]
+
+
+def trace(model: nn.Module, example_inputs: torch.Tensor, ran: Iterable[nn.Module]) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``; every module in ``ran`` (the layers
+    the forward pass ran) must be in it."""
+    model_name = type(model).__name__
+    try:
+        with EvalMode(model):
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except Exception as exc:
+        raise UntraceableModelError(f"torch-pruning cannot trace {model_name} ({_first_line(exc)}).") from None
+    names = {m: n for n, m in model.named_modules()}
+    lost = [names[m] for m in ran if m not in graph.module2node]
+    if lost:
+        # a layer that ran but left no autograd trace (no_grad, detach, numpy, an
+        # integer output): its couplings are unknown, so pruning it is unsafe
+        raise UntraceableModelError(
+            f"torch-pruning cannot trace {model_name}: layer {lost[0]!r} runs in forward but "
+            "leaves no autograd trace (no_grad, detach, numpy or a non-float output)."
+        )
+    return graph
+
+
+def is_out(graph: tp.DependencyGraph, dep: object) -> bool:
+    """Whether a group member prunes its module's output channels."""
+    return graph.is_out_channel_pruning_fn(dep.handler)  # type: ignore[attr-defined]
+
+
+def find_layers(model: nn.Module, graph: tp.DependencyGraph, protected: set[nn.Module]) -> list[PrunableLayer]:
+    """One prunable layer per cluster family, in model order; a family that holds a
+    ``protected`` module (the classifier, ``ignored_layers``) is left out whole."""
+    protected = protected | set(graph.IGNORED_LAYERS_IN_TRACING)
+    visited: set[nn.Module] = set()
+    layers = []
+    for name, module in model.named_modules():
+        if not isinstance(module, ROOT_TYPES) or module in visited or module not in graph.module2node:
+            continue  # not a root, already in a family, or never ran in forward
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        width = pruner.get_out_channels(module)
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        coupled = {dep.target.module for dep, _ in group if is_out(graph, dep)}
+        visited |= coupled
+        if coupled & protected or width < 1:
+            continue
+        layers.append(PrunableLayer(name, module, width))
+    return layers
+
+
+# --------------------------------------------------------------------------- the surgeon
+
+
+class Surgeon:
+    """A model with its dependency graph and prunable layers.
+
+    Args:
+        model: the network (left untouched by construction).
+        example_inputs: a tensor the model accepts; one 224x224 RGB image by default.
+        ignored_layers: modules whose output channels must never be pruned. The
+            classifier (the last Conv/Linear the forward pass runs) is always added.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor | None = None,
+        ignored_layers: Iterable[nn.Module] = (),
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+        self.example_inputs = default_example_inputs() if example_inputs is None else example_inputs
+        if not isinstance(self.example_inputs, torch.Tensor):
+            raise InvalidArgumentError(
+                f"example_inputs must be a torch.Tensor batch, got {type(self.example_inputs).__name__}."
+            )
+        self.ignored = list(ignored_layers)
+        self.names = {m: n for n, m in model.named_modules()}
+        if any(module not in self.names for module in self.ignored):
+            raise InvalidArgumentError("every module in ignored_layers must belong to the model.")
+        self.output_shapes, self.classifier = probe(model, self.example_inputs)
+        self.graph = trace(model, self.example_inputs, self.output_shapes)
+        self.layers = find_layers(model, self.graph, set(self.ignored) | {self.classifier})
+        if not self.layers:
+            raise UntraceableModelError("the model has no prunable Conv/Linear layer besides its classifier.")
+
+    def is_out(self, dep: object) -> bool:
+        """Whether a group member prunes its module's output channels."""
+        return is_out(self.graph, dep)
+
+    def group(self, layer: PrunableLayer, idxs: Sequence[int] | None = None) -> tp.Group:
+        """The torch-pruning group of ``layer`` for ``idxs`` (all channels by default)."""
+        pruner = self.graph.get_pruner_of_module(layer.module)
+        if idxs is None:
+            idxs = list(range(pruner.get_out_channels(layer.module)))
+        return self.graph.get_pruning_group(layer.module, pruner.prune_out_channels, list(idxs))
+
+    def couplings(self) -> tuple[dict[nn.Module, dict[int, int]], dict[nn.Module, dict[int, int]]]:
+        """``(out_dims, in_dims)``: for each module, how many of its output / input
+        channels each prunable layer (by index) removes with its clusters."""
+        out_dims: dict[nn.Module, dict[int, int]] = {}
+        in_dims: dict[nn.Module, dict[int, int]] = {}
+        for index, layer in enumerate(self.layers):
+            for dep, idxs in self.group(layer):
+                target = out_dims if self.is_out(dep) else in_dims
+                target.setdefault(dep.target.module, {})[index] = len(idxs)
+        return out_dims, in_dims
+
+    def resource_model(self, resource: str = "params") -> ResourceModel:
+        """Parameters (or MACs per image) as a polynomial of the kept fractions."""
+        batch = max(int(self.example_inputs.shape[0]), 1)
+        return resource_model(self.model, *self.couplings(), self.output_shapes, batch, resource)
+
+    # ----------------------------------------------------------------- removing channels
+
+    def drop_groups(self, plan: Mapping[str, torch.Tensor]) -> Iterator[tp.Group]:
+        """Groups holding the channels to remove, one per layer that loses any.
+
+        ``plan`` maps each prunable layer's name to its boolean keep-mask. The plan
+        is checked whole before the first group is made; each group is made only
+        after the previous one was pruned, because pruning shifts the index maps of
+        concatenations (Fire's expand1x1/expand3x3)."""
+        dropped = self._check_plan(plan)
+        for layer in self.layers:
+            if dropped[layer.name]:
+                yield self.group(layer, dropped[layer.name])
+
+    def _check_plan(self, plan: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+        dropped = {}
+        for layer in self.layers:
+            mask = plan.get(layer.name)
+            if mask is None:
+                raise InvalidArgumentError(f"the plan has no keep-mask for layer {layer.name}.")
+            if mask.numel() != layer.width or not bool(mask.any()):
+                raise InvalidArgumentError(
+                    f"keep-mask for {layer.name} must have {layer.width} entries, at least one True."
+                )
+            dropped[layer.name] = (~mask.bool()).nonzero().flatten().tolist()
+        return dropped
+
+    def prune(self, plan: Mapping[str, torch.Tensor]) -> None:
+        """Remove the dropped channels physically. All-or-nothing: if torch-pruning
+        fails half-way, the model is restored to what it was."""
+        self._check_plan(plan)
+        backup = copy.deepcopy(self.model)
+        try:
+            for group in self.drop_groups(plan):
+                group.prune()
+        except Exception as exc:
+            self.model.__dict__.update(backup.__dict__)
+            raise UntraceableModelError(
+                f"torch-pruning failed to remove channels ({_first_line(exc)}); model restored."
+            ) from None
+
+    @torch.no_grad()
+    def zero(self, plan: Mapping[str, torch.Tensor]) -> None:
+        """Zero the dropped channels instead of removing them (the masked twin of
+        :meth:`prune`: same outputs in eval mode)."""
+        for group in self.drop_groups(plan):
+            for dep, idxs in group:
+                module = dep.target.module
+                if not self.is_out(dep) or not isinstance(module, nn.Module):
+                    continue
+                for pname in ("weight", "bias"):
+                    param = getattr(module, pname, None)
+                    if isinstance(param, torch.Tensor):
+                        dim = 1 if getattr(module, "transposed", False) and pname == "weight" else 0
+                        param.index_fill_(dim, torch.as_tensor(idxs, dtype=torch.long), 0.0)

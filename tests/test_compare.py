@@ -131,3 +131,40 @@ def test_distill_run_needs_a_distilled_run(tmp_path):
     assert result.exit_code == 2, result.output
     assert "distill 'run' needs a run trained with distillation" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def _split(seed: int, n: int = 40, size: int = 64):
+    from squish_plugin.study.data import LoadedSplit
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    return LoadedSplit(images, torch.randint(0, 10, (n,), generator=g), tuple(f"c{i}" for i in range(10)))
+
+
+def test_nni_taylor_scores_channels_from_training_batches():
+    """The strongest published baseline: NNI's TaylorPruner reaches the target size, is
+    the same for the same data and seed, ranks channels from the data (other batches, other
+    network; not L1's choice), and without training data says so in one sentence."""
+    torch.manual_seed(0)
+    model = torchvision.models.squeezenet1_1(num_classes=10).eval()
+    example = torch.zeros(1, 3, 64, 64)
+
+    def taylor(data_seed):
+        ctx = PruneContext(example, _split(data_seed), seed=0, batch_size=8)
+        return prune_to(model, "nni-taylor", 400_000, ctx)
+
+    a, b, other = taylor(1), taylor(1), taylor(2)
+    assert abs(sum(p.numel() for p in a.parameters()) / 400_000 - 1) <= 0.02
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    l1 = prune_to(model, "nni-l1", 400_000, PruneContext(example, None, seed=0))
+
+    def widths(net):
+        return [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    def kept_weights(net):
+        return net.features[0].weight
+
+    assert not torch.equal(kept_weights(a), kept_weights(other)) or widths(a) != widths(other)
+    assert not torch.equal(kept_weights(a), kept_weights(l1)) or widths(a) != widths(l1)
+    with pytest.raises(InvalidArgumentError, match="needs training data"):
+        prune_to(model, "nni-taylor", 400_000, PruneContext(example, None, seed=0))

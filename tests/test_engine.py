@@ -153,3 +153,11 @@ def test_reinitialized_offspring_lose_inherited_weights(tmp_path):
 def test_bad_arguments(tmp_path, kw, match):
     with pytest.raises(InvalidArgumentError, match=match):
         _evolve(tmp_path, **kw)
+
+
+def test_several_offspring_need_a_fitness_that_is_not_validation(tmp_path):
+    """With K > 1 offspring and no fitness_fn (or screen_fn) the engine refuses in one
+    sentence before anything is written, instead of choosing on eval_fn (the validation split)."""
+    with pytest.raises(InvalidArgumentError, match="needs a fitness_fn"):
+        _evolve(tmp_path / "run", generations=1, offspring_per_generation=3)
+    assert not (tmp_path / "run").exists()

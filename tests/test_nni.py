@@ -212,3 +212,48 @@ def test_missing_nni_names_the_extra(monkeypatch):
         importlib.import_module("squish_plugin.nni")
     monkeypatch.undo()
     importlib.import_module("squish_plugin.nni")
+
+
+def _masked_copy(model, masks):
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    with torch.no_grad():
+        for name, targets in masks.items():
+            for target, mask in targets.items():
+                tensor = getattr(modules[name], target, None)
+                if tensor is not None:
+                    tensor.mul_(mask)
+    return masked
+
+
+def test_coupled_members_get_their_own_indices_densenet():
+    """DenseNet concatenates every layer's output into the next BatchNorms: with BatchNorm2d
+    selected, each coupled member is masked at its *own* channel indices (not the root's),
+    so the masked network equals the physically pruned one."""
+    model = _model("densenet121")
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    config_list = [{"op_types": ["Conv2d", "BatchNorm2d"], "exclude_op_names": ["classifier"]}]
+    pruner = EvolutionarySynthesisPruner(model, config_list, env=0.8, example_inputs=x, seed=0)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    bns = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and n in masks]
+    assert bns and any(masks[n]["weight"].numel() != masks[n]["weight"].sum() for n in bns)
+    masked = _masked_copy(model, masks)
+    small = apply_masks(model, masks, x)
+    batch = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (small(batch) - masked(batch)).abs().max().item() <= 1e-4
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in masked.parameters())
+
+
+def test_apply_masks_and_the_nni_pruner_work_under_no_grad():
+    """NNI users build masks and shrink models inside torch.no_grad(): it just works."""
+    model = _model("squeezenet1_1")
+    config_list = [{"op_types": ["Conv2d"], "exclude_op_names": ["classifier.1"]}]
+    with torch.no_grad():
+        pruner = EvolutionarySynthesisPruner(model, config_list, env=0.8, example_inputs=X1)
+        _, masks = pruner.compress()
+        pruner.unwrap_model()
+        small = apply_masks(model, masks, X1)
+    assert sum(p.numel() for p in small.parameters()) < 727_626
+    assert all(p.requires_grad for p in small.parameters())

@@ -276,3 +276,112 @@ def test_trace_does_not_disturb_batchnorm_statistics():
     before = model.bn1.running_mean.clone()
     EvolutionarySynthesisPruner(model, env=0.9, example_inputs=SMALL)
     assert torch.equal(model.bn1.running_mean, before) and model.training
+
+
+def test_pruner_works_under_no_grad_and_inference_mode():
+    """Users shrink models inside `torch.no_grad()` / `torch.inference_mode()`: the pruner
+    traces with gradients on itself, and the child's parameters stay trainable tensors."""
+    for mode in (torch.no_grad, torch.inference_mode):
+        model = squeezenet1_1_ancestor(weights=None)
+        with mode():
+            pruner = EvolutionarySynthesisPruner(model, env=0.8, example_inputs=torch.zeros(1, 3, 64, 64))
+            plan = pruner.sample()
+            child = pruner.offspring()
+            pruner.step()
+        assert pruner.generation == 1 and _params(model) == _params(child) < 727_626
+        assert all(plan[layer].numel() > 0 for layer in plan)
+        assert all(p.requires_grad and not p.is_inference() for p in model.parameters())
+        assert pruner.step() is model and pruner.generation == 2  # the graph followed the model
+
+
+def test_model_built_inside_inference_mode_is_one_sentence():
+    """Tensors made inside inference_mode can never be traced: say so, change nothing."""
+    with torch.inference_mode():
+        model = squeezenet1_1_ancestor(weights=None)
+        with pytest.raises(UntraceableModelError, match="inside torch.inference_mode"):
+            EvolutionarySynthesisPruner(model, env=0.8, example_inputs=SMALL)
+
+
+def test_failed_prune_leaves_model_and_pruner_as_before(monkeypatch):
+    """After torch-pruning fails half-way, model *and* pruner are as before (generation,
+    graph, the next seed): the next step() works and equals an undisturbed pruner's."""
+    model = squeezenet1_1_ancestor(weights=None).eval()
+    conv = model.features[0]
+    pruner = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL)
+    real = tp.Group.prune
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(tp.Group, "prune", flaky)
+    with pytest.raises(UntraceableModelError, match="model restored"):
+        pruner.step()
+    monkeypatch.setattr(tp.Group, "prune", real)
+    assert pruner.generation == 0 and model.features[0] is conv  # the user's references stay valid
+    assert [layer.width for layer in pruner.layers] == [layer.module.weight.shape[0] for layer in pruner.layers]
+    pruner.step()
+    undisturbed = EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), env=0.5, example_inputs=SMALL)
+    expected = undisturbed.step().state_dict()
+    assert pruner.generation == 1
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_interactive_generator_closed_early_leaves_a_consistent_pruner():
+    """The bookkeeping follows what was pruned: one group pruned then the generator closed
+    counts a generation and re-traces; a generator closed with nothing pruned counts none."""
+    model = squeezenet1_1_ancestor(weights=None)
+    pruner = EvolutionarySynthesisPruner(model, env=0.7, example_inputs=SMALL)
+    groups = pruner.step(interactive=True)
+    next(groups)
+    groups.close()
+    assert pruner.generation == 0
+    groups = pruner.step(interactive=True)
+    next(groups).prune()
+    groups.close()
+    assert pruner.generation == 1
+    assert [layer.width for layer in pruner.layers] == [layer.module.weight.shape[0] for layer in pruner.layers]
+    assert pruner.step() is model and pruner.generation == 2
+    assert model(SMALL).shape == (1, 10)
+
+
+def test_grouped_convolutions_keep_their_width_and_the_rest_is_pruned():
+    """regnet_x_400mf's grouped 3x3 convs (torch-pruning cannot cut channel groups) stay
+    whole with everything coupled to them; the other families are pruned, outputs equal
+    the zeroed parent's."""
+    model = _tv("regnet_x_400mf")
+    pruner = EvolutionarySynthesisPruner(model, env=0.7, example_inputs=SMALL, seed=1)
+    plan = pruner.sample()
+    child = pruner.offspring()
+    masked = copy.deepcopy(model)
+    Surgeon(masked, SMALL).zero(plan)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (child.eval()(x) - masked.eval()(x)).abs().max().item() <= 1e-5
+    assert _params(child) < _params(model)
+    grouped = [m for m in child.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
+    assert grouped and all(m.in_channels % m.groups == 0 for m in grouped)
+
+
+def test_unwrapped_parameters_are_passed_to_torch_pruning():
+    """ConvNeXt's layer scales belong to no Conv/Linear/BatchNorm: given as
+    unwrapped_parameters they are pruned with their channels, without torch-pruning's warning."""
+    import warnings
+
+    model = _tv("convnext_tiny")
+    scales = [(m.layer_scale, 0) for m in model.modules() if hasattr(m, "layer_scale")]
+    x = torch.zeros(1, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pruner = EvolutionarySynthesisPruner(model, env=0.8, example_inputs=x, unwrapped_parameters=scales)
+        pruner.step()
+        pruner.step()
+    assert not [w for w in seen if "nwrapped parameters" in str(w.message)]
+    assert pruner.generation == 2 and model(x).shape == (1, 10)
+    blocks = [m for m in model.modules() if hasattr(m, "layer_scale")]
+    assert all(b.layer_scale.shape[0] == b.block[0].out_channels for b in blocks)
+    with pytest.raises(InvalidArgumentError, match="unwrapped_parameters"):
+        EvolutionarySynthesisPruner(_tv("convnext_tiny"), example_inputs=x, unwrapped_parameters=[scales[0][0]])

@@ -95,9 +95,25 @@ def test_missing_required_key_and_bad_yaml(tmp_path):
 
 
 def test_missing_data_folder_is_named(tmp_path):
+    """A run stops in one sentence naming the missing data root; --dry-run (validate a
+    recipe whose data lives elsewhere) only warns, and the hint names the recipe's dataset."""
     path = _recipe(tmp_path, data__root=str(tmp_path / "nowhere"))
-    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "nowhere" in result.output and "does not exist" in result.output
+    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0 and "warning: data root" in result.output and "dry run: recipe valid" in result.output
+    assert "/path/to/nowhere" in result.output and "imagenette2-224" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_of_the_paper_recipe_passes_on_a_fresh_clone():
+    """The README's 'validate' command: examples/squeezenet10.yaml names /data/imagenet10,
+    absent here; --dry-run validates the recipe and warns about the data, exit 0."""
+    result = runner.invoke(app, ["run", str(EXAMPLES / "squeezenet10.yaml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    if not Path("/data/imagenet10").is_dir():
+        assert "warning: data root '/data/imagenet10' does not exist" in result.output
+        assert "--set data.root=/path/to/imagenet10" in result.output
 
 
 def test_dry_run_prints_resolved_recipe_and_writes_nothing(tmp_path):

@@ -117,9 +117,10 @@ def run(
         _study(_guard(lambda: runner.read_run_recipe(resume, set_ or [])), resume)
         return
     resolved = _guard(lambda: load_recipe(recipe, set_ or []))
-    if dry_run:
-        _guard(lambda: runner.check_data(resolved))
+    if dry_run:  # the recipe is checked; data that lives elsewhere (another machine) only warns
         typer.echo(yaml.safe_dump(resolved.model_dump(), sort_keys=False).rstrip())
+        for problem in runner.data_problems(resolved):
+            typer.echo(f"warning: {problem}", err=True)
         typer.echo("dry run: recipe valid, nothing trained or written.")
         return
     _study(resolved, None)

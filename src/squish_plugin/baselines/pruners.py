@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..study.data import LoadedSplit, iterate_batches
 from ..synthesis.resources import bisect
-from ..synthesis.surgery import Surgeon
+from ..synthesis.surgery import Surgeon, autograd_on
 
 __all__ = ["METHODS", "METHOD_NAMES", "PruneContext", "prune_to"]
 
@@ -92,7 +92,7 @@ def _nni(name: str) -> Callable:
 
         surgeon = Surgeon(model, ctx.example_inputs)
         classifier = surgeon.names[surgeon.classifier]
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), autograd_on():  # Taylor's scores need gradients
             torch.manual_seed(ctx.seed)
             masks = _nni_masks(model, name, 1.0 - keep, ctx, classifier)
         return apply_masks(model, masks, ctx.example_inputs)

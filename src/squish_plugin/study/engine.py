@@ -77,7 +77,9 @@ class EvolutionConfig:
         synthesis: how each offspring is drawn (:class:`SynthesisConfig`).
         offspring_per_generation: children drawn per generation (1, as in the paper).
         fitness_fn: ``fitness_fn(child, ctx) -> score`` choosing among several trained
-            offspring (default: the ``top1`` of ``eval_fn``).
+            offspring, on data held out of validation (e.g. a slice of the training set);
+            with more than one offspring it (or ``screen_fn``) is required: ``eval_fn``
+            only reports, it never chooses.
         screen_fn: a cheap ``screen_fn(child, ctx) -> score`` run on every offspring
             *before* training: with several offspring only the best-scoring one trains.
         importance: cluster strength, ``"l1"``, ``"l2"`` or a torch-pruning ``Importance``.
@@ -104,6 +106,11 @@ class EvolutionConfig:
             raise InvalidArgumentError(f"generations must be an integer >= 0, got {g!r}.")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgumentError(f"offspring_per_generation must be an integer >= 1, got {k!r}.")
+        if k > 1 and self.fitness_fn is None and self.screen_fn is None:
+            raise InvalidArgumentError(
+                f"offspring_per_generation={k} needs a fitness_fn (or screen_fn) that scores offspring on data "
+                "held out of validation, e.g. a slice of the training set; eval_fn only reports."
+            )
         if not isinstance(self.synthesis, SynthesisConfig):
             raise InvalidArgumentError(f"synthesis must be a SynthesisConfig, got {type(self.synthesis).__name__}.")
 
@@ -244,7 +251,8 @@ class _Evolution:
         candidates = []
         for synth_seed, child, ctx in children:
             record = self.measure(child, ctx)
-            fitness = self.config.fitness_fn(child, ctx) if self.config.fitness_fn else record.get("top1", 0.0)
+            # eval_fn's figures only report: a lone child needs no fitness, several need fitness_fn
+            fitness = self.config.fitness_fn(child, ctx) if self.config.fitness_fn else 0.0
             candidates.append({"seed": synth_seed, "fitness": float(fitness), "params": record["params"]})
             if best is None or fitness > best[0]:
                 best = (fitness, child, {"seed": synth_seed, "parent": g - 1, **record})
@@ -273,7 +281,7 @@ def evolve(
     Per generation: synthesise ``offspring_per_generation`` children of the parent
     (one, as in the paper), train each with ``train_fn(child, ctx)`` (inherited
     weights), evaluate with ``eval_fn(child) -> {"top1": ..., ...}``, keep the child
-    with the best ``fitness_fn(child, ctx)`` (default: its ``top1``), write its
+    with the best ``fitness_fn(child, ctx)`` (never ``eval_fn``'s figures), write its
     checkpoint and the lineage atomically. Generation 0 is the ancestor, trained
     too unless ``train_ancestor=False``. ``config`` is an :class:`EvolutionConfig`;
     its fields may also be given as keywords (``generations=3, env=0.8, ...``), and a

@@ -34,6 +34,7 @@ from .training import TrainSettings, evaluate, train
 
 __all__ = [
     "check_data",
+    "data_problems",
     "load_data",
     "new_run_dir",
     "read_lineage",
@@ -50,21 +51,30 @@ THROUGHPUT_FILE = "throughput.json"
 _WNID = re.compile(r"^n\d{8}$")
 
 
-def check_data(recipe: Recipe) -> None:
-    """Cheap checks (no decoding) that the recipe's data folders and files exist."""
+def data_problems(recipe: Recipe) -> list[str]:
+    """Cheap checks (no decoding) that the recipe's data folders and files exist: one
+    sentence per problem, naming the recipe's own paths."""
     init = recipe.model.init
     if init is not None and not Path(init).is_file():
-        raise InvalidArgumentError(f"model.init '{init}' does not exist; give a checkpoint written by squish-plugin.")
+        return [f"model.init '{init}' does not exist; give a checkpoint written by squish-plugin."]
     root = Path(recipe.data.root)
     if not root.is_dir():
-        raise InvalidArgumentError(
-            f"data root '{root}' does not exist; set data.root (e.g. --set data.root=/path/to/imagenette2-224)."
-        )
-    for split in (recipe.data.train_split, recipe.data.val_split):
-        if not (root / split).is_dir():
-            raise InvalidArgumentError(
-                f"data root '{root}' has no '{split}' folder; expected {root}/{split}/<class>/<image files>."
-            )
+        return [
+            f"data root '{root}' does not exist; set data.root to this recipe's dataset "
+            f"(e.g. --set data.root=/path/to/{root.name}), laid out as <root>/<split>/<class>/<images>."
+        ]
+    return [
+        f"data root '{root}' has no '{split}' folder; expected {root}/{split}/<class>/<image files>."
+        for split in (recipe.data.train_split, recipe.data.val_split)
+        if not (root / split).is_dir()
+    ]
+
+
+def check_data(recipe: Recipe) -> None:
+    """Raise the first of :func:`data_problems`, if any."""
+    problems = data_problems(recipe)
+    if problems:
+        raise InvalidArgumentError(problems[0])
 
 
 def timestamped_dir(parent: str | Path, name: str) -> Path:

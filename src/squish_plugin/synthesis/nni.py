@@ -8,13 +8,14 @@ Example:
     >>> from squish_plugin.nni import EvolutionarySynthesisPruner, apply_masks
     >>> model = torchvision.models.squeezenet1_1(num_classes=10)
     >>> config_list = [{"op_types": ["Conv2d"], "exclude_op_names": ["classifier.1"]}]
-    >>> _, masks = EvolutionarySynthesisPruner(model, config_list, env=0.9).compress()
+    >>> pruner = EvolutionarySynthesisPruner(model, config_list, env=0.9)
+    >>> _, masks = pruner.compress()
+    >>> pruner.unwrap_model()                # NNI's wrappers off before the surgery
     >>> small = apply_masks(model, masks)   # channels physically removed
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -24,7 +25,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, MissingExtraError
 from .genetics import SynthesisConfig, cluster_strength, derive_seed, draw, synthesis_probabilities
-from .surgery import EvalMode, PrunableLayer, Surgeon
+from .surgery import EvalMode, PrunableLayer, Surgeon, clone_model
 
 try:
     from nni.compression.base.compressor import Pruner as _NNIPruner
@@ -130,17 +131,22 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         return self._masks_for(active, keep)
 
     def _masks_for(self, active: list[PrunableLayer], keep: list[torch.Tensor]) -> Masks:
+        """NNI masks of every selected output member of each drawn group. A member's own
+        channel indices are used: through a concatenation (DenseNet's BatchNorms, Fire's
+        expands) they are not the root's, and a member fed by several layers collects the
+        drops of each."""
         masks: Masks = {}
         for layer, mask in zip(active, keep):
-            for dep, _idxs in self._surgeon.group(layer):
+            group = self._surgeon.group(layer)
+            for i, (dep, idxs) in enumerate(group):
                 name = self._surgeon.names.get(dep.target.module)
                 if name not in self._target_spaces or not self._surgeon.is_out(dep):
                     continue
-                channel = mask.float()
+                dropped = torch.as_tensor(idxs)[~mask[torch.as_tensor(group[i].root_idxs)]]
                 for target, space in self._target_spaces[name].items():
                     if target in ("weight", "bias") and space.target is not None:
-                        shape = [-1] + [1] * (space.target.dim() - 1)
-                        masks.setdefault(name, {})[target] = channel.view(shape).expand_as(space.target).clone()
+                        member = masks.setdefault(name, {}).setdefault(target, torch.ones_like(space.target))
+                        member[dropped] = 0
         return masks
 
 
@@ -212,7 +218,7 @@ def apply_masks(
     with torch.no_grad():
         for param, mask in pairs:
             param.mul_(mask.to(param.dtype))
-    reference = copy.deepcopy(model)
+    reference = clone_model(model)
     Surgeon(reference, surgeon.example_inputs).zero(plan)
     surgeon.prune(plan)
     reference.eval()

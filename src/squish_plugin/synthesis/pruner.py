@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import torch
@@ -17,7 +16,7 @@ from .genetics import (
     draw,
     synthesis_probabilities,
 )
-from .surgery import PrunableLayer, Surgeon
+from .surgery import PrunableLayer, Surgeon, clone_model
 
 __all__ = ["EvolutionarySynthesisPruner"]
 
@@ -44,6 +43,11 @@ class EvolutionarySynthesisPruner:
         importance: cluster strength: ``"l1"`` (the filter's L1 norm, the default),
             ``"l2"``, or a torch-pruning ``Importance`` (a callable on a group).
         ignored_layers: extra modules whose output channels must be left alone.
+        unwrapped_parameters: ``[(parameter, dim), ...]`` for parameters outside any
+            Conv/Linear/BatchNorm (ConvNeXt's layer scale), passed to torch-pruning.
+
+    Grouped (not depthwise) convolutions keep their width, and so does every layer
+    coupled to them: torch-pruning cannot cut channel groups.
 
     Example:
         >>> import torchvision
@@ -64,6 +68,7 @@ class EvolutionarySynthesisPruner:
         example_inputs: torch.Tensor | None = None,
         importance: str | Importance = "l1",
         ignored_layers: Iterable[nn.Module] = (),
+        unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
     ) -> None:
         config = config or SynthesisConfig()
         if env is not None:
@@ -80,7 +85,11 @@ class EvolutionarySynthesisPruner:
         self.generation = 0
         self._example_inputs = example_inputs
         self._ignored = tuple(ignored_layers)
-        self._surgeon = Surgeon(model, example_inputs, self._ignored)
+        self._surgeon = Surgeon(model, example_inputs, self._ignored, unwrapped_parameters)
+        # by name: pruning replaces parameter objects, the names stay
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._unwrapped = [(names[id(p)], dim) for p, dim in self._surgeon.unwrapped_parameters or []]
+        self._has_unwrapped = unwrapped_parameters is not None
 
     # ----------------------------------------------------------------- genetics
 
@@ -128,24 +137,32 @@ class EvolutionarySynthesisPruner:
         channels to remove); the caller decides to ``group.prune()`` each one.
         """
         plan = self.sample()
-        self.generation += 1
         if interactive:
             return self._interactive(plan)
-        self._surgeon.prune(plan)
-        self._retrace()
+        try:
+            self._surgeon.prune(plan)  # all or nothing: on failure the model is as it was
+        finally:
+            self._retrace()  # the graph follows the model either way; generation only on success
+        self.generation += 1
         return self.model
 
     def _interactive(self, plan: dict[str, torch.Tensor]) -> Iterator:
-        yield from self._surgeon.drop_groups(plan)
-        self._retrace()
+        """Yield the groups; whatever the caller pruned (all, some, none: a generator closed
+        early) is what the bookkeeping follows: a changed model is a new generation, traced anew."""
+        before = _shapes(self.model)
+        try:
+            yield from self._surgeon.drop_groups(plan)
+        finally:
+            if _shapes(self.model) != before:
+                self.generation += 1
+                self._retrace()
 
     def offspring(self, seed: int | None = None) -> nn.Module:
         """A new child of the current model; the parent and the generation counter
         stay as they are. ``seed`` defaults to the next generation's seed."""
         plan = self.sample(seed)
-        child = copy.deepcopy(self.model)
-        surgeon = Surgeon(child, self._example_inputs, self._mapped_ignored(child))
-        surgeon.prune(plan)
+        child = clone_model(self.model)
+        Surgeon(child, self._example_inputs, self._mapped_ignored(child), self._unwrapped_of(child)).prune(plan)
         return child
 
     def _mapped_ignored(self, other: nn.Module) -> list[nn.Module]:
@@ -153,5 +170,15 @@ class EvolutionarySynthesisPruner:
         modules = dict(other.named_modules())
         return [modules[names[m]] for m in self._ignored]
 
+    def _unwrapped_of(self, model: nn.Module) -> list[tuple[nn.Parameter, int]] | None:
+        if not self._has_unwrapped:
+            return None
+        params = dict(model.named_parameters())
+        return [(params[name], dim) for name, dim in self._unwrapped]
+
     def _retrace(self) -> None:
-        self._surgeon = Surgeon(self.model, self._example_inputs, self._ignored)
+        self._surgeon = Surgeon(self.model, self._example_inputs, self._ignored, self._unwrapped_of(self.model))
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}

@@ -8,6 +8,7 @@ physically (all or nothing) or zeroes them, and counts a network's MACs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,16 @@ from torch import nn
 from ..errors import InvalidArgumentError, UntraceableModelError
 from .resources import ROOT_TYPES, ResourceModel, resource_model
 
-__all__ = ["EvalMode", "PrunableLayer", "Surgeon", "count_macs", "default_example_inputs", "model_stats"]
+__all__ = [
+    "EvalMode",
+    "PrunableLayer",
+    "Surgeon",
+    "autograd_on",
+    "clone_model",
+    "count_macs",
+    "default_example_inputs",
+    "model_stats",
+]
 
 
 def default_example_inputs() -> torch.Tensor:
@@ -56,6 +66,31 @@ class EvalMode:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def autograd_on() -> contextlib.ExitStack:
+    """Gradients recorded whatever the caller's mode: torch-pruning traces through
+    autograd, and users often prune inside ``torch.no_grad()`` or ``torch.inference_mode()``."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose tensors are ordinary ones even inside
+    ``torch.inference_mode()`` (copies made there could never train or be traced)."""
+    with torch.inference_mode(False):
+        return copy.deepcopy(model)
+
+
+def _check_not_inference(model: nn.Module) -> None:
+    """Tensors made inside ``torch.inference_mode()`` can never enter autograd."""
+    if any(t.is_inference() for t in [*model.parameters(), *model.buffers()]):
+        raise UntraceableModelError(
+            f"{type(model).__name__} was built inside torch.inference_mode(), whose tensors autograd cannot "
+            "trace; build (or load) the model outside inference_mode (torch.no_grad() is fine)."
+        )
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
@@ -111,13 +146,24 @@ def probe(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn.Modul
     return shapes, order[-1]
 
 
-def trace(model: nn.Module, example_inputs: torch.Tensor, ran: Iterable[nn.Module]) -> tp.DependencyGraph:
+def trace(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    ran: Iterable[nn.Module],
+    unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
+) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``; every module in ``ran`` (the layers
     the forward pass ran) must be in it."""
     model_name = type(model).__name__
+    _check_not_inference(model)
     try:
-        with EvalMode(model):
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        with EvalMode(model), autograd_on():
+            graph = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=example_inputs,
+                # a copy: torch-pruning appends what it detects to the list it is given
+                unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
+            )
     except Exception as exc:
         raise UntraceableModelError(f"torch-pruning cannot trace {model_name} ({_first_line(exc)}).") from None
     names = {m: n for n, m in model.named_modules()}
@@ -137,12 +183,23 @@ def is_out(graph: tp.DependencyGraph, dep: object) -> bool:
     return graph.is_out_channel_pruning_fn(dep.handler)  # type: ignore[attr-defined]
 
 
-def find_layers(model: nn.Module, graph: tp.DependencyGraph, protected: set[nn.Module]) -> list[PrunableLayer]:
-    """One prunable layer per cluster family, in model order; a family that holds a
-    ``protected`` module (the classifier, ``ignored_layers``) is left out whole."""
+def _grouped(module: object) -> bool:
+    """A grouped convolution that is not depthwise: its channels go in whole groups, which
+    torch-pruning 1.6 cannot cut (it fails inside, "INDICES element is out of DATA bounds")."""
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+        return False
+    return not (module.groups == module.in_channels == module.out_channels)
+
+
+def find_layers(
+    model: nn.Module, graph: tp.DependencyGraph, protected: set[nn.Module]
+) -> tuple[list[PrunableLayer], list[str]]:
+    """One prunable layer per cluster family, in model order, and the names of the layers
+    left whole because their family holds a grouped (not depthwise) convolution. A family
+    that holds a ``protected`` module (the classifier, ``ignored_layers``) is left out too."""
     protected = protected | set(graph.IGNORED_LAYERS_IN_TRACING)
     visited: set[nn.Module] = set()
-    layers = []
+    layers, grouped = [], []
     for name, module in model.named_modules():
         if not isinstance(module, ROOT_TYPES) or module in visited or module not in graph.module2node:
             continue  # not a root, already in a family, or never ran in forward
@@ -155,8 +212,25 @@ def find_layers(model: nn.Module, graph: tp.DependencyGraph, protected: set[nn.M
         visited |= coupled
         if coupled & protected or width < 1:
             continue
+        if any(_grouped(dep.target.module) for dep, _ in group):
+            grouped.append(name)
+            continue
         layers.append(PrunableLayer(name, module, width))
-    return layers
+    return layers, grouped
+
+
+def _check_unwrapped(model: nn.Module, unwrapped: object) -> list[tuple[nn.Parameter, int]] | None:
+    if unwrapped is None:
+        return None
+    own = {id(p) for p in model.parameters()}
+    pairs = list(unwrapped) if isinstance(unwrapped, (list, tuple)) else None
+    if pairs is None or not all(
+        isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], nn.Parameter) and isinstance(x[1], int) for x in pairs
+    ):
+        raise InvalidArgumentError("unwrapped_parameters must be a list of (parameter, dim) pairs, as torch-pruning's.")
+    if any(id(p) not in own for p, _ in pairs):
+        raise InvalidArgumentError("every parameter in unwrapped_parameters must belong to the model.")
+    return pairs
 
 
 # --------------------------------------------------------------------------- the surgeon
@@ -170,6 +244,9 @@ class Surgeon:
         example_inputs: a tensor the model accepts; one 224x224 RGB image by default.
         ignored_layers: modules whose output channels must never be pruned. The
             classifier (the last Conv/Linear the forward pass runs) is always added.
+        unwrapped_parameters: ``[(parameter, pruning dim), ...]`` for parameters that
+            belong to no Conv/Linear/BatchNorm (e.g. ConvNeXt's layer scale), as
+            torch-pruning takes them; ``None`` lets torch-pruning guess (and warn).
     """
 
     def __init__(
@@ -177,24 +254,31 @@ class Surgeon:
         model: nn.Module,
         example_inputs: torch.Tensor | None = None,
         ignored_layers: Iterable[nn.Module] = (),
+        unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
-        self.example_inputs = default_example_inputs() if example_inputs is None else example_inputs
-        if not isinstance(self.example_inputs, torch.Tensor):
+        example_inputs = default_example_inputs() if example_inputs is None else example_inputs
+        if not isinstance(example_inputs, torch.Tensor):
             raise InvalidArgumentError(
-                f"example_inputs must be a torch.Tensor batch, got {type(self.example_inputs).__name__}."
+                f"example_inputs must be a torch.Tensor batch, got {type(example_inputs).__name__}."
             )
+        if example_inputs.is_inference():  # made inside inference_mode: a normal copy can be traced
+            with torch.inference_mode(False):
+                example_inputs = example_inputs.clone()
+        self.example_inputs = example_inputs
+        self.unwrapped_parameters = _check_unwrapped(model, unwrapped_parameters)
         self.ignored = list(ignored_layers)
         self.names = {m: n for n, m in model.named_modules()}
         if any(module not in self.names for module in self.ignored):
             raise InvalidArgumentError("every module in ignored_layers must belong to the model.")
         self.output_shapes, self.classifier = probe(model, self.example_inputs)
-        self.graph = trace(model, self.example_inputs, self.output_shapes)
-        self.layers = find_layers(model, self.graph, set(self.ignored) | {self.classifier})
+        self.graph = trace(model, self.example_inputs, self.output_shapes, self.unwrapped_parameters)
+        self.layers, self.grouped = find_layers(model, self.graph, set(self.ignored) | {self.classifier})
         if not self.layers:
-            raise UntraceableModelError("the model has no prunable Conv/Linear layer besides its classifier.")
+            hint = f" ({len(self.grouped)} left whole: grouped convolutions)" if self.grouped else ""
+            raise UntraceableModelError(f"the model has no prunable Conv/Linear layer besides its classifier{hint}.")
 
     def is_out(self, dep: object) -> bool:
         """Whether a group member prunes its module's output channels."""
@@ -254,12 +338,13 @@ class Surgeon:
         """Remove the dropped channels physically. All-or-nothing: if torch-pruning
         fails half-way, the model is restored to what it was."""
         self._check_plan(plan)
-        backup = copy.deepcopy(self.model)
+        backup = clone_model(self.model)
         try:
-            for group in self.drop_groups(plan):
-                group.prune()
+            with autograd_on():  # new parameters are ordinary tensors, whatever the caller's mode
+                for group in self.drop_groups(plan):
+                    group.prune()
         except Exception as exc:
-            self.model.__dict__.update(backup.__dict__)
+            _restore(self.model, backup)
             raise UntraceableModelError(
                 f"torch-pruning failed to remove channels ({_first_line(exc)}); model restored."
             ) from None
@@ -278,3 +363,11 @@ class Surgeon:
                     if isinstance(param, torch.Tensor):
                         dim = 1 if getattr(module, "transposed", False) and pname == "weight" else 0
                         param.index_fill_(dim, torch.as_tensor(idxs, dtype=torch.long), 0.0)
+
+
+def _restore(model: nn.Module, backup: nn.Module) -> None:
+    """Put every module of ``model`` back as ``backup`` (its deep copy) has it, in place:
+    the module objects stay the same (references to them stay valid), their parameters,
+    buffers and widths come back."""
+    for module, saved in zip(model.modules(), backup.modules()):
+        module.__dict__.update({k: v for k, v in saved.__dict__.items() if k != "_modules"})

@@ -246,14 +246,10 @@ def test_untraceable_model_is_refused_with_layer_name():
         EvolutionarySynthesisPruner(_Detached(), env=0.9, example_inputs=torch.zeros(1, 3, 8, 8))
 
 
-def test_failed_surgery_restores_the_model(monkeypatch):
-    """If torch-pruning fails half-way, nothing is left half-pruned."""
-    model = squeezenet1_1_ancestor(weights=None).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    out_before = model(SMALL)
-    pruner = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL)
-    calls = {"n": 0}
+def _fail_third_group(monkeypatch):
+    """torch-pruning fails on the third group it prunes; returns the real Group.prune."""
     real = tp.Group.prune
+    calls = {"n": 0}
 
     def flaky(self, *a, **k):
         calls["n"] += 1
@@ -262,6 +258,16 @@ def test_failed_surgery_restores_the_model(monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(tp.Group, "prune", flaky)
+    return real
+
+
+def test_failed_surgery_restores_the_model(monkeypatch):
+    """If torch-pruning fails half-way, nothing is left half-pruned."""
+    model = squeezenet1_1_ancestor(weights=None).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out_before = model(SMALL)
+    pruner = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL)
+    _fail_third_group(monkeypatch)
     with pytest.raises(UntraceableModelError, match="model restored"):
         pruner.step()
     after = model.state_dict()
@@ -308,16 +314,7 @@ def test_failed_prune_leaves_model_and_pruner_as_before(monkeypatch):
     model = squeezenet1_1_ancestor(weights=None).eval()
     conv = model.features[0]
     pruner = EvolutionarySynthesisPruner(model, env=0.5, example_inputs=SMALL)
-    real = tp.Group.prune
-    calls = {"n": 0}
-
-    def flaky(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("boom")
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(tp.Group, "prune", flaky)
+    real = _fail_third_group(monkeypatch)
     with pytest.raises(UntraceableModelError, match="model restored"):
         pruner.step()
     monkeypatch.setattr(tp.Group, "prune", real)

@@ -16,6 +16,7 @@ from squish_plugin import InvalidArgumentError, squeezenet1_1_ancestor
 from squish_plugin.cli import app
 from squish_plugin.deploy.backends import SCHEMA, bench_onnxruntime, bench_pytorch, latency_summary
 from squish_plugin.deploy.export import export_onnx, trt_op_support, unsupported_ops
+from squish_plugin.deploy.schema import images_per_second_is
 
 onnx = pytest.importorskip("onnx")
 runner = CliRunner()
@@ -58,6 +59,26 @@ def test_op_support_list_flags_unsupported_ops(tmp_path):
     assert unsupported_ops(tmp_path / "m.onnx") == ["NonZero"]
 
 
+def test_op_support_is_tensorrt_82_ga_so_xor_is_unsupported(tmp_path):
+    """TensorRT 8.2 GA's parser lacks Xor (onnx-tensorrt added it in 8.4 GA): the list leaves it out, an ONNX
+    with an Xor node is reported, and the list names the 8.2-GA branch it stands for and how it was read."""
+    from onnx import TensorProto, helper
+
+    data = trt_op_support()
+    assert "Xor" not in data["supported"] and "Xor" in data["removed"]
+    wanted = data["wanted_source"]
+    assert (wanted["repository"], wanted["branch"], wanted["file"]) == (
+        "onnx/onnx-tensorrt",
+        "release/8.2-GA",
+        "docs/operators.md",
+    )
+    assert "009d6541b4ee1fa3f3150cd7cbabe7e56aa54840" in data["source"] and "Changelog.md" in data["source"]
+    bools = [helper.make_tensor_value_info(n, TensorProto.BOOL, [2]) for n in ("a", "b", "c")]
+    graph = helper.make_graph([helper.make_node("Xor", ["a", "b"], ["c"])], "xor", bools[:2], bools[2:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "xor.onnx"))
+    assert unsupported_ops(tmp_path / "xor.onnx") == ["Xor"]
+
+
 def test_bad_export_arguments(tmp_path):
     model = torchvision.models.squeezenet1_1(num_classes=10)
     with pytest.raises(InvalidArgumentError, match="opset"):
@@ -67,7 +88,8 @@ def test_bad_export_arguments(tmp_path):
 
 
 def test_cpu_backends_share_the_schema(tmp_path):
-    """PyTorch and ONNX Runtime results: same keys, images/s = batch / median latency."""
+    """PyTorch and ONNX Runtime results: same keys, images/s = batch / median latency (latency_ips, so
+    named in images_per_second_is) and a positive wall-time throughput_ips beside it."""
     model = torchvision.models.squeezenet1_1(num_classes=10)
     export_onnx(model, tmp_path / "s.onnx", size=64)
     a = bench_pytorch(model, name="s", batch=4, size=64, warmup=1, runs=3)
@@ -75,6 +97,8 @@ def test_cpu_backends_share_the_schema(tmp_path):
     for r in (a, b):
         assert r["schema"] == SCHEMA and r["batch"] == 4 and r["runs"] == 3
         assert r["images_per_second"] == pytest.approx(4 / (r["latency_ms"]["median"] / 1e3))
+        assert r["images_per_second"] == r["latency_ips"] and r["images_per_second_is"] == "latency_ips"
+        assert r["throughput_ips"] == pytest.approx(4 * 3 / (3 * r["latency_ms"]["mean"] / 1e3))
         assert r["latency_ms"]["min"] <= r["latency_ms"]["median"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["max"]
     assert set(a) == set(b)
 
@@ -122,7 +146,7 @@ def test_export_and_bench_a_run_fill_the_report(tmp_path):
     stored = json.loads((run / "bench" / "onnxruntime-fp32-b4.json").read_text())
     assert [r["model"] for r in stored] == ["ancestor", "squishednet-1", "squishednet-2"]
     report = (run / "report.md").read_text()
-    assert "onnxruntime fp32, batch 4" in report
+    assert "onnxruntime fp32, batch 4" in report and "images/s = batch / median latency per batch" in report
     table2 = report.split("## Generations")[0]
     assert "| — | 50.00 |" not in table2.split("Ancestor")[1].splitlines()[0]  # speed filled for the ancestor
     result = runner.invoke(
@@ -152,6 +176,35 @@ def test_export_and_bench_a_run_fill_the_report(tmp_path):
     stored = json.loads((run / "bench" / "onnxruntime-fp32-b4.json").read_text())
     assert [r["model"] for r in stored] == ["ancestor", "squishednet-1", "squishednet-2"]
     assert all(r["runs"] == 6 and r["env"]["rounds"] == 3 and r["params"] > 0 for r in stored)
+
+
+def test_images_per_second_is_names_every_result():
+    """A result names its images/s definition; results of earlier versions are read as their backend wrote them
+    then (trtexec: qps x batch, a wall-time throughput; the others: batch / median latency)."""
+    assert images_per_second_is({"backend": "trtexec", "images_per_second_is": "latency_ips"}) == "latency_ips"
+    assert images_per_second_is({"backend": "trtexec"}) == "throughput_ips"
+    assert images_per_second_is({"backend": "tensorrt"}) == "latency_ips"
+
+
+def test_collect_refuses_results_that_mix_definitions(tmp_path):
+    """An earlier kit's trtexec result (qps x batch) and a new one (batch / median) are not put in one column."""
+    from squish_plugin.deploy.runs import collect_into_run
+
+    run, results = tmp_path / "run", tmp_path / "results"
+    (run / "onnx").mkdir(parents=True)
+    (run / "onnx" / "manifest.json").write_text(
+        json.dumps({"models": {"a": {"generation": 0}, "b": {"generation": 1}}})
+    )
+    results.mkdir()
+    lat = {"median": 64.0, "p90": 65.0, "mean": 64.0, "min": 63.0, "max": 66.0}
+    old = {"schema": SCHEMA, "model": "a", "backend": "trtexec", "precision": "fp16", "batch": 32, "input_size": 224}
+    old.update(images_per_second=480.0, latency_ms=lat, runs=5, warmup_runs=1, env={})
+    new = {**old, "model": "b", "images_per_second": 500.0, "latency_ips": 500.0, "throughput_ips": 480.0}
+    (results / "a.json").write_text(json.dumps(old))
+    (results / "b.json").write_text(json.dumps({**new, "images_per_second_is": "latency_ips"}))
+    with pytest.raises(InvalidArgumentError, match=r"mix images/s definitions \(latency_ips, throughput_ips\)"):
+        collect_into_run(results, run)
+    assert not (run / "bench").exists()
 
 
 def test_bench_errors_are_sentences(tmp_path):

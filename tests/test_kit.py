@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from squish_plugin.deploy.kit import TEMPLATE, collect_results, make_kit
-from squish_plugin.deploy.trtexec import parse_trtexec_output
+from squish_plugin.deploy.trtexec import parse_trtexec_output, parse_trtexec_summary
 from squish_plugin.errors import InvalidArgumentError
+from test_trtexec import TRT7_LOG, renamed_tx1_log
 
 LOGS = Path(__file__).parent / "data" / "trtexec"
 MODELS = ("ancestor", "squishednet-1")
@@ -56,6 +57,21 @@ def test_kit_script_writes_the_package_schema():
 
     script = _template()
     assert (script.SCHEMA, script.LATENCY_KEYS) == (schema.SCHEMA, schema.LATENCY_KEYS)
+    assert script.IMAGES_PER_SECOND_IS == schema.IMAGES_PER_SECOND_IS
+    assert script.latency_ips(32, 64.0) == schema.latency_ips(32, 64.0)
+
+
+def test_kit_results_have_the_package_keys():
+    """The script's result builder gives the keys and values deploy.schema.bench_result gives."""
+    from squish_plugin.deploy import schema
+
+    script = _template()
+    args = ("m", "tensorrt", "fp16", 32, 224)
+    mine = script.result(*args, {"median": 64.0}, 10, 3, {"device": "x"}, 480.0, extra=1)
+    ours = schema.bench_result(
+        *args, latency_ms={"median": 64.0}, runs=10, warmup=3, env={"device": "x"}, throughput_ips=480.0, extra=1
+    )
+    assert {k: v for k, v in mine.items() if k != "env"} == {k: v for k, v in ours.items() if k != "env"}
 
 
 def test_make_kit_writes_every_file(kit, onnx_file):
@@ -97,12 +113,13 @@ def test_script_passes_sh_syntax_check(kit):
     assert done.returncode == 0, done.stderr
 
 
-def test_script_runs_with_a_fake_trtexec(kit, tmp_path):
+def test_script_runs_with_a_fake_trtexec(tmp_path, onnx_file):
     """Run end to end with a stand-in trtexec printing a real log: logs and trtexec JSON land in results/."""
     if shutil.which("sh") is None or shutil.which("python3") is None:
         pytest.skip("needs sh and python3")
+    kit = make_kit({name: onnx_file for name in MODELS}, tmp_path / "kit", batch=1)  # the TX1 log ran at batch 1
     fake = tmp_path / "trtexec"
-    fake.write_text(f"#!/bin/sh\ncat {LOGS / 'trt84_xavier.log'}\n")
+    fake.write_text(f"#!/bin/sh\ncat {LOGS / 'trt82_jetson_tx1.log'}\n")
     fake.chmod(0o755)
     done = subprocess.run(
         ["sh", str(kit / "run_trtexec.sh")],
@@ -145,29 +162,49 @@ def test_template_imports_only_the_standard_library():
     assert set(top) <= set(sys.stdlib_module_names)
 
 
-@pytest.mark.parametrize("log", sorted(p.name for p in LOGS.glob("*.log")))
-def test_template_parser_agrees_with_the_package(log):
-    """The kit's duplicated parser returns what deploy.trtexec returns on every real log, errors included."""
-    text, batch = (LOGS / log).read_text(), 1 if "tx1" in log else 32
-    kit = _template()
+def _same(kit, name: str, *args, **kw):
+    """deploy.trtexec's function ``name`` and the kit's return equal values or raise the same sentence."""
+    package = {"parse_trtexec_summary": parse_trtexec_summary, "parse_trtexec_output": parse_trtexec_output}[name]
     try:
-        expected = parse_trtexec_output(text, batch=batch)
+        expected = package(*args, **kw)
     except InvalidArgumentError as exc:
         with pytest.raises(kit.KitError) as info:
-            kit.parse_trtexec_output(text, batch)
+            getattr(kit, name)(*args, **kw)
         assert str(info.value) == str(exc)
     else:
-        assert kit.parse_trtexec_output(text, batch) == expected
+        assert getattr(kit, name)(*args, **kw) == expected
+
+
+@pytest.mark.parametrize("log", sorted(p.name for p in LOGS.glob("*.log")))
+@pytest.mark.parametrize("batch", [1, 32])
+def test_template_parser_agrees_with_the_package(log, batch):
+    """The kit's duplicated parser returns what deploy.trtexec returns on every real log, errors included."""
+    text, kit = (LOGS / log).read_text(), _template()
+    _same(kit, "parse_trtexec_summary", text)
+    _same(kit, "parse_trtexec_output", text, batch=batch)
+
+
+@pytest.mark.parametrize(
+    "text, input_name",
+    [(TRT7_LOG, None), (renamed_tx1_log("images"), None), (renamed_tx1_log("images"), "input"), ("", None)],
+    ids=["tensorrt7", "images", "images-asked-input", "empty"],
+)
+def test_template_parser_agrees_on_edge_logs(text, input_name):
+    """Same answers on a TensorRT 7.x log, on another input name (found, or asked for and missing), on nothing."""
+    kit = _template()
+    for batch in (1, 32):
+        _same(kit, "parse_trtexec_output", text, batch=batch, input_name=input_name)
 
 
 def test_parse_logs_mode_makes_results_that_collect_accepts(tmp_path):
-    """bench_trt.py --parse-logs as a subprocess turns real logs into schema JSON; collect_results reads them back."""
+    """bench_trt.py --parse-logs as a subprocess turns real logs into schema JSON with both images/s figures
+    (images_per_second = batch / median latency); collect_results reads them back."""
     results = tmp_path / "results"
     results.mkdir()
-    shutil.copy(LOGS / "trt84_xavier.log", results / "ancestor_fp32.trtexec.log")
-    shutil.copy(LOGS / "trt10_thor.log", results / "squishednet-1_fp16.trtexec.log")
+    shutil.copy(LOGS / "trt82_jetson_tx1.log", results / "ancestor_fp32.trtexec.log")
+    shutil.copy(LOGS / "trt82_jetson_tx1.log", results / "squishednet-1_fp16.trtexec.log")
     done = subprocess.run(
-        [sys.executable, str(TEMPLATE), "--parse-logs", str(results), "--batch", "32"], capture_output=True, text=True
+        [sys.executable, str(TEMPLATE), "--parse-logs", str(results), "--batch", "1"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     collected = collect_results(results)
@@ -175,8 +212,20 @@ def test_parse_logs_mode_makes_results_that_collect_accepts(tmp_path):
         ("ancestor", "trtexec", "fp32"),
         ("squishednet-1", "trtexec", "fp16"),
     ]
-    assert collected[0]["images_per_second"] == pytest.approx(41087.7 * 32)
-    assert collected[1]["latency_ms"]["p90"] == 664.195
+    first = collected[0]
+    assert first["images_per_second"] == first["latency_ips"] == pytest.approx(1 / 90.3035e-3)
+    assert first["images_per_second_is"] == "latency_ips" and first["throughput_ips"] == pytest.approx(11.0613)
+    assert first["trtexec"]["input_shape"] == [1, 3, 288, 800]
+
+
+def test_parse_logs_mode_refuses_a_log_without_the_batch(tmp_path):
+    """A log whose binding lines are missing (the Xavier excerpt) cannot confirm batch 32: no JSON, an error."""
+    shutil.copy(LOGS / "trt84_xavier.log", tmp_path / "ancestor_fp32.trtexec.log")
+    done = subprocess.run(
+        [sys.executable, str(TEMPLATE), "--parse-logs", str(tmp_path), "--batch", "32"], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "batch=32 cannot be confirmed" in done.stderr
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_parse_logs_mode_reports_a_failed_run(tmp_path):
@@ -211,6 +260,47 @@ def test_collect_names_a_bad_file(tmp_path):
     }
     (tmp_path / "broken.json").write_text(json.dumps(good))
     with pytest.raises(InvalidArgumentError, match="broken.json.*latency_ms"):
+        collect_results(tmp_path)
+
+
+def _result(**changes) -> dict:
+    base = {
+        "schema": "squish-plugin/bench-v1",
+        "model": "m",
+        "backend": "trtexec",
+        "precision": "fp16",
+        "batch": 32,
+        "input_size": 224,
+        "images_per_second": 500.0,
+        "runs": 5,
+        "warmup_runs": 1,
+        "env": {},
+        "latency_ms": {"median": 64.0, "p90": 65.0, "mean": 64.0, "min": 63.0, "max": 66.0},
+    }
+    return {**base, **changes}
+
+
+def test_collect_accepts_results_of_earlier_kits(tmp_path):
+    """A result without latency_ips / throughput_ips / images_per_second_is (an earlier kit's) is still read."""
+    (tmp_path / "old.json").write_text(json.dumps(_result()))
+    assert collect_results(tmp_path)[0]["images_per_second"] == 500.0
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"latency_ips": 500.0, "throughput_ips": 480.0, "images_per_second_is": "fastest"}, "images_per_second_is"),
+        ({"latency_ips": 500.0, "throughput_ips": 480.0, "images_per_second_is": "throughput_ips"}, "not its"),
+        ({"latency_ips": 500.0, "throughput_ips": -1.0, "images_per_second_is": "latency_ips"}, "throughput_ips -1"),
+        ({"latency_ips": 500.0}, "lacks 'throughput_ips'"),
+    ],
+    ids=["unknown-definition", "disagrees", "negative", "partial"],
+)
+def test_collect_checks_the_images_per_second_keys(tmp_path, changes, match):
+    """Where the newer keys are present they are checked: a known definition that images_per_second equals,
+    positive numbers, all three together."""
+    (tmp_path / "new.json").write_text(json.dumps(_result(**changes)))
+    with pytest.raises(InvalidArgumentError, match=match):
         collect_results(tmp_path)
 
 

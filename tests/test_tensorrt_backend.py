@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import types
 
 import pytest
 import torch
@@ -198,3 +200,72 @@ def test_engine_code_refuses_a_fixed_batch_other_than_asked(tmp_path):
     onnx.write_bytes(b"onnx")
     with pytest.raises(kit.KitError, match="1x3x32x32, not 4x3x32x32"):
         kit.build_engine(_FakeTRT("8.2.1", input_shape=(1, 3, 32, 32)), str(onnx), "fp32", 4, 32, 256)
+
+
+class _FakeCuda:
+    """Stand-ins for the torch.cuda calls _time_batches makes, recording which stream each copy,
+    event and wait went to; handle 0 is the current (default) stream."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list = []
+        self.handles = iter(range(1001, 2000))
+        self.default = self.active = self._stream(0)
+        cuda = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                pass
+
+            def record(self, stream):
+                cuda.calls.append(("record", stream.cuda_stream))
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, other):
+                return 5.0
+
+        @contextlib.contextmanager
+        def stream_context(stream):
+            before, self.active = self.active, stream
+            yield
+            self.active = before
+
+        monkeypatch.setattr(torch.cuda, "Stream", lambda: self._stream(next(self.handles)))
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "stream", stream_context)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.active)
+
+    def _stream(self, handle: int) -> types.SimpleNamespace:
+        def wait_stream(other):
+            self.calls.append(("wait", handle, other.cuda_stream))
+
+        return types.SimpleNamespace(cuda_stream=handle, wait_stream=wait_stream)
+
+    def buffer(self) -> types.SimpleNamespace:
+        """A tensor stand-in whose copy_ records the stream it was issued on."""
+        return types.SimpleNamespace(
+            copy_=lambda other, non_blocking=False: self.calls.append(("copy", self.active.cuda_stream))
+        )
+
+
+def test_time_batches_enqueues_on_a_dedicated_stream(monkeypatch):
+    """The tensorrt backend's timing loop (no GPU here: torch.cuda faked) hands TensorRT a stream of its own,
+    never the current/default one, and puts the copies and both events on that same stream."""
+    from squish_plugin.deploy.tensorrt_backend import _time_batches
+
+    cuda = _FakeCuda(monkeypatch)
+    handles = []
+
+    def execute(stream_handle):
+        handles.append(stream_handle)
+        return True
+
+    tensors = [("input", True, 16), ("logits", False, 8)]
+    buffers, host = [cuda.buffer(), cuda.buffer()], [cuda.buffer(), cuda.buffer()]
+    seconds, wall = _time_batches(execute, tensors, buffers, host, warmup=2, runs=3)
+    assert len(handles) == 5 and len(set(handles)) == 1 and handles[0] != cuda.default.cuda_stream
+    ours = handles[0]
+    assert ("wait", ours, cuda.default.cuda_stream) in cuda.calls  # after the work that made the buffers
+    assert {c[-1] for c in cuda.calls if c[0] in ("record", "copy")} == {ours}
+    assert seconds == [0.005] * 3 and wall >= 0

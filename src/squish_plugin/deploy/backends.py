@@ -1,5 +1,7 @@
 """Throughput backends behind one interface; the same method everywhere: warm-up runs,
-then timed runs of one batch each, median and p90 latency, images/s = batch / median.
+then timed runs of one batch each, median and p90 latency, images/s = batch / median
+(``latency_ips``); ``throughput_ips`` = batch x runs / the summed wall time of the timed
+runs (they run back to back), see ``deploy.schema``.
 
 Every backend returns the same JSON-able dict (schema ``squish-plugin/bench-v1``).
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, MissingExtraError
-from .schema import SCHEMA, bench_result
+from .schema import SCHEMA, bench_result, throughput_ips
 
 __all__ = ["BACKENDS", "SCHEMA", "latency_summary", "result"]
 
@@ -50,20 +52,19 @@ def result(
     warmup: int,
     env: dict[str, Any],
 ) -> dict[str, Any]:
-    """A result in the shared schema from measured per-batch wall times."""
-    lat = latency_summary(seconds)
-    ips = batch / (lat["median"] / 1e3)
+    """A result in the shared schema from measured per-batch wall times (timed back to
+    back, so their sum is the wall time of the timed runs)."""
     return bench_result(
         model,
         backend,
         precision,
         batch,
         size,
-        images_per_second=ips,
-        latency_ms=lat,
+        latency_ms=latency_summary(seconds),
         runs=len(seconds),
         warmup=warmup,
         env=env,
+        throughput_ips=throughput_ips(batch, len(seconds), sum(seconds)),
     )
 
 

@@ -28,21 +28,50 @@ from torch import nn
 from ..errors import InvalidArgumentError, MissingExtraError
 from ..persistence import atomic_file
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "onnx_parity", "trt_op_support", "unsupported_ops"]
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "export_onnx",
+    "onnx_input",
+    "onnx_parity",
+    "trt_op_support",
+    "unsupported_ops",
+]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def _need(module: str):
+def _need(module: str, purpose: str = "ONNX export"):
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(
-            f"ONNX export needs {module}: install it with pip install 'squish-plugin[export]'."
+            f"{purpose} needs {module}: install it with pip install 'squish-plugin[export]'."
         ) from None
+
+
+def onnx_input(path: str | os.PathLike) -> tuple[str, list[int | None]]:
+    """The name and dimensions (``None`` where dynamic) of the ONNX file's one input.
+
+    Raises :class:`InvalidArgumentError` for a file onnx cannot read or a graph
+    without exactly one input (initializers listed as inputs aside).
+    """
+    onnx = _need("onnx", "reading the ONNX input's name and shape")
+    path = os.fspath(path)
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError, onnx's own errors, OSError: all mean "not readable"
+        raise InvalidArgumentError(f"ONNX file {path!r} could not be read by onnx ({exc}).") from None
+    weights = {w.name for w in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        names = [i.name for i in inputs]
+        raise InvalidArgumentError(f"ONNX file {path!r} has the inputs {names!r}; the benchmark feeds exactly one.")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text
-from .schema import LATENCY_KEYS, RESULT_KEYS, SCHEMA
+from .schema import IPS_DEFINITIONS, IPS_KEYS, LATENCY_KEYS, RESULT_KEYS, SCHEMA
 from .trtexec import STATIC_SHAPE_ERROR, trtexec_command
 
 __all__ = ["KIT_SCHEMA", "collect_results", "make_kit"]
@@ -123,8 +123,9 @@ Made for a Jetson TX1 on JetPack 4.6 (TensorRT 8.2, Python 3.6); nothing needs i
        scp -r nvidia@<jetson-ip>:~/kit/results {{kit}}/
        squish-plugin bench collect {{kit}}/results --into <run_dir>
 
-Each result is JSON in the `{SCHEMA}` schema; images/s is batch / median latency
-(`tensorrt`) or trtexec's throughput x batch (`trtexec`); latency is per batch.
+Each result is JSON in the `{SCHEMA}` schema; latency is per batch. `images_per_second`
+is batch / median latency (`latency_ips`) for `tensorrt` and `trtexec` alike, and
+`throughput_ips` is images / wall time (trtexec: its qps x the batch its log confirms).
 """
 
 
@@ -180,9 +181,26 @@ def _validate(data: Any, path: Path) -> dict[str, Any]:
     lat = data["latency_ms"]
     if not isinstance(lat, dict) or any(k not in lat for k in LATENCY_KEYS):
         raise InvalidArgumentError(f"result {str(path)!r} needs latency_ms with {', '.join(LATENCY_KEYS)}.")
-    ips = data["images_per_second"]
-    if isinstance(ips, bool) or not isinstance(ips, (int, float)) or not ips > 0:
-        raise InvalidArgumentError(f"result {str(path)!r} has images_per_second {ips!r}, not a positive number.")
+    # results of earlier kits have images_per_second alone; the newer keys are checked where present
+    for key in [k for k in ("images_per_second", "latency_ips", "throughput_ips") if k in data]:
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise InvalidArgumentError(f"result {str(path)!r} has {key} {value!r}, not a positive number.")
+    present = [k for k in IPS_KEYS if k in data]
+    if present and len(present) < len(IPS_KEYS):
+        lacking = next(k for k in IPS_KEYS if k not in data)
+        raise InvalidArgumentError(f"result {str(path)!r} has {present[0]!r} but lacks {lacking!r}.")
+    if present:
+        said = data["images_per_second_is"]
+        if said not in IPS_DEFINITIONS:
+            raise InvalidArgumentError(
+                f"result {str(path)!r} has images_per_second_is {said!r}, not one of {sorted(IPS_DEFINITIONS)}."
+            )
+        if abs(data["images_per_second"] - data[said]) > 1e-9 * data[said]:
+            raise InvalidArgumentError(
+                f"result {str(path)!r} has images_per_second {data['images_per_second']!r}, "
+                f"not its {said} {data[said]!r} as images_per_second_is says."
+            )
     return data
 
 

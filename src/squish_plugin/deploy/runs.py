@@ -7,6 +7,9 @@ Layout inside a run directory::
     bench/<backend>-<precision>-b<batch>.json     # squish-plugin bench / bench collect
     throughput.json                               # the report's Images/s column
 
+The column's label says which images/s it shows (``deploy.schema``: batch / median
+latency for results of this version, whatever the backend).
+
 Example:
     >>> from squish_plugin.deploy.runs import export_run, bench_run  # doctest: +SKIP
     >>> export_run("runs/quickstart-20261125-183847"); bench_run("runs/quickstart-20261125-183847")  # doctest: +SKIP
@@ -23,6 +26,7 @@ from ..persistence import load_pruned, write_json_atomic
 from ..study.engine import read_lineage
 from ..study.runner import THROUGHPUT_FILE, rewrite_report, squishednet_models
 from .backends import BACKENDS, bench_interleaved
+from .schema import IPS_DEFINITIONS, images_per_second_is
 
 __all__ = ["bench_run", "collect_into_run", "export_run", "kit_for_run"]
 
@@ -54,12 +58,23 @@ def _manifest(run_dir: Path) -> dict:
 
 
 def _store(run_dir: Path, results: list[dict], generations: dict[str, int]) -> Path:
-    """Write the results beside the run and make them the report's speed column."""
+    """Write the results beside the run and make them the report's speed column, labelled
+    with the images/s definition its values follow."""
     first = results[0]
+    kinds = sorted({images_per_second_is(r) for r in results})
+    if len(kinds) > 1:
+        raise InvalidArgumentError(
+            f"the {first['backend']} {first['precision']} batch-{first['batch']} results mix images/s definitions "
+            f"({', '.join(kinds)}); results of earlier kits give trtexec's qps x batch, so parse their logs again "
+            "with this version's bench_trt.py --parse-logs."
+        )
     path = run_dir / "bench" / f"{first['backend']}-{first['precision']}-b{first['batch']}.json"
     write_json_atomic(path, results)
     device = first.get("env", {}).get("device", "unknown device")
-    label = f"{first['backend']} {first['precision']}, batch {first['batch']}, {first['input_size']} px, {device}"
+    label = (
+        f"{first['backend']} {first['precision']}, batch {first['batch']}, {first['input_size']} px, {device}; "
+        f"images/s = {IPS_DEFINITIONS[kinds[0]]}"
+    )
     values = {str(generations[r["model"]]): r["images_per_second"] for r in results if r["model"] in generations}
     write_json_atomic(
         run_dir / THROUGHPUT_FILE, {"label": label, "values": values, "source": str(path.relative_to(run_dir))}

@@ -1,15 +1,17 @@
 """TensorRT throughput through its Python API, on a GPU host with CUDA-enabled PyTorch.
 
-Buffers are torch CUDA tensors and timing is ``torch.cuda.Event`` on the current
-stream; the engine is built by the same code the Jetson kit runs
-(``deploy/_kit/bench_trt.py``), which handles TensorRT 8.2 (explicit-batch flag,
+Buffers are torch CUDA tensors; copies, inference and ``torch.cuda.Event`` timing all
+run on a dedicated ``torch.cuda.Stream``, as in the Jetson kit (TensorRT warns that
+enqueueing on the default stream costs extra synchronisations). The engine is built by
+the same code the kit runs (``deploy/_kit/bench_trt.py``), which handles TensorRT 8.2 (explicit-batch flag,
 ``max_workspace_size``, bindings + ``execute_async_v2``) and 10.x (no flag,
 memory pools, tensor addresses + ``execute_async_v3``). On the Jetson TX1 itself
 use the kit instead: PyTorch wheels no longer support its sm_53 GPU, so the kit
 reaches CUDA through ctypes.
 
 Latency per batch spans H2D copy + inference + D2H copy, the span trtexec calls
-"Latency"; images/s = batch / median latency.
+"Latency"; images/s = batch / median latency (``latency_ips``), and ``throughput_ips``
+= batch x runs / the wall time of the timed runs (see ``deploy.schema``).
 
 Example (needs TensorRT and a CUDA GPU):
     >>> from squish_plugin.deploy.tensorrt_backend import bench_tensorrt  # doctest: +SKIP
@@ -20,11 +22,12 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError, MissingExtraError
-from .schema import bench_result
+from .schema import bench_result, throughput_ips
 
 __all__ = ["bench_tensorrt"]
 
@@ -60,27 +63,33 @@ def _import_tensorrt():
     return trt
 
 
-def _time_batches(execute, tensors, buffers, host, warmup: int, runs: int) -> list[float]:
+def _time_batches(execute, tensors, buffers, host, warmup: int, runs: int) -> tuple[list[float], float]:
+    """Per-batch seconds of the ``runs`` timed batches (CUDA events) and their wall time, with
+    copies, inference and events on a dedicated stream, never the default one."""
     import torch
 
-    stream = torch.cuda.current_stream()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the buffers were made on the current stream
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    seconds = []
-    for i in range(warmup + runs):
-        start.record(stream)
-        for (_, is_input, _), dev, cpu in zip(tensors, buffers, host):
-            if is_input:
-                dev.copy_(cpu, non_blocking=True)
-        if not execute(stream.cuda_stream):
-            raise InvalidArgumentError("TensorRT failed to enqueue an inference; see its log above.")
-        for (_, is_input, _), dev, cpu in zip(tensors, buffers, host):
-            if not is_input:
-                cpu.copy_(dev, non_blocking=True)
-        end.record(stream)
-        end.synchronize()
-        if i >= warmup:
-            seconds.append(start.elapsed_time(end) / 1e3)
-    return seconds
+    seconds, began = [], 0.0
+    with torch.cuda.stream(stream):
+        for i in range(warmup + runs):
+            if i == warmup:
+                began = time.perf_counter()  # the wall time of the timed runs, host syncs included
+            start.record(stream)
+            for (_, is_input, _), dev, cpu in zip(tensors, buffers, host):
+                if is_input:
+                    dev.copy_(cpu, non_blocking=True)
+            if not execute(stream.cuda_stream):
+                raise InvalidArgumentError("TensorRT failed to enqueue an inference; see its log above.")
+            for (_, is_input, _), dev, cpu in zip(tensors, buffers, host):
+                if not is_input:
+                    cpu.copy_(dev, non_blocking=True)
+            end.record(stream)
+            end.synchronize()
+            if i >= warmup:
+                seconds.append(start.elapsed_time(end) / 1e3)
+    return seconds, time.perf_counter() - began
 
 
 def _summary(seconds: list[float]) -> dict[str, float]:
@@ -129,7 +138,7 @@ def bench_tensorrt(
             buf.view(torch.float32).copy_(torch.randn(batch * 3 * size * size, generator=gen))
     buffers = [torch.empty(nbytes, dtype=torch.uint8, device="cuda") for _, _, nbytes in tensors]
     execute = kit.make_execute(context, tensors, [b.data_ptr() for b in buffers])
-    seconds = _time_batches(execute, tensors, buffers, host, warmup, runs)
+    seconds, wall = _time_batches(execute, tensors, buffers, host, warmup, runs)
     lat = _summary(seconds)
     env = {
         "device": torch.cuda.get_device_name(),
@@ -138,16 +147,15 @@ def bench_tensorrt(
         "timing": "torch.cuda events: H2D + inference + D2H",
         "workspace_mb": workspace_mb,
     }
-    ips = batch / (lat["median"] / 1e3)
     return bench_result(
         model,
         "tensorrt",
         precision,
         batch,
         size,
-        images_per_second=ips,
         latency_ms=lat,
         runs=runs,
         warmup=warmup,
         env=env,
+        throughput_ips=throughput_ips(batch, runs, wall),
     )

@@ -7,12 +7,16 @@ trtexec prints, at the end of a run, a block like (TensorRT 8.2 on a Jetson)::
     [07/14/2023-11:55:18] [I] Latency: min = 89.312 ms, max = 91.492 ms, mean = 90.3919 ms,
         median = 90.3035 ms, percentile(99%) = 91.492 ms      (one line in the log)
 
-``Throughput`` counts inferences per second, and one inference is one whole batch
-(explicit batch: the batch is the input's first dimension), so images/s is
-``qps * batch``. ``Latency`` is trtexec's *host* latency of one inference:
-H2D copy + GPU compute + D2H copy, i.e. per batch. TensorRT 8.2 prints a single
-percentile (``--percentile``, default 99); 8.4+ and 10.x print 90/95/99 by default.
-We always pass ``--percentile=90`` so the schema's ``p90`` is filled on every version.
+``Throughput`` counts inferences per second of host wall time; one inference is one
+whole batch (explicit batch: the input's first dimension). ``Latency`` is the *host*
+latency of one inference (H2D + GPU compute + D2H), i.e. per batch. A result carries
+both figures of ``deploy.schema``: ``throughput_ips`` = qps x batch and ``latency_ips``
+= batch / median latency, which is ``images_per_second`` as for every backend. The
+batch is never taken on trust: the log's input binding line (``Created input binding
+for input with dimensions 32x3x224x224``; 10.x: ``Input binding for input with ...``)
+must show it. TensorRT 8.2 prints one percentile (``--percentile``, default 99), 8.4+
+90/95/99; we pass ``--percentile=90`` so ``p90`` is filled on every version. The
+summary formats of TensorRT 7.x and older are refused by name.
 
 Example:
     >>> from squish_plugin.deploy.trtexec import trtexec_command
@@ -32,13 +36,20 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, MissingExtraError
 from ..persistence import atomic_write_text
-from .schema import LATENCY_KEYS, bench_result
+from .schema import IMAGES_PER_SECOND_IS, LATENCY_KEYS, bench_result, latency_ips
 
-__all__ = ["DEFAULT_TRTEXEC", "parse_trtexec_output", "resolve_trtexec", "run_trtexec", "trtexec_command"]
+__all__ = [
+    "DEFAULT_TRTEXEC",
+    "parse_trtexec_output",
+    "parse_trtexec_summary",
+    "resolve_trtexec",
+    "run_trtexec",
+    "trtexec_command",
+]
 
 DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # JetPack and NVIDIA's containers put it here
 PERCENTILE = 90
-# trtexec refuses --shapes for an ONNX whose input shape is fixed; we then run again without it.
+# trtexec refuses --shapes for an ONNX whose input shape is fixed (the kit's script then runs it again without).
 STATIC_SHAPE_ERROR = "Static model does not take explicit shapes"
 
 # Lines start with optional "[date-time] [I] " tags; anchoring after them keeps
@@ -58,10 +69,26 @@ _STAT = re.compile(
 _DEVICE = re.compile(_TAGS + r"Selected Device:[ \t]*(\S[^\n]*?)[ \t]*$", re.M)
 _VERSION_LINE = re.compile(_TAGS + r"TensorRT version:[ \t]*([\d.]+)", re.M)
 _VERSION_TAG = re.compile(r"\[TensorRT v(\d+)\]")
-_BINDING = re.compile(r"[Ii]nput binding for (\S+) with dimensions ([\dx]+)")
+_BINDING = re.compile(r"[Ii]nput binding for (\S+) with dimensions (\d+(?:x\d+)*)")
 _TIMED = re.compile(r"Timing trace has (\d+) queries")
 _WARMUP = re.compile(r"Warmup completed (\d+) queries")
 _ERROR = re.compile(r"\[E\][ \t]*(.*\S)")
+# Summaries of trtexec versions older than 8.2's format, named in the error rather than
+# reported as a missing summary: TensorRT 7.x prints a "Host Latency" line and then
+# "min: 63.1 ms (end to end ...)", "max: ...", "mean: ...", "median: ..." lines; 6 and
+# older print "Average over 10 runs is 0.66 ms (host walltime is ...)" lines.
+_OLD_FORMATS = (
+    (
+        re.compile(_TAGS + r"Host Latency[ \t]*\r?\n" + _TAGS + r"min:[ \t]*" + _NUM + r"[ \t]*ms", re.M),
+        "TensorRT 7.x",
+        "its summary is a 'Host Latency' block of 'min:', 'max:', 'mean:' and 'median:' lines",
+    ),
+    (
+        re.compile(_TAGS + r"Average over \d+ runs is[ \t]*" + _NUM + r"[ \t]*ms", re.M),
+        "TensorRT 6 or older",
+        "its timings are 'Average over N runs is ... ms' lines",
+    ),
+)
 
 
 def trtexec_command(
@@ -146,20 +173,29 @@ def _failure(text: str, missing: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"the trtexec log has no {missing}; {said}.")
 
 
-def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None) -> dict[str, Any]:
-    """Read trtexec's performance summary: throughput, per-batch latency and what ran where.
+def _no_summary(text: str) -> InvalidArgumentError:
+    for pattern, version, looks in _OLD_FORMATS:
+        if pattern.search(text):
+            return InvalidArgumentError(
+                f"the trtexec log comes from an unsupported trtexec version, {version} ({looks}, with no "
+                "'=== Performance summary ==='); squish-plugin and its kit read trtexec from TensorRT 8.2 on."
+            )
+    return _failure(text, "'=== Performance summary ===' section")
 
-    Returns ``{"qps", "images_per_second", "latency_ms", "latency_percentiles_ms",
-    "gpu_compute_ms", "runs", "warmup_runs", "device", "tensorrt", "input_shape"}``;
-    ``latency_ms`` has the schema's keys (``p90`` is None when the log printed no
-    90th percentile). Raises :class:`InvalidArgumentError` when the summary is
-    missing (quoting trtexec's ``[E]`` lines) or when the log shows the input ran
-    at a batch other than ``batch``.
+
+def parse_trtexec_summary(text: str) -> dict[str, Any]:
+    """Read trtexec's performance summary alone: throughput, per-batch latency and what ran where.
+
+    Returns ``{"qps", "latency_ms", "latency_percentiles_ms", "gpu_compute_ms", "runs",
+    "warmup_runs", "device", "tensorrt"}``; ``latency_ms`` has the schema's keys (``p90``
+    is None when the log printed no 90th percentile). No images/s: those need the batch
+    the log confirms (:func:`parse_trtexec_output`). Raises :class:`InvalidArgumentError`
+    when the summary is missing (quoting trtexec's ``[E]`` lines, or naming a TensorRT
+    7.x-or-older log as such).
     """
-    _positive_int("batch", batch)
     start = _SUMMARY.search(text)
     if start is None:
-        raise _failure(text, "'=== Performance summary ===' section")
+        raise _no_summary(text)
     summary = text[start.end() :]
     throughput = _THROUGHPUT.search(summary)
     latency_line = _STAT_LINE["latency"].search(summary)
@@ -172,19 +208,11 @@ def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None
     if lacking:
         line = latency_line.group(0).strip()
         raise InvalidArgumentError(f"the trtexec 'Latency:' line has no {lacking[0]} value: {line!r}.")
-    shape = _input_shape(text, input_name)
-    if shape and shape[0] != batch:
-        raise InvalidArgumentError(
-            f"the trtexec log shows input {'x'.join(map(str, shape))}, i.e. batch {shape[0]}, but batch={batch} "
-            "was asked; export the ONNX with that batch (or a dynamic one)."
-        )
     gpu_line = _STAT_LINE["gpu_compute"].search(summary)
-    qps = float(throughput.group(1))
     timed, warm = _TIMED.search(text), _WARMUP.search(text)
     device = _DEVICE.search(text)
     return {
-        "qps": qps,
-        "images_per_second": qps * batch,
+        "qps": float(throughput.group(1)),
         "latency_ms": {k: latency.get(k) if k == "p90" else latency[k] for k in LATENCY_KEYS},
         "latency_percentiles_ms": {k: v for k, v in latency.items() if k.startswith("p")},
         "gpu_compute_ms": _stats(gpu_line.group(1)) if gpu_line else None,
@@ -192,15 +220,53 @@ def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None
         "warmup_runs": int(warm.group(1)) if warm else None,
         "device": device.group(1) if device else None,
         "tensorrt": _tensorrt_version(text),
-        "input_shape": shape,
     }
 
 
-def _input_shape(text: str, input_name: str | None) -> list[int] | None:
-    for name, dims in _BINDING.findall(text):
-        if input_name is None or name == input_name:
-            return [int(d) for d in dims.split("x") if d]
-    return None
+def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None) -> dict[str, Any]:
+    """:func:`parse_trtexec_summary` plus the input shape the log confirms and both images/s figures.
+
+    Adds ``{"input_shape", "throughput_ips", "latency_ips", "images_per_second",
+    "images_per_second_is"}``: ``throughput_ips`` = qps x ``batch``, ``latency_ips`` =
+    ``batch`` / median latency, and ``images_per_second`` is ``latency_ips`` (see
+    ``deploy.schema``). The log's input binding line for ``input_name`` (``None``: the
+    first input it names) must show ``batch`` as the first dimension: a log that does not
+    show it, or shows another batch, raises :class:`InvalidArgumentError` -- trtexec's qps
+    is never multiplied by a batch the log does not confirm.
+    """
+    _positive_int("batch", batch)
+    parsed = parse_trtexec_summary(text)
+    shape = _confirmed_shape(text, input_name, batch)
+    ips = latency_ips(batch, parsed["latency_ms"]["median"])
+    return {
+        **parsed,
+        "input_shape": shape,
+        "throughput_ips": parsed["qps"] * batch,
+        "latency_ips": ips,
+        "images_per_second": ips,
+        "images_per_second_is": IMAGES_PER_SECOND_IS,
+    }
+
+
+def _confirmed_shape(text: str, input_name: str | None, batch: int) -> list[int]:
+    bindings = _BINDING.findall(text)
+    name = input_name if input_name is not None else (bindings[0][0] if bindings else None)
+    shapes = [[int(d) for d in dims.split("x") if d] for seen, dims in bindings if seen == name]
+    if not shapes:
+        named = sorted({seen for seen, _ in bindings})
+        others = f" (it has one for {', '.join(map(repr, named))} only)" if named else ""
+        which = f"input {input_name!r}" if input_name is not None else "any input"
+        raise InvalidArgumentError(
+            f"the trtexec log has no input binding line for {which}{others}, so batch={batch} cannot be "
+            "confirmed; give the whole log trtexec printed, whose binding lines show each input's dimensions."
+        )
+    for shape in shapes:
+        if shape[0] != batch:
+            raise InvalidArgumentError(
+                f"the trtexec log shows input {name!r} as {'x'.join(map(str, shape))}, i.e. batch {shape[0]}, but "
+                f"batch={batch} was asked; export the ONNX with that batch (or a dynamic one)."
+            )
+    return shapes[0]
 
 
 def resolve_trtexec(trtexec: str | os.PathLike | None = None) -> str:
@@ -258,27 +324,52 @@ def run_trtexec(
     """Run trtexec on ``onnx_path`` and return a ``squish-plugin/bench-v1`` result.
 
     ``kw`` goes to :func:`trtexec_command` (``warmup_ms``, ``duration_s``, ``iterations``,
-    ``avg_runs``, ``extra``, ``workspace_mb``, ``input_name``). The raw log is written
-    to ``log_path`` when given. An ONNX with a fixed input shape is run again
-    without ``--shapes`` (trtexec refuses it there); its batch must then be ``batch``.
+    ``avg_runs``, ``extra``, ``workspace_mb``). The input's name and shape are read from the
+    ONNX file (``export.onnx_input``): ``--shapes`` names that input, and an ONNX whose
+    shape is fixed runs without ``--shapes`` (trtexec refuses it there) and must be
+    fixed at ``batch`` x 3 x ``size`` x ``size``. The log must confirm ``batch`` on that
+    input (:func:`parse_trtexec_output`). The raw log is written to ``log_path`` when given.
     """
     if precision not in ("fp32", "fp16"):
         raise InvalidArgumentError(f"precision must be 'fp32' or 'fp16', got {precision!r}.")
     if not Path(onnx_path).is_file():
         raise InvalidArgumentError(f"ONNX file {os.fspath(onnx_path)!r} does not exist.")
+    _positive_int("batch", batch)
+    _positive_int("size", size)
+    from .export import onnx_input
+
+    name, dims = onnx_input(onnx_path)
+    if kw.get("input_name", name) != name:
+        raise InvalidArgumentError(
+            f"input_name={kw['input_name']!r} is not the input of {model!r}; its input is {name!r}."
+        )
+    static = _check_fixed_dims(onnx_path, model, dims, batch, size)
     exe = resolve_trtexec(trtexec)
-    common = {"trtexec": exe, "batch": batch, "size": size, "fp16": precision == "fp16", **kw}
-    cmd = trtexec_command(onnx_path, **common)
+    common = {"trtexec": exe, "batch": batch, "size": size, "fp16": precision == "fp16", **kw, "input_name": name}
+    cmd = trtexec_command(onnx_path, shapes=not static, **common)
     text = _run(cmd, timeout_s)
-    if STATIC_SHAPE_ERROR in text and not _SUMMARY.search(text):
-        cmd = trtexec_command(onnx_path, shapes=False, **common)
-        text = _run(cmd, timeout_s)
     if log_path is not None:
         atomic_write_text(log_path, text)
-    parsed = parse_trtexec_output(text, batch=batch, input_name=kw.get("input_name", "input"))
+    try:
+        parsed = parse_trtexec_output(text, batch=batch, input_name=name)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"trtexec on model {model!r} ({os.fspath(onnx_path)}): {exc}") from None
     return to_result(
         parsed, model=model, precision=precision, batch=batch, size=size, env={"trtexec": exe, "command": cmd}
     )
+
+
+def _check_fixed_dims(onnx_path, model: str, dims: list[int | None], batch: int, size: int) -> bool:
+    """Whether the ONNX input shape is fixed (static); refuses fixed dimensions other than asked."""
+    wanted = [batch, 3, size, size]
+    bad = len(dims) != len(wanted) or any(d is not None and d != w for d, w in zip(dims, wanted))
+    if dims and bad:
+        shown = "x".join("?" if d is None else str(d) for d in dims)
+        raise InvalidArgumentError(
+            f"model {model!r} ({os.fspath(onnx_path)}) has the input shape {shown}, which does not fit "
+            f"{batch}x3x{size}x{size}; export it for batch={batch} and size={size} (or with a dynamic batch)."
+        )
+    return bool(dims) and all(d is not None for d in dims)
 
 
 def to_result(
@@ -297,10 +388,10 @@ def to_result(
         precision,
         batch,
         size,
-        images_per_second=parsed["images_per_second"],
         latency_ms=parsed["latency_ms"],
         runs=parsed["runs"],
         warmup=parsed["warmup_runs"],
         env={"device": parsed["device"], "tensorrt": parsed["tensorrt"], **(env or {})},
+        throughput_ips=parsed["throughput_ips"],
         trtexec=trtexec,
     )

@@ -12,7 +12,10 @@ libcudart.so.
 
 Each run writes ``results/<model>_<precision>.json`` in the squish-plugin/bench-v1
 schema. Latency per batch is timed with CUDA events around H2D copy + inference +
-D2H copy, the span trtexec calls "Latency"; images/s = batch / median latency.
+D2H copy, the span trtexec calls "Latency". Every result has both images/s figures:
+``latency_ips`` = batch / median latency, which ``images_per_second`` is, and
+``throughput_ips`` = images / wall time (trtexec: qps x the batch its log confirms;
+here: batch x runs / the wall time of the timed runs).
 """
 
 import argparse
@@ -25,9 +28,11 @@ import platform
 import random
 import re
 import sys
+import time
 
 SCHEMA = "squish-plugin/bench-v1"  # = squish_plugin.deploy.schema.SCHEMA (this script cannot import it)
 LATENCY_KEYS = ("median", "p90", "mean", "min", "max")
+IMAGES_PER_SECOND_IS = "latency_ips"  # = squish_plugin.deploy.schema.IMAGES_PER_SECOND_IS
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # --- trtexec log parsing ------------------------------------------------------
@@ -47,10 +52,22 @@ _STAT = re.compile(
 _DEVICE = re.compile(_TAGS + r"Selected Device:[ \t]*(\S[^\n]*?)[ \t]*$", re.M)
 _VERSION_LINE = re.compile(_TAGS + r"TensorRT version:[ \t]*([\d.]+)", re.M)
 _VERSION_TAG = re.compile(r"\[TensorRT v(\d+)\]")
-_BINDING = re.compile(r"[Ii]nput binding for (\S+) with dimensions ([\dx]+)")
+_BINDING = re.compile(r"[Ii]nput binding for (\S+) with dimensions (\d+(?:x\d+)*)")
 _TIMED = re.compile(r"Timing trace has (\d+) queries")
 _WARMUP = re.compile(r"Warmup completed (\d+) queries")
 _ERROR = re.compile(r"\[E\][ \t]*(.*\S)")
+_OLD_FORMATS = (  # trtexec summaries older than TensorRT 8.2's, named in the error
+    (
+        re.compile(_TAGS + r"Host Latency[ \t]*\r?\n" + _TAGS + r"min:[ \t]*" + _NUM + r"[ \t]*ms", re.M),
+        "TensorRT 7.x",
+        "its summary is a 'Host Latency' block of 'min:', 'max:', 'mean:' and 'median:' lines",
+    ),
+    (
+        re.compile(_TAGS + r"Average over \d+ runs is[ \t]*" + _NUM + r"[ \t]*ms", re.M),
+        "TensorRT 6 or older",
+        "its timings are 'Average over N runs is ... ms' lines",
+    ),
+)
 
 
 class KitError(Exception):
@@ -86,11 +103,22 @@ def _failure(text, missing):
     return KitError("the trtexec log has no %s; its errors run from %r to %r." % (missing, errors[0], errors[-1]))
 
 
-def parse_trtexec_output(text, batch, input_name=None):
-    """Same keys and numbers as squish_plugin.deploy.trtexec.parse_trtexec_output."""
+def _no_summary(text):
+    for pattern, version, looks in _OLD_FORMATS:
+        if pattern.search(text):
+            return KitError(
+                "the trtexec log comes from an unsupported trtexec version, %s (%s, with no "
+                "'=== Performance summary ==='); squish-plugin and its kit read trtexec from TensorRT 8.2 on."
+                % (version, looks)
+            )
+    return _failure(text, "'=== Performance summary ===' section")
+
+
+def parse_trtexec_summary(text):
+    """Same keys and numbers as squish_plugin.deploy.trtexec.parse_trtexec_summary."""
     start = _SUMMARY.search(text)
     if start is None:
-        raise _failure(text, "'=== Performance summary ===' section")
+        raise _no_summary(text)
     summary = text[start.end() :]
     throughput = _THROUGHPUT.search(summary)
     latency_line = _LATENCY.search(summary)
@@ -102,22 +130,10 @@ def parse_trtexec_output(text, batch, input_name=None):
     for key in ("min", "max", "mean", "median"):
         if key not in latency:
             raise KitError("the trtexec 'Latency:' line has no %s value: %r." % (key, latency_line.group(0).strip()))
-    shape = None
-    for name, dims in _BINDING.findall(text):
-        if input_name is None or name == input_name:
-            shape = [int(d) for d in dims.split("x") if d]
-            break
-    if shape and shape[0] != batch:
-        raise KitError(
-            "the trtexec log shows input %s, i.e. batch %d, but batch=%d was asked; export the ONNX with "
-            "that batch (or a dynamic one)." % ("x".join(map(str, shape)), shape[0], batch)
-        )
     gpu_line = _GPU.search(summary)
-    qps = float(throughput.group(1))
     timed, warm, device = _TIMED.search(text), _WARMUP.search(text), _DEVICE.search(text)
     return {
-        "qps": qps,
-        "images_per_second": qps * batch,
+        "qps": float(throughput.group(1)),
         "latency_ms": dict((k, latency.get(k) if k == "p90" else latency[k]) for k in LATENCY_KEYS),
         "latency_percentiles_ms": dict((k, v) for k, v in latency.items() if k.startswith("p")),
         "gpu_compute_ms": _stats(gpu_line.group(1)) if gpu_line else None,
@@ -125,8 +141,45 @@ def parse_trtexec_output(text, batch, input_name=None):
         "warmup_runs": int(warm.group(1)) if warm else None,
         "device": device.group(1) if device else None,
         "tensorrt": _version(text),
-        "input_shape": shape,
     }
+
+
+def parse_trtexec_output(text, batch, input_name=None):
+    """Same keys and numbers as squish_plugin.deploy.trtexec.parse_trtexec_output: the
+    summary, the input shape the log confirms (its first dimension must be ``batch``) and
+    both images/s figures."""
+    parsed = parse_trtexec_summary(text)
+    shape = _confirmed_shape(text, input_name, batch)
+    ips = latency_ips(batch, parsed["latency_ms"]["median"])
+    parsed.update(
+        input_shape=shape,
+        throughput_ips=parsed["qps"] * batch,
+        latency_ips=ips,
+        images_per_second=ips,
+        images_per_second_is=IMAGES_PER_SECOND_IS,
+    )
+    return parsed
+
+
+def _confirmed_shape(text, input_name, batch):
+    bindings = _BINDING.findall(text)
+    name = input_name if input_name is not None else (bindings[0][0] if bindings else None)
+    shapes = [[int(d) for d in dims.split("x") if d] for seen, dims in bindings if seen == name]
+    if not shapes:
+        named = sorted(set(seen for seen, _ in bindings))
+        others = " (it has one for %s only)" % ", ".join(map(repr, named)) if named else ""
+        which = "input %r" % input_name if input_name is not None else "any input"
+        raise KitError(
+            "the trtexec log has no input binding line for %s%s, so batch=%d cannot be confirmed; give the whole "
+            "log trtexec printed, whose binding lines show each input's dimensions." % (which, others, batch)
+        )
+    for shape in shapes:
+        if shape[0] != batch:
+            raise KitError(
+                "the trtexec log shows input %r as %s, i.e. batch %d, but batch=%d was asked; export the ONNX with "
+                "that batch (or a dynamic one)." % (name, "x".join(map(str, shape)), shape[0], batch)
+            )
+    return shapes[0]
 
 
 # --- results ------------------------------------------------------------------
@@ -164,6 +217,34 @@ def latency_summary(ms):
     return {"median": median, "p90": percentile(ms, 90), "mean": sum(ms) / n, "min": ms[0], "max": ms[-1]}
 
 
+def latency_ips(batch, median_ms):
+    """= squish_plugin.deploy.schema.latency_ips: batch / median per-batch latency."""
+    return batch / (median_ms / 1e3)
+
+
+def result(model, backend, precision, batch, size, lat, runs, warmup, env, throughput_ips, **extra):
+    """A bench-v1 result, as squish_plugin.deploy.schema.bench_result builds it."""
+    ips = latency_ips(batch, lat["median"])
+    out = {
+        "schema": SCHEMA,
+        "model": model,
+        "backend": backend,
+        "precision": precision,
+        "batch": batch,
+        "input_size": size,
+        "images_per_second": ips,
+        "images_per_second_is": IMAGES_PER_SECOND_IS,
+        "latency_ips": ips,
+        "throughput_ips": throughput_ips,
+        "latency_ms": lat,
+        "runs": runs,
+        "warmup_runs": warmup,
+        "env": env,
+    }
+    out.update(extra)
+    return out
+
+
 def parse_logs(folder, batch, size):
     """Every ``<model>_<precision>.trtexec.log`` in ``folder`` -> ``<model>_<precision>.trtexec.json``."""
     failures = 0
@@ -182,31 +263,34 @@ def parse_logs(folder, batch, size):
             failures += 1
             print("%s: %s" % (log, exc), file=sys.stderr)
             continue
-        result = {
-            "schema": SCHEMA,
-            "model": model,
-            "backend": "trtexec",
-            "precision": precision,
-            "batch": batch,
-            "input_size": size,
-            "images_per_second": parsed["images_per_second"],
-            "latency_ms": parsed["latency_ms"],
-            "runs": parsed["runs"],
-            "warmup_runs": parsed["warmup_runs"],
-            "env": _env(parsed["device"], parsed["tensorrt"]),
-            "trtexec": {
-                "qps": parsed["qps"],
-                "latency_percentiles_ms": parsed["latency_percentiles_ms"],
-                "gpu_compute_ms": parsed["gpu_compute_ms"],
-                "input_shape": parsed["input_shape"],
-                "log": os.path.basename(log),
-            },
+        trtexec = {
+            "qps": parsed["qps"],
+            "latency_percentiles_ms": parsed["latency_percentiles_ms"],
+            "gpu_compute_ms": parsed["gpu_compute_ms"],
+            "input_shape": parsed["input_shape"],
+            "log": os.path.basename(log),
         }
+        env = _env(parsed["device"], parsed["tensorrt"])
         out = os.path.join(folder, stem + ".trtexec.json")
-        write_json(out, result)
+        write_json(
+            out,
+            result(
+                model,
+                "trtexec",
+                precision,
+                batch,
+                size,
+                parsed["latency_ms"],
+                parsed["runs"],
+                parsed["warmup_runs"],
+                env,
+                parsed["throughput_ips"],
+                trtexec=trtexec,
+            ),
+        )
         print(
-            "%s: %.1f images/s (median latency %.2f ms per batch of %d)"
-            % (out, result["images_per_second"], parsed["latency_ms"]["median"], batch)
+            "%s: %.1f images/s = batch %d / median %.2f ms (trtexec throughput: %.1f images/s)"
+            % (out, parsed["images_per_second"], batch, parsed["latency_ms"]["median"], parsed["throughput_ips"])
         )
     return 1 if failures else 0
 
@@ -385,9 +469,11 @@ def bench_one(trt, cuda, onnx_path, model, precision, batch, size, warmup, runs,
     stream = cuda.handle("cudaStreamCreate", "cudaStreamCreate")
     start, end = cuda.handle("cudaEventCreate", "cudaEventCreate"), cuda.handle("cudaEventCreate", "cudaEventCreate")
     execute = make_execute(context, tensors, device)
-    times = []
+    times, began = [], None
     try:
         for i in range(warmup + runs):
+            if i == warmup:
+                began = time.perf_counter()  # the wall time of the timed runs, host syncs included
             cuda.check(cuda.lib.cudaEventRecord(ctypes.c_void_p(start), ctypes.c_void_p(stream)), "cudaEventRecord")
             for (_, is_input, nbytes), dev, buf in zip(tensors, device, host):
                 if is_input:
@@ -401,30 +487,20 @@ def bench_one(trt, cuda, onnx_path, model, precision, batch, size, warmup, runs,
             ms = cuda.elapsed_ms(start, end)
             if i >= warmup:
                 times.append(ms)
+        wall = time.perf_counter() - began
     finally:
         for ptr in device:
             cuda.free(ptr)
         for event in (start, end):
             cuda.lib.cudaEventDestroy(ctypes.c_void_p(event))
         cuda.lib.cudaStreamDestroy(ctypes.c_void_p(stream))
+    env = dict(
+        _env(cuda.device_name(), trt.__version__),
+        timing="cuda events: H2D + inference + D2H",
+        workspace_mb=workspace_mb,
+    )
     lat = latency_summary(times)
-    return {
-        "schema": SCHEMA,
-        "model": model,
-        "backend": "tensorrt",
-        "precision": precision,
-        "batch": batch,
-        "input_size": size,
-        "images_per_second": batch / (lat["median"] / 1e3),
-        "latency_ms": lat,
-        "runs": runs,
-        "warmup_runs": warmup,
-        "env": dict(
-            _env(cuda.device_name(), trt.__version__),
-            timing="cuda events: H2D + inference + D2H",
-            workspace_mb=workspace_mb,
-        ),
-    }
+    return result(model, "tensorrt", precision, batch, size, lat, runs, warmup, env, batch * runs / wall)
 
 
 # --- command line ---------------------------------------------------------------
@@ -473,7 +549,7 @@ def main(argv=None):
         model = os.path.basename(path)[: -len(".onnx")] if path.endswith(".onnx") else os.path.basename(path)
         for precision in args.precision:
             try:
-                result = bench_one(
+                res = bench_one(
                     trt, cuda, path, model, precision, args.batch, args.size, args.warmup, args.runs, args.workspace_mb
                 )
             except KitError as exc:
@@ -481,10 +557,10 @@ def main(argv=None):
                 print("%s %s: %s" % (model, precision, exc), file=sys.stderr)
                 continue
             out = os.path.join(args.out, "%s_%s.json" % (model, precision))
-            write_json(out, result)
+            write_json(out, res)
             print(
-                "%s: %.1f images/s (median %.2f ms per batch of %d)"
-                % (out, result["images_per_second"], result["latency_ms"]["median"], args.batch)
+                "%s: %.1f images/s = batch %d / median %.2f ms (wall-time throughput: %.1f images/s)"
+                % (out, res["images_per_second"], args.batch, res["latency_ms"]["median"], res["throughput_ips"])
             )
     return 1 if failures else 0
 

@@ -89,7 +89,6 @@ class EvolutionarySynthesisPruner:
         # by name: pruning replaces parameter objects, the names stay
         names = {id(p): n for n, p in model.named_parameters()}
         self._unwrapped = [(names[id(p)], dim) for p, dim in self._surgeon.unwrapped_parameters or []]
-        self._has_unwrapped = unwrapped_parameters is not None
 
     # ----------------------------------------------------------------- genetics
 
@@ -170,9 +169,8 @@ class EvolutionarySynthesisPruner:
         modules = dict(other.named_modules())
         return [modules[names[m]] for m in self._ignored]
 
-    def _unwrapped_of(self, model: nn.Module) -> list[tuple[nn.Parameter, int]] | None:
-        if not self._has_unwrapped:
-            return None
+    def _unwrapped_of(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+        """The unwrapped parameters in ``model`` (an empty list is torch-pruning's ``None``)."""
         params = dict(model.named_parameters())
         return [(params[name], dim) for name, dim in self._unwrapped]
 

@@ -83,6 +83,9 @@ class EvolutionConfig:
         screen_fn: a cheap ``screen_fn(child, ctx) -> score`` run on every offspring
             *before* training: with several offspring only the best-scoring one trains.
         importance: cluster strength, ``"l1"``, ``"l2"`` or a torch-pruning ``Importance``.
+        strength_fn: ``strength_fn(parent) -> {layer name: strengths}``, called on each
+            parent before its offspring are drawn (data-driven strengths such as
+            :func:`~squish_plugin.synthesis.strengths.data_strengths`); overrides ``importance``.
         reinitialize: re-initialise each offspring (the control for heredity).
         train_ancestor: train generation 0 too.
         example_inputs: a batch the model accepts (one 224x224 image by default).
@@ -95,6 +98,7 @@ class EvolutionConfig:
     fitness_fn: FitnessFn | None = None
     screen_fn: FitnessFn | None = None
     importance: str | Callable[..., torch.Tensor] = "l1"
+    strength_fn: Callable[[nn.Module], Mapping[str, torch.Tensor]] | None = None
     reinitialize: bool = False
     train_ancestor: bool = True
     example_inputs: torch.Tensor | None = None
@@ -217,8 +221,9 @@ class _Evolution:
     def offspring(self, g: int, parent: nn.Module) -> list[tuple[int, nn.Module, GenerationContext]]:
         """``(synthesis seed, child, context)`` for each offspring of generation ``g``."""
         c = self.config
+        importance = c.strength_fn(parent) if c.strength_fn else c.importance
         pruner = EvolutionarySynthesisPruner(
-            parent, config=c.synthesis, seed=self.seed, example_inputs=c.example_inputs, importance=c.importance
+            parent, config=c.synthesis, seed=self.seed, example_inputs=c.example_inputs, importance=importance
         )
         children = []
         for k in range(c.offspring_per_generation):
@@ -240,7 +245,9 @@ class _Evolution:
         screened = []
         for synth_seed, child, ctx in children:
             child.eval()
-            score = float(screen(child, ctx))
+            with torch.random.fork_rng(devices=[]):  # a screen that trains (dropout) replays on resume
+                torch.manual_seed(derive_seed(ctx.seed, 4))
+                score = float(screen(child, ctx))
             screened.append({"seed": synth_seed, "screen": score, "params": sum(p.numel() for p in child.parameters())})
         pick = max(range(len(children)), key=lambda i: (screened[i]["screen"], -i))
         return [children[pick]], screened

@@ -68,6 +68,14 @@ class DataSection(RecipeSection):
         None, ge=16, le=1024, description="train on random windows of this size cut from the train_size images"
     )
     cache_dir: str | None = None
+    holdout: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="fraction of every training class held out (stratified, seeded by holdout_seed): the only "
+        "data fitness, selection and the ancestor check see; no network trains on it. 0: none",
+    )
+    holdout_seed: int = Field(0, ge=0, description="the held-out slice's own seed: the same slice for every run seed")
 
 
 class DistillSection(RecipeSection):
@@ -86,6 +94,14 @@ class TrainSection(RecipeSection):
     weight_decay: float = Field(5e-4, ge=0, le=1)
     batch_size: int = Field(32, ge=1, le=4096)
     ancestor_epochs: float = Field(3, ge=0)
+    ancestor_lr: float | None = Field(
+        None, gt=0, le=10, description="learning rate of the ancestor's fine-tuning (generation 0); default: lr"
+    )
+    ancestor_must_improve: bool = Field(
+        True,
+        description="with a held-out slice: keep the fine-tuned ancestor only if it scores at least the untrained "
+        "one there, else the untrained ancestor is generation 0 (and the teacher)",
+    )
     epochs_per_generation: float = Field(1, ge=0)
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(5.0, gt=0)
@@ -113,13 +129,23 @@ class EvolutionSection(RecipeSection):
     temperature: float = Field(1.0, gt=0)
     max_drop: float | None = Field(None, gt=0, le=1)
     starvation: Literal["global", "layer", "cost"] = "layer"
-    importance: Literal["l1", "l2"] = "l1"
-    offspring_per_generation: int = Field(1, ge=1, le=64)
-    selection: Literal["trained", "proxy"] = Field(
-        "trained",
-        description="how the best of several offspring is chosen, by top-1 on a fixed slice of "
-        "training images (never val): after training all of them, or before training ('proxy': only the winner trains)",
+    size_tolerance: float | None = Field(
+        None, gt=0, lt=1, description="repair every offspring to the budget, within this fraction (e.g. 0.005)"
     )
+    importance: Literal["l1", "l2", "taylor", "activation"] = Field(
+        "l1",
+        description="cluster strength in the encoding: filter norms (l1, l2) or measured on strength_images "
+        "training images (first-order taylor, mean |activation|)",
+    )
+    strength_images: int = Field(256, ge=1, le=100000)
+    offspring_per_generation: int = Field(1, ge=1, le=64)
+    selection: Literal["trained", "proxy", "finetune"] = Field(
+        "trained",
+        description="how the best of several offspring is chosen, by top-1 on the held-out slice (or, without one, "
+        "a fixed slice of training images; never val): after training all of them ('trained'), before training "
+        "('proxy': only the winner trains), or after screen_steps of training each ('finetune': the winner goes on)",
+    )
+    screen_steps: int = Field(30, ge=1, le=100000)
     proxy_images: int = Field(512, ge=16, le=100000)
     reinitialize: bool = False
 
@@ -156,6 +182,12 @@ class Recipe(RecipeSection):
     def _crop_fits(self) -> Recipe:
         if self.data.train_crop is not None and self.data.train_crop > self.data.train_size:
             raise ValueError("data.train_crop must be at most data.train_size")
+        return self
+
+    @model_validator(mode="after")
+    def _repair_needs_budget(self) -> Recipe:
+        if self.evolution.size_tolerance is not None and self.evolution.mode != "budget":
+            raise ValueError("evolution.size_tolerance repairs offspring to a budget: it needs evolution.mode 'budget'")
         return self
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
 from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
+from .selection import checked_ancestor, held_out, screen_by_finetune, strength_fn
 from .training import TrainSettings, evaluate, train
 
 __all__ = [
@@ -240,22 +241,87 @@ def _scorer(recipe: Recipe, split: LoadedSplit) -> Callable[[torch.nn.Module], d
     )
 
 
-def evolution_config(recipe: Recipe, proxy_fn, on_generation=None) -> EvolutionConfig:
+def evolution_config(
+    recipe: Recipe, proxy_fn, on_generation=None, *, screen_fn=None, strength_fn=None
+) -> EvolutionConfig:
     """The engine's settings from a recipe's ``evolution`` section; ``proxy_fn`` scores
-    offspring on the fixed slice of training images (selection never sees val)."""
+    offspring on the held-out slice (or a fixed slice of training images; selection
+    never sees val); ``screen_fn`` is ``selection: finetune``'s short fine-tune and score."""
     evo, size = recipe.evolution, recipe.data.eval_size
     synthesis = SynthesisConfig(**{f.name: getattr(evo, f.name) for f in fields(SynthesisConfig)})
+    several = evo.offspring_per_generation > 1
+    if evo.selection == "proxy":
+        screen_fn = proxy_fn
+    elif evo.selection != "finetune" or not several:
+        screen_fn = None
     return EvolutionConfig(
         generations=evo.generations,
         synthesis=synthesis,
         offspring_per_generation=evo.offspring_per_generation,
-        fitness_fn=proxy_fn if evo.selection == "trained" and evo.offspring_per_generation > 1 else None,
-        screen_fn=proxy_fn if evo.selection == "proxy" else None,
-        importance=evo.importance,
+        fitness_fn=proxy_fn if evo.selection == "trained" and several else None,
+        screen_fn=screen_fn,
+        importance=evo.importance if evo.importance in ("l1", "l2") else "l1",
+        strength_fn=strength_fn,
         reinitialize=evo.reinitialize,
         example_inputs=torch.zeros(1, 3, size, size),
         on_generation=on_generation,
     )
+
+
+class _Study:
+    """The callables one study hands the engine: training (the ancestor checked on the
+    held-out slice), evaluation (val, reported; held-out, recorded) and selection."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, train_all: LoadedSplit, val_split: LoadedSplit, display) -> None:
+        self.recipe, self.run_dir, self.display = recipe, run_dir, display
+        self.train_split, self.held = held_out(recipe, train_all, run_dir)
+        self.held_score = _scorer(recipe, self.held.split) if self.held else None
+        self.val_score = _scorer(recipe, val_split)
+        self.settings, self.teacher = train_settings(recipe), Teacher(recipe.train.distill.teacher, run_dir)
+
+    def fit(self, model: torch.nn.Module, ctx: GenerationContext, epochs: float, seed: int, settings=None) -> None:
+        train(
+            model,
+            self.train_split,
+            settings or self.settings,
+            epochs=epochs,
+            seed=seed,
+            on_step=self.display.on_step,
+            teacher=self.teacher(ctx),
+        )
+
+    def train_fn(self, model: torch.nn.Module, ctx: GenerationContext) -> None:
+        t = self.recipe.train
+        self.display.progress.update(self.display.step_task, description=f"training gen {ctx.generation}")
+        if ctx.generation > 0:
+            return self.fit(model, ctx, t.epochs_per_generation, ctx.seed)
+        settings = replace(self.settings, lr=t.ancestor_lr or t.lr)
+        check = self.held_score if t.ancestor_must_improve else None
+        checked_ancestor(
+            model, lambda: self.fit(model, ctx, t.ancestor_epochs, ctx.seed, settings), check, self.run_dir
+        )
+
+    def eval_fn(self, model: torch.nn.Module) -> dict[str, float]:
+        metrics = dict(self.val_score(model))
+        if self.held_score is not None:
+            held = self.held_score(model)
+            metrics.update(holdout_top1=held["top1"], holdout_top5=held["top5"])
+        return metrics
+
+    def config(self) -> EvolutionConfig:
+        recipe = self.recipe
+        select = self.held_score or _scorer(recipe, proxy_slice(self.train_split, recipe.evolution.proxy_images))
+        screen = screen_by_finetune(
+            recipe, self.train_split, select, lambda child, ctx, seed, epochs: self.fit(child, ctx, epochs, seed)
+        )
+        strengths = strength_fn(recipe, self.train_split)
+        return evolution_config(
+            recipe,
+            lambda model, ctx: select(model)["top1"],
+            self.display.on_generation,
+            screen_fn=screen,
+            strength_fn=strengths,
+        )
 
 
 def run_study(
@@ -273,27 +339,19 @@ def run_study(
             "choose a global batch size every process gets an equal part of."
         )
     torch.set_num_threads(recipe.train.threads)
-    train_split, val_split = load_data(recipe)
-    ancestor = _ancestor(recipe, train_split.classes)
+    train_all, val_split = load_data(recipe)
+    ancestor = _ancestor(recipe, train_all.classes)
     run_dir = _open_run_dir(recipe, run_dir, resume)
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-    settings, teacher = train_settings(recipe), Teacher(recipe.train.distill.teacher, run_dir)
     display = _Display(console, recipe.evolution.generations)
-
-    def train_fn(model: torch.nn.Module, ctx: GenerationContext) -> None:
-        epochs = recipe.train.ancestor_epochs if ctx.generation == 0 else recipe.train.epochs_per_generation
-        display.progress.update(display.step_task, description=f"training gen {ctx.generation}")
-        train(model, train_split, settings, epochs=epochs, seed=ctx.seed, on_step=display.on_step, teacher=teacher(ctx))
-
-    proxy = _scorer(recipe, proxy_slice(train_split, recipe.evolution.proxy_images))
-    config = evolution_config(recipe, lambda model, ctx: proxy(model)["top1"], display.on_generation)
+    study = _Study(recipe, run_dir, train_all, val_split, display)
     with display.progress:
         lineage = evolve(
             ancestor,
-            train_fn=train_fn,
-            eval_fn=_scorer(recipe, val_split),
+            train_fn=study.train_fn,
+            eval_fn=study.eval_fn,
             run_dir=run_dir,
-            config=config,
+            config=study.config(),
             seed=recipe.seed,
             resume=resume,
         )

@@ -88,6 +88,12 @@ class SynthesisConfig:
             cluster's: clusters that cost more are starved harder; under a parameter
             budget that spares conv1 and starves the squeezes, whose clusters feed
             3x3 expands).
+        size_tolerance: if set (``"budget"`` mode), every offspring is repaired to the
+            budget: its draw is re-thresholded (the same random numbers, one cut on
+            ``u / P_synth`` across all layers) until its resource lies within this
+            fraction of ``env`` times the parent's, so that offspring compared with one
+            another differ in structure, not in size. ``None``, the paper's, keeps the
+            draw as it falls (its resource is ``env`` only in expectation).
     """
 
     env: float = 0.9
@@ -98,6 +104,7 @@ class SynthesisConfig:
     temperature: float = 1.0
     max_drop: float | None = None
     starvation: str = "layer"
+    size_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         env = self.env
@@ -119,6 +126,11 @@ class SynthesisConfig:
         m = self.max_drop
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1):
             raise InvalidArgumentError(f"max_drop must be None or a number in (0, 1], got {m!r}.")
+        tol = self.size_tolerance
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1):
+            raise InvalidArgumentError(f"size_tolerance must be None or a number in (0, 1), got {tol!r}.")
+        if tol is not None and self.mode != "budget":
+            raise InvalidArgumentError('size_tolerance repairs offspring to a budget: it needs mode="budget".')
 
 
 def _is_int(value: object) -> bool:
@@ -232,16 +244,67 @@ def draw(
     min_channels: int = 1,
     round_to: int | None = None,
     max_drop: float | None = None,
+    budget: tuple[ResourceModel, float, float] | None = None,
 ) -> list[torch.Tensor]:
     """Random mutation: keep each cluster with its probability, one boolean mask per
     layer, then apply the floor and rounding. Layer ``i`` draws from its own
-    generator seeded by ``(seed, i)``, so the draw is the same in every process."""
-    masks = []
+    generator seeded by ``(seed, i)``, so the draw is the same in every process.
+
+    With ``budget=(resource, target, tolerance)`` a draw whose ``resource`` misses
+    ``target`` by more than ``tolerance`` (a fraction) is repaired: the clusters are
+    ordered by ``u / p`` (their uniform draw over their probability; the draw itself
+    keeps those below 1) and the cut on that order is moved until the resource is as
+    close to ``target`` as one cluster allows (:func:`repair_to_budget`)."""
+    masks, ratios = [], []
     for index, p in enumerate(probabilities):
         gen = torch.Generator().manual_seed(derive_seed(seed, index))
-        keep = torch.rand(p.numel(), generator=gen, dtype=torch.float64) < p
-        masks.append(enforce_floor_and_rounding(keep, p, min_channels, round_to, max_drop))
+        u = torch.rand(p.numel(), generator=gen, dtype=torch.float64)
+        masks.append(enforce_floor_and_rounding(u < p, p, min_channels, round_to, max_drop))
+        ratios.append(torch.where(p > 0, u / p.clamp_min(1e-300), torch.full_like(u, math.inf)))
+    if budget is not None:
+        resource, target, tolerance = budget
+        if abs(resource(_fractions(masks)) - target) > tolerance * target:
+            masks = repair_to_budget(ratios, resource, target, min_channels, round_to, max_drop)
     return masks
+
+
+def _fractions(masks: Sequence[torch.Tensor]) -> list[float]:
+    return [float(m.sum()) / m.numel() for m in masks]
+
+
+def repair_to_budget(
+    ratios: Sequence[torch.Tensor],
+    resource: ResourceModel,
+    target: float,
+    min_channels: int = 1,
+    round_to: int | None = None,
+    max_drop: float | None = None,
+) -> list[torch.Tensor]:
+    """Keep the ``k`` clusters of lowest ``ratio`` (across all layers, ties by layer and
+    index), floors and rounding applied, with ``k`` the one whose resource is closest to
+    ``target`` (the resource grows with ``k``: a bisection finds it)."""
+    flat = torch.cat([r.double() for r in ratios])
+    order = torch.sort(flat, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    bounds = np.cumsum([0] + [r.numel() for r in ratios])
+    ranks = [rank[bounds[i] : bounds[i + 1]] for i in range(len(ratios))]
+
+    def masks_at(k: int) -> list[torch.Tensor]:
+        return [
+            enforce_floor_and_rounding(r < k, -ratio, min_channels, round_to, max_drop)
+            for r, ratio in zip(ranks, ratios)
+        ]
+
+    lo, hi = 0, int(order.numel())  # resource(lo) <= target <= resource(hi), when reachable
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if resource(_fractions(masks_at(mid))) <= target:
+            lo = mid
+        else:
+            hi = mid
+    candidates = [masks_at(lo), masks_at(hi)]
+    return min(candidates, key=lambda m: abs(resource(_fractions(m)) - target))
 
 
 def synthesize(
@@ -252,4 +315,17 @@ def synthesize(
 ) -> list[torch.Tensor]:
     """Draw one offspring from cluster strengths: a boolean keep-mask per layer."""
     probabilities = synthesis_probabilities(strengths, config, resource)
-    return draw(probabilities, seed, config.min_channels, config.round_to, config.max_drop)
+    return draw(probabilities, seed, config.min_channels, config.round_to, config.max_drop, budget_of(config, resource))
+
+
+def budget_of(config: SynthesisConfig, resource: ResourceModel | None) -> tuple[ResourceModel, float, float] | None:
+    """``draw``'s ``budget`` for ``config``: ``(resource, env * the parent's, size_tolerance)``
+    when offspring are repaired to the budget, else ``None``."""
+    if config.size_tolerance is None or resource is None:
+        return None
+    whole = resource([1.0] * _layers(resource))
+    return resource, config.env * whole, config.size_tolerance
+
+
+def _layers(resource: ResourceModel) -> int:
+    return 1 + max((layer for t in resource.terms for f in t.factors for layer, _ in f.coeffs), default=-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from .genetics import (
     SynthesisConfig,
+    budget_of,
     cluster_strength,
     derive_seed,
     draw,
@@ -41,7 +42,10 @@ class EvolutionarySynthesisPruner:
             seed gives the same lineage in any process.
         example_inputs: a batch the model accepts; one 224x224 RGB image by default.
         importance: cluster strength: ``"l1"`` (the filter's L1 norm, the default),
-            ``"l2"``, or a torch-pruning ``Importance`` (a callable on a group).
+            ``"l2"``, a torch-pruning ``Importance`` (a callable on a group), or a
+            mapping ``{layer name: one strength per output channel}`` measured on data
+            (:func:`~squish_plugin.synthesis.strengths.data_strengths`: first-order
+            Taylor or activation strengths).
         ignored_layers: extra modules whose output channels must be left alone.
         unwrapped_parameters: ``[(parameter, dim), ...]`` for parameters outside any
             Conv/Linear/BatchNorm (ConvNeXt's layer scale), passed to torch-pruning.
@@ -73,8 +77,10 @@ class EvolutionarySynthesisPruner:
         config = config or SynthesisConfig()
         if env is not None:
             config = replace(config, env=env)
-        if not isinstance(importance, str) and not callable(importance):
-            raise InvalidArgumentError(f"importance must be 'l1', 'l2' or a callable on a group, got {importance!r}.")
+        if not isinstance(importance, (str, Mapping)) and not callable(importance):
+            raise InvalidArgumentError(
+                f"importance must be 'l1', 'l2', a callable on a group or a mapping of strengths, got {importance!r}."
+            )
         if isinstance(importance, str) and importance not in ("l1", "l2"):
             raise InvalidArgumentError(f"importance must be 'l1' or 'l2', got {importance!r}.")
         derive_seed(seed)  # validates
@@ -101,7 +107,9 @@ class EvolutionarySynthesisPruner:
         """Strength of every cluster, one tensor per prunable layer."""
         out = []
         for layer in self._surgeon.layers:
-            if isinstance(self.importance, str):
+            if isinstance(self.importance, Mapping):
+                out.append(_given_strength(self.importance, layer))
+            elif isinstance(self.importance, str):
                 weight = layer.module.weight
                 if getattr(layer.module, "transposed", False):
                     weight = weight.transpose(0, 1)
@@ -113,18 +121,21 @@ class EvolutionarySynthesisPruner:
 
     def probabilities(self) -> list[torch.Tensor]:
         """``P_synth(c)``, the survival probability of every cluster this generation."""
-        resource = None
-        if self.config.mode == "budget":
-            resource = self._surgeon.resource_model(self.config.resource)
-        return synthesis_probabilities(self.strengths(), self.config, resource)
+        return synthesis_probabilities(self.strengths(), self.config, self._resource())
+
+    def _resource(self):
+        if self.config.mode != "budget":
+            return None
+        return self._surgeon.resource_model(self.config.resource)
 
     def sample(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         """Draw the next offspring's keep-masks, ``{layer name: bool mask}``,
         without touching the model."""
         if seed is None:
             seed = derive_seed(self.seed, self.generation)
-        c = self.config
-        masks = draw(self.probabilities(), seed, c.min_channels, c.round_to, c.max_drop)
+        c, resource = self.config, self._resource()
+        probabilities = synthesis_probabilities(self.strengths(), c, resource)
+        masks = draw(probabilities, seed, c.min_channels, c.round_to, c.max_drop, budget_of(c, resource))
         return {layer.name: m for layer, m in zip(self._surgeon.layers, masks)}
 
     # ----------------------------------------------------------------- offspring
@@ -176,6 +187,18 @@ class EvolutionarySynthesisPruner:
 
     def _retrace(self) -> None:
         self._surgeon = Surgeon(self.model, self._example_inputs, self._ignored, self._unwrapped_of(self.model))
+
+
+def _given_strength(strengths: Mapping[str, torch.Tensor], layer: PrunableLayer) -> torch.Tensor:
+    width = layer.width
+    if layer.name not in strengths:
+        raise InvalidArgumentError(f"the strengths given as importance have no entry for layer '{layer.name}'.")
+    scores = torch.as_tensor(strengths[layer.name]).detach().float().flatten()
+    if scores.numel() != width:
+        raise InvalidArgumentError(
+            f"the strengths of layer '{layer.name}' hold {scores.numel()} values; the layer has {width} channels."
+        )
+    return scores.abs()
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

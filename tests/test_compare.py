@@ -73,9 +73,9 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     out = next((tmp_path / "cmp").iterdir())
     rows = list(csv.DictReader((out / "comparison.csv").open()))
-    assert {r["method"] for r in rows} == {"evolutionary", "tp-magnitude", "nni-l1"}
+    assert {r["method"] for r in rows} == {"ancestor", "evolutionary", "tp-magnitude", "nni-l1"}
     ours = {r["generation"]: int(r["params"]) for r in rows if r["method"] == "evolutionary"}
-    for r in rows:
+    for r in (r for r in rows if r["method"] != "ancestor"):
         assert abs(int(r["params"]) / ours[r["generation"]] - 1) <= 0.02
         assert float(r["epochs"]) == 0.5 + 0.5 * int(r["generation"])
     assert "Protocol" in (out / "comparison.md").read_text()
@@ -90,11 +90,53 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
     )
     assert more.exit_code == 0, more.output
     table = list(csv.DictReader((out / "equal_budget.csv").open()))
-    assert list(table[0]) == ["method", "params", "macs", "epochs", "top1_128"]
-    assert {r["method"] for r in table} == {"evolutionary", "tp-magnitude", "nni-l1", "nni-l1+kd"}
+    assert list(table[0]) == ["method", "seed", "params", "macs", "epochs", "top1_128"]
+    assert {r["method"] for r in table} == {"ancestor", "evolutionary", "tp-magnitude", "nni-l1", "nni-l1+kd"}
     kd = [r for r in table if r["method"] == "nni-l1+kd"]
     plain = [r for r in table if r["method"] == "nni-l1"]
     assert len(kd) == len(plain) and [r["top1_128"] for r in kd] != [r["top1_128"] for r in plain]
+
+
+def test_compare_over_seeds_with_and_without_distillation(tmp_path, monkeypatch):
+    """The issue-#15 protocol: one run per seed, each with a held-out slice; every baseline
+    runs once per seed, plain and +kd, on that run's training images less its held-out
+    slice; equal_budget.csv has one row per method, seed and size, and the table gives
+    mean ± sd over the seeds."""
+    from squish_plugin.baselines import protocol
+
+    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+    runs = []
+    for seed in (0, 1):
+        sets = {**QUICK, "seed": seed, "data.holdout": 0.1, "train.distill.teacher": "ancestor"}
+        ran = runner.invoke(
+            app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args({**sets, "output.dir": tmp_path / f"r{seed}"})]
+        )
+        assert ran.exit_code == 0, ran.output
+        runs.append(str(next((tmp_path / f"r{seed}").iterdir())))
+    seen = []
+    real_train = protocol.train
+
+    def counting(model, split, *args, **kwargs):
+        seen.append(len(split))
+        return real_train(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train", counting)
+    recipe = tmp_path / "compare.yaml"
+    spec = {"name": "c", "run": runs, "methods": ["nni-l1"], "distill": "both", "output": {"dir": str(tmp_path / "c")}}
+    recipe.write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["compare", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert set(seen) == {360}  # quickstart: 400 training images, 40 held out
+    out = next((tmp_path / "c").iterdir())
+    table = list(csv.DictReader((out / "equal_budget.csv").open()))
+    assert {(r["method"], r["seed"]) for r in table} == {
+        (m, s) for m in ("ancestor", "evolutionary", "nni-l1", "nni-l1+kd") for s in ("0", "1")
+    }
+    assert len([r for r in table if r["method"] == "nni-l1+kd"]) == 2 * len(
+        [r for r in table if r["method"] == "ancestor"]
+    )  # two sizes per seed
+    md = (out / "comparison.md").read_text()
+    assert "Mean over seeds" in md and "| ancestor | ancestor | 2 |" in md and " ± " in md
 
 
 def test_compare_recipe_errors(tmp_path):
@@ -129,7 +171,7 @@ def test_distill_run_needs_a_distilled_run(tmp_path):
     )
     result = runner.invoke(app, ["compare", str(recipe)])
     assert result.exit_code == 2, result.output
-    assert "distill 'run' needs a run trained with distillation" in result.output
+    assert "distill 'run' needs a run trained with distillation" in result.output.replace("\n", " ")
     assert "Traceback" not in result.output and not out.exists()
 
 

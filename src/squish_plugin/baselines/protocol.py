@@ -13,7 +13,7 @@ import copy
 import csv
 import io
 import json
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ..study.plots import render_comparison
 from ..study.recipe import Recipe
 from ..study.report import select_squishednets
 from ..study.runner import load_data, read_run_recipe, timestamped_dir, train_settings
+from ..study.selection import held_out
 from ..study.training import evaluate, train
 from ..synthesis.genetics import derive_seed
 from ..synthesis.surgery import model_stats
@@ -38,9 +39,10 @@ from .recipe import CompareRecipe
 
 __all__ = ["COLUMNS", "run_comparison"]
 
-COLUMNS = ("method", "squishednet", "generation", "params", "size_mb", "macs", "epochs", "top1", "top5")
+COLUMNS = ("method", "seed", "squishednet", "generation", "params", "size_mb", "macs", "epochs", "top1", "top5")
 RESULTS = "results.json"
 EQUAL_BUDGET = "equal_budget.csv"
+DISTILL = {"none": (False,), "run": (True,), "both": (False, True)}
 
 
 def _targets(records: list[dict], run_recipe, extra_params: list[int] = ()) -> tuple[dict[int, str], int]:
@@ -59,33 +61,59 @@ def _targets(records: list[dict], run_recipe, extra_params: list[int] = ()) -> t
     return gens, max(gens)
 
 
-def _ours(records: list[dict], gens: dict[int, str], epochs) -> list[dict[str, Any]]:
-    by_gen = {r["generation"]: r for r in records}
-    return [
-        {
-            "method": "evolutionary",
-            "squishednet": name,
-            "generation": g,
-            "params": by_gen[g]["params"],
-            "size_mb": by_gen[g]["size_mb"],
-            "macs": by_gen[g]["macs"],
-            "epochs": epochs(g),
-            "top1": by_gen[g]["top1"],
-            "top5": by_gen[g]["top5"],
-        }
-        for g, name in sorted(gens.items())
-    ]
+def _row(method: str, seed: int, name: str, g: int, stats: dict, metrics: dict, epochs: float) -> dict[str, Any]:
+    return {
+        "method": method,
+        "seed": seed,
+        "squishednet": name,
+        "generation": g,
+        "params": stats["params"],
+        "size_mb": stats["size_mb"],
+        "macs": stats["macs"],
+        "epochs": epochs,
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+    }
 
 
 @dataclass(frozen=True)
 class _Setup:
-    """What every baseline shares: the run's recipe, its data, the epoch count, the tolerance."""
+    """One compared run: its recipe, seed, training images (its held-out slice removed),
+    the epochs each generation trains (screening steps included) and the targets."""
 
+    run_dir: Path
     run_recipe: Recipe
+    records: list[dict]
     train_split: LoadedSplit
     val_split: LoadedSplit
-    epochs: Callable[[int], float]
+    epochs_per_generation: float
+    gens: dict[int, str]
     tolerance: float
+
+    @property
+    def seed(self) -> int:
+        return self.run_recipe.seed
+
+    def epochs(self, g: int) -> float:
+        return round(self.run_recipe.train.ancestor_epochs + g * self.epochs_per_generation, 4)
+
+    def ours(self) -> list[dict[str, Any]]:
+        by_gen = {r["generation"]: r for r in self.records}
+        rows = [_row("ancestor", self.seed, "ancestor", 0, by_gen[0], by_gen[0], self.epochs(0))]
+        for g, name in sorted(self.gens.items()):
+            rows.append(_row("evolutionary", self.seed, name, g, by_gen[g], by_gen[g], self.epochs(g)))
+        return rows
+
+
+def _setup(run_dir: Path, recipe: CompareRecipe, train_all: LoadedSplit, val_split: LoadedSplit) -> _Setup:
+    records, run_recipe = read_lineage(run_dir), read_run_recipe(run_dir)
+    gens, _ = _targets(records, run_recipe, recipe.extra_params)
+    train_split, _held = held_out(run_recipe, train_all, run_dir)
+    t, evo = run_recipe.train, run_recipe.evolution
+    per_generation = t.epochs_per_generation
+    if evo.selection == "finetune" and evo.offspring_per_generation > 1:  # the winner's screening steps
+        per_generation += evo.screen_steps / max(1, math.ceil(len(train_split) / t.batch_size))
+    return _Setup(run_dir, run_recipe, records, train_split, val_split, per_generation, gens, recipe.tolerance)
 
 
 def _label(method: str, distill: bool) -> str:
@@ -93,8 +121,8 @@ def _label(method: str, distill: bool) -> str:
     return f"{method}+kd" if distill else method
 
 
-def _baseline(method, ancestor, records, gens, last, setup: _Setup, console, distill: bool) -> list[dict[str, Any]]:
-    run_recipe, train_split, val_split, epochs = setup.run_recipe, setup.train_split, setup.val_split, setup.epochs
+def _baseline(method: str, ancestor, setup: _Setup, console, distill: bool) -> list[dict[str, Any]]:
+    run_recipe = setup.run_recipe
     settings = train_settings(run_recipe)
     size = run_recipe.data.eval_size
     example = torch.zeros(1, 3, size, size)
@@ -102,122 +130,170 @@ def _baseline(method, ancestor, records, gens, last, setup: _Setup, console, dis
     kind = run_recipe.train.distill.teacher if distill else "none"
     label = _label(method, distill)
     frozen_ancestor = copy.deepcopy(ancestor) if kind == "ancestor" else None
-    for g in range(1, last + 1):
+    for g in range(1, max(setup.gens) + 1):
         seed = derive_seed(run_recipe.seed, g, 0, 1)  # the run's training seed of generation g
-        ctx = PruneContext(example, train_split, seed, run_recipe.train.batch_size)
+        ctx = PruneContext(example, setup.train_split, seed, run_recipe.train.batch_size)
         parent = model
-        model = prune_to(model, method, records[g]["params"], ctx, tolerance=setup.tolerance)
+        model = prune_to(model, method, setup.records[g]["params"], ctx, tolerance=setup.tolerance)
         teacher = {"ancestor": frozen_ancestor, "parent": parent}.get(kind)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            train(
-                model, train_split, settings, epochs=run_recipe.train.epochs_per_generation, seed=seed, teacher=teacher
-            )
-        if g in gens:
-            metrics = evaluate(model, val_split, batch_size=run_recipe.train.eval_batch_size)
+            train(model, setup.train_split, settings, epochs=setup.epochs_per_generation, seed=seed, teacher=teacher)
+        if g in setup.gens:
+            metrics = evaluate(model, setup.val_split, batch_size=run_recipe.train.eval_batch_size)
             stats = model_stats(model, example)
-            rows.append(
-                {
-                    "method": label,
-                    "squishednet": gens[g],
-                    "generation": g,
-                    "params": stats["params"],
-                    "size_mb": stats["size_mb"],
-                    "macs": stats["macs"],
-                    "epochs": epochs(g),
-                    **metrics,
-                }
+            rows.append(_row(label, setup.seed, setup.gens[g], g, stats, metrics, setup.epochs(g)))
+            console.print(
+                f"{label:16s} seed {setup.seed} {setup.gens[g]}  {stats['params']:>9,} params  "
+                f"top-1 {metrics['top1']:5.1f}%"
             )
-            console.print(f"{label:16s} {gens[g]}  {stats['params']:>9,} params  top-1 {metrics['top1']:5.1f}%")
     return rows
 
 
-def _markdown(recipe: CompareRecipe, rows: list[dict], run_dir: Path) -> str:
+def _order(r: dict) -> tuple:
+    return (r["generation"], r["method"] not in ("ancestor", "evolutionary"), r["method"], r.get("seed", 0))
+
+
+def _summary(rows: list[dict]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, per SquishedNet (its generation may differ
+    between seeds) and method; sizes in the run's order, the ancestor first."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(rows, key=_order):
+        groups.setdefault((r["squishednet"], r["method"]), []).append(r)
+    out = []
+    for (name, method), members in groups.items():
+        top1 = [m["top1"] for m in members]
+        mean = sum(top1) / len(top1)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in top1) / (len(top1) - 1)) if len(top1) > 1 else 0.0
+        params = round(sum(m["params"] for m in members) / len(members))
+        first = min(m["generation"] for m in members)
+        out.append(
+            {
+                "squishednet": name,
+                "method": method,
+                "n": len(top1),
+                "mean": mean,
+                "sd": sd,
+                "params": params,
+                "g": first,
+            }
+        )
+    sizes = {}
+    for s in out:
+        sizes[s["squishednet"]] = min(sizes.get(s["squishednet"], s["g"]), s["g"])
+    kind = {"ancestor": 0, "evolutionary": 1}
+    return sorted(out, key=lambda s: (sizes[s["squishednet"]], kind.get(s["method"], 2), s["method"]))
+
+
+def _markdown(recipe: CompareRecipe, rows: list[dict], runs: list[Path]) -> str:
     lines = [
         f"# Comparison: {recipe.name}",
         "",
-        f"Against the evolutionary run `{run_dir}`.",
+        "Against the evolutionary run(s) " + ", ".join(f"`{r}`" for r in runs) + " (one per seed).",
         "",
-        "Protocol: every method starts from the run's trained ancestor (`gen_00.pt`) and follows the",
-        "run's schedule: at generation g it is pruned to the run's parameter count of generation g",
-        f"(within {recipe.tolerance:.0%}) and trained for the run's `epochs_per_generation` with the same",
-        "optimiser, data, resolution and seed. Baselines prune every layer by one uniform ratio (the",
+        "Protocol: every method starts from the run's ancestor (`gen_00.pt`) and follows the run's",
+        "schedule: at generation g it is pruned to the run's parameter count of generation g",
+        f"(within {recipe.tolerance:.0%}) and trained for the run's epochs per generation (its offspring",
+        "screening steps included) with the same optimiser, data, resolution and seed, on the run's",
+        "training images less its held-out slice. Baselines prune every layer by one uniform ratio (the",
         "classifier excluded), as one NNI `config_list` entry does; NNI masks are applied physically",
         "through torch-pruning. `epochs` counts all training epochs since the pretrained weights.",
-        "Baselines train with plain cross-entropy, as users of those pruners fine-tune; a method named",
-        "`<method>+kd` was trained with the run's own knowledge distillation (`train.distill`) instead.",
+        "A method named `<method>+kd` was trained with the run's own knowledge distillation",
+        "(`train.distill`: the same teacher); the others with plain cross-entropy. Top-1 on the",
+        "validation split, which no choice saw.",
         "",
-        "| method | SquishedNet | generation | params | size (MB) | MACs (M) | epochs | top-1 (%) | top-5 (%) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "## Mean over seeds",
+        "",
+        "| SquishedNet | method | seeds | params | top-1 (%) mean ± sd |",
+        "|---|---|---:|---:|---:|",
     ]
-    for r in sorted(rows, key=lambda r: (r["generation"], r["method"] != "evolutionary", r["method"])):
+    for s in _summary(rows):
         lines.append(
-            f"| {r['method']} | {r['squishednet']} | {r['generation']} | {r['params']:,} | {r['size_mb']:.3f} "
-            f"| {r['macs'] / 1e6:.1f} | {r['epochs']:g} | {r['top1']:.2f} | {r['top5']:.2f} |"
+            f"| {s['squishednet']} | {s['method']} | {s['n']} | {s['params']:,} | {s['mean']:.2f} ± {s['sd']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "| method | seed | SquishedNet | generation | params | size (MB) | MACs (M) | epochs | top-1 (%) | top-5 (%) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=_order):
+        lines.append(
+            f"| {r['method']} | {r.get('seed', 0)} | {r['squishednet']} | {r['generation']} | {r['params']:,} "
+            f"| {r['size_mb']:.3f} | {r['macs'] / 1e6:.1f} | {r['epochs']:g} | {r['top1']:.2f} | {r['top5']:.2f} |"
         )
     lines += ["", "![top-1 vs parameters](pareto.png)", ""]
     return "\n".join(lines)
 
 
 def _equal_budget(rows: list[dict], eval_size: int) -> str:
-    """The issue-#8 table: one row per method and size, ``method,params,macs,epochs,top1_<size>``."""
+    """One row per method, seed and size: ``method,seed,params,macs,epochs,top1_<size>``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "params", "macs", "epochs", f"top1_{eval_size}"])
-    for r in sorted(rows, key=lambda r: (r["generation"], r["method"] != "evolutionary", r["method"])):
-        writer.writerow([r["method"], r["params"], r["macs"], f"{r['epochs']:g}", f"{r['top1']:.2f}"])
+    writer.writerow(["method", "seed", "params", "macs", "epochs", f"top1_{eval_size}"])
+    for r in sorted(rows, key=_order):
+        writer.writerow([r["method"], r.get("seed", 0), r["params"], r["macs"], f"{r['epochs']:g}", f"{r['top1']:.2f}"])
     return buf.getvalue()
 
 
-def _write(out: Path, recipe: CompareRecipe, rows: list[dict], run_dir: Path, eval_size: int) -> None:
+def _write(out: Path, recipe: CompareRecipe, rows: list[dict], runs: list[Path], eval_size: int) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: (r["method"], r["generation"])))
+    writer.writerows(sorted(rows, key=lambda r: (r["method"], r.get("seed", 0), r["generation"])))
     atomic_write_text(out / "comparison.csv", buf.getvalue())
     atomic_write_text(out / EQUAL_BUDGET, _equal_budget(rows, eval_size))
     png = render_comparison(rows)
     if png is not None:
         atomic_write_bytes(out / "pareto.png", png)
-    atomic_write_text(out / "comparison.md", _markdown(recipe, rows, run_dir))
+    atomic_write_text(out / "comparison.md", _markdown(recipe, rows, runs))
+
+
+def _check_runs(recipe: CompareRecipe) -> list[Recipe]:
+    """The runs' recipes; one sentence when they cannot be compared as the recipe asks."""
+    for run in recipe.run_dirs():
+        read_lineage(run)  # first: "not a finished run" says the most
+    recipes = [read_run_recipe(run) for run in recipe.run_dirs()]
+    for run, run_recipe in zip(recipe.run_dirs(), recipes):
+        if recipe.distill != "none" and run_recipe.train.distill.teacher == "none":
+            raise InvalidArgumentError(
+                f"distill '{recipe.distill}' needs a run trained with distillation, but '{run}' has "
+                "train.distill.teacher 'none'; use distill 'none' or a run with teacher 'ancestor' or 'parent'."
+            )
+    seeds = [r.seed for r in recipes]
+    if len(set(seeds)) != len(seeds):
+        raise InvalidArgumentError(f"the compared runs must have different seeds, got {seeds}.")
+    if any(r.data != recipes[0].data for r in recipes):
+        raise InvalidArgumentError("the compared runs must share their data section (the same images and slice).")
+    return recipes
 
 
 def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, console: Console | None = None) -> Path:
-    """Run every baseline of ``recipe`` (skipping those already in ``out_dir``'s
-    results, so a killed comparison resumes) and write the comparison files."""
+    """Run every baseline of ``recipe`` against every run (seed), skipping those already in
+    ``out_dir``'s results, so a killed comparison resumes, and write the comparison files."""
     console = console or Console()
-    run_dir = Path(recipe.run)
-    records = read_lineage(run_dir)
-    run_recipe = read_run_recipe(run_dir)
-    if recipe.distill == "run" and run_recipe.train.distill.teacher == "none":
-        raise InvalidArgumentError(
-            f"distill 'run' needs a run trained with distillation, but '{run_dir}' has train.distill.teacher "
-            "'none'; use distill 'none' or a run with teacher 'ancestor' or 'parent'."
-        )
-    gens, last = _targets(records, run_recipe, recipe.extra_params)
-    torch.set_num_threads(recipe.threads or run_recipe.train.threads)
+    recipes = _check_runs(recipe)
+    runs = recipe.run_dirs()
+    torch.set_num_threads(recipe.threads or recipes[0].train.threads)
     out = out_dir or timestamped_dir(recipe.output.dir, recipe.name)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.yaml", yaml.safe_dump(recipe.model_dump(), sort_keys=False))
     done = json.loads((out / RESULTS).read_text()) if (out / RESULTS).is_file() else {}
-    t = run_recipe.train
-
-    def epochs(g: int) -> float:
-        return t.ancestor_epochs + g * t.epochs_per_generation
-
-    done["evolutionary"] = _ours(records, gens, epochs)
-    train_split, val_split = load_data(run_recipe)
-    ancestor = load_pruned(run_dir / records[0]["checkpoint"])
-    distill = recipe.distill == "run"
-    for method in recipe.methods:
-        label = _label(method, distill)
-        if label in done:
-            continue
-        console.print(f"[bold]{label}[/]: generations 1..{last} on the run's schedule")
-        setup = _Setup(run_recipe, train_split, val_split, epochs, recipe.tolerance)
-        done[label] = _baseline(method, ancestor, records, gens, last, setup, console, distill)
-        write_json_atomic(out / RESULTS, done)
+    train_all, val_split = load_data(recipes[0])
+    for run_dir in runs:
+        setup = _setup(run_dir, recipe, train_all, val_split)
+        done[f"evolutionary@{setup.seed}"] = setup.ours()
+        ancestor = load_pruned(run_dir / setup.records[0]["checkpoint"])
+        for method in recipe.methods:
+            for distill in DISTILL[recipe.distill]:
+                key = f"{_label(method, distill)}@{setup.seed}"
+                if key in done:
+                    continue
+                console.print(f"[bold]{key}[/]: generations 1..{max(setup.gens)} on the run's schedule")
+                done[key] = _baseline(method, ancestor, setup, console, distill)
+                write_json_atomic(out / RESULTS, done)
     write_json_atomic(out / RESULTS, done)
-    _write(out, recipe, [row for rows in done.values() for row in rows], run_dir, run_recipe.data.eval_size)
+    _write(out, recipe, [row for rows in done.values() for row in rows], runs, recipes[0].data.eval_size)
     console.print(f"comparison: {out / 'comparison.md'}")
     return out

@@ -31,13 +31,16 @@ class CompareRecipe(RecipeSection):
     """A head-to-head against classic pruners on an evolutionary run's own schedule."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
-    run: str = Field(description="run directory of `squish-plugin run` to compare against")
+    run: str | list[str] = Field(
+        description="run directory of `squish-plugin run` to compare against, or one per seed (a list): every "
+        "baseline then runs once per seed, on that run's schedule, seed and held-out slice"
+    )
     methods: list[Literal[METHOD_NAMES]] = list(METHOD_NAMES)  # type: ignore[valid-type]
     tolerance: float = Field(0.02, gt=0, le=0.1)
-    distill: Literal["none", "run"] = Field(
+    distill: Literal["none", "run", "both"] = Field(
         "none",
-        description="baselines train with plain cross-entropy ('none') or the run's distillation ('run', "
-        "rows named '<method>+kd')",
+        description="baselines train with plain cross-entropy ('none'), the run's distillation ('run', "
+        "rows named '<method>+kd'), or each method both ways ('both')",
     )
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads (default: the run's train.threads)")
     extra_params: list[int] = Field(
@@ -52,12 +55,32 @@ class CompareRecipe(RecipeSection):
             raise ValueError("must be positive parameter counts")
         return sorted(set(v), reverse=True)
 
+    def run_dirs(self) -> list[Path]:
+        """The compared runs, one per seed."""
+        return [Path(r) for r in ([self.run] if isinstance(self.run, str) else self.run)]
+
+    @field_validator("run")
+    @classmethod
+    def _some_run(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("must name at least one run directory, each once")
+        return v
+
     @field_validator("methods")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
         if not v or len(set(v)) != len(v):
             raise ValueError("must list at least one method, each once")
         return v
+
+
+def _resolve_runs(run: object, base: Path) -> object:
+    """A run path (or each of a list) relative to ``base``; anything else as given."""
+    if isinstance(run, str):
+        return str((base / Path(run).expanduser()).resolve())
+    if isinstance(run, list) and all(isinstance(r, str) for r in run):
+        return [str((base / Path(r).expanduser()).resolve()) for r in run]
+    return run
 
 
 def load_compare_recipe(path: str | Path, overrides: list[str] | None = None) -> CompareRecipe:
@@ -67,11 +90,9 @@ def load_compare_recipe(path: str | Path, overrides: list[str] | None = None) ->
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping.")
-    if isinstance(data.get("run"), str) and not Path(data["run"]).is_absolute():
-        data["run"] = str((path.parent / data["run"]).resolve())
+    data["run"] = _resolve_runs(data.get("run"), path.parent)
     data = apply_overrides(data, overrides or [])
-    if isinstance(data.get("run"), str):
-        data["run"] = str(Path(data["run"]).expanduser().resolve())
+    data["run"] = _resolve_runs(data.get("run"), Path.cwd())
     try:
         return CompareRecipe.model_validate(data)
     except ValidationError as exc:

@@ -116,8 +116,23 @@ def _widths(Figure, records):
     return fig
 
 
+def _seed_means(rows: Sequence[Mapping]) -> list[tuple[float, float, float]]:
+    """``(mean params, mean top-1, sd of top-1)`` per SquishedNet over the seeds, by size."""
+    groups: dict[str, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault(r["squishednet"], []).append(r)
+    points = []
+    for members in groups.values():
+        top1 = [m["top1"] for m in members]
+        mean = sum(top1) / len(top1)
+        sd = (sum((x - mean) ** 2 for x in top1) / (len(top1) - 1)) ** 0.5 if len(top1) > 1 else 0.0
+        points.append((sum(m["params"] for m in members) / len(members), mean, sd))
+    return sorted(points)
+
+
 def render_comparison(rows: Sequence[Mapping]) -> bytes | None:
-    """Top-1 vs parameters, one line per method (PNG bytes), or ``None`` without matplotlib."""
+    """Top-1 vs parameters, one line per method, mean over seeds with one standard
+    deviation as error bars (PNG bytes), or ``None`` without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -127,9 +142,17 @@ def render_comparison(rows: Sequence[Mapping]) -> bytes | None:
     ax = fig.add_subplot()
     methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "evolutionary", m))
     for method in methods:
-        pts = sorted((r["params"], r["top1"]) for r in rows if r["method"] == method)
+        pts = _seed_means([r for r in rows if r["method"] == method])
         style = {"lw": 2.5, "color": "black", "zorder": 3} if method == "evolutionary" else {"lw": 1.2}
-        ax.plot([p / 1e3 for p, _ in pts], [t for _, t in pts], marker="o", label=method, **style)
+        ax.errorbar(
+            [p / 1e3 for p, _, _ in pts],
+            [t for _, t, _ in pts],
+            yerr=[sd for _, _, sd in pts],
+            marker="o",
+            capsize=3,
+            label=method,
+            **style,
+        )
     ax.invert_xaxis()
     ax.set_xlabel("parameters (thousands)")
     ax.set_ylabel("top-1 accuracy (%)")

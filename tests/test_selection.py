@@ -139,3 +139,23 @@ def test_protocol_levers_through_a_recipe(tmp_path):
         assert all(abs(s["params"] - target) <= 0.005 * target for s in child["screened"])
         winner = max(child["screened"], key=lambda s: (s["screen"], -child["screened"].index(s)))
         assert child["seed"] == winner["seed"]
+
+
+def test_held_out_images_are_decoded_like_the_validation_images(tmp_path):
+    """The held-out slice leaves the training images and is scored as val is: at
+    eval_size with the eval crop, not at the training resolution; a resumed run with
+    other training images is refused."""
+    from squish_plugin.study.data import load_split
+    from squish_plugin.study.recipe import load_recipe
+    from squish_plugin.study.selection import held_out
+
+    recipe = load_recipe(EXAMPLES / "quickstart.yaml", ["data.holdout=0.1"])
+    d = recipe.data
+    train = load_split(d.root, "train", d.train_size, train=True)
+    rest, held = held_out(recipe, train, tmp_path)
+    assert len(rest) == 360 and held.split.images.shape[1:] == (3, d.eval_size, d.eval_size)
+    as_val = load_split(d.root, "train", d.eval_size, train=False)
+    assert torch.equal(held.split.images, as_val.images[list(held.indices)])
+    other = LoadedSplit(train.images[1:], train.labels[1:], train.classes)
+    with pytest.raises(InvalidArgumentError, match="another held-out slice"):
+        held_out(recipe, other, tmp_path)

@@ -146,7 +146,9 @@ class EvolutionSection(RecipeSection):
         "('proxy': only the winner trains), or after screen_steps of training each ('finetune': the winner goes on)",
     )
     screen_steps: int = Field(30, ge=1, le=100000)
-    proxy_images: int = Field(512, ge=16, le=100000)
+    proxy_images: int = Field(
+        512, ge=16, le=100000, description="selection scores at most this many held-out (or training) images"
+    )
     reinitialize: bool = False
 
 

@@ -310,7 +310,9 @@ class _Study:
 
     def config(self) -> EvolutionConfig:
         recipe = self.recipe
-        select = self.held_score or _scorer(recipe, proxy_slice(self.train_split, recipe.evolution.proxy_images))
+        # selection scores (at most) proxy_images images: of the held-out slice, or else of the training set
+        pool = self.held.split if self.held else self.train_split
+        select = _scorer(recipe, proxy_slice(pool, recipe.evolution.proxy_images))
         screen = screen_by_finetune(
             recipe, self.train_split, select, lambda child, ctx, seed, epochs: self.fit(child, ctx, epochs, seed)
         )

@@ -13,6 +13,7 @@ import copy
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..persistence import write_json_atomic
 from ..synthesis.genetics import derive_seed
 from ..synthesis.strengths import data_strengths
 from . import distributed
-from .data import LoadedSplit, iterate_batches
+from .data import LoadedSplit, iterate_batches, load_split
 from .holdout import HeldOut, holdout_split
 from .recipe import Recipe
 
@@ -37,10 +38,22 @@ Score = Callable[[nn.Module], dict[str, float]]
 
 def held_out(recipe: Recipe, train_split: LoadedSplit, run_dir: Path) -> tuple[LoadedSplit, HeldOut | None]:
     """``(the images networks train on, the held-out slice or None)``; the slice is
-    recorded in ``run_dir/holdout.json``, and a resumed run must find the same one."""
-    if not recipe.data.holdout:
+    recorded in ``run_dir/holdout.json``, and a resumed run must find the same one.
+    The held-out images are decoded as the validation images are (``eval_size``, the
+    eval crop), so what the choices see is scored like what the tables report."""
+    d = recipe.data
+    if not d.holdout:
         return train_split, None
-    rest, held = holdout_split(train_split, recipe.data.holdout, recipe.data.holdout_seed)
+    rest, held = holdout_split(train_split, d.holdout, d.holdout_seed)
+    as_val = load_split(
+        d.root, d.train_split, d.eval_size, classes=list(train_split.classes), cache_dir=d.cache_dir, train=False
+    )
+    index = torch.tensor(held.indices, dtype=torch.long)
+    if not torch.equal(as_val.labels[index], held.split.labels):
+        raise InvalidArgumentError(
+            f"the training images under '{d.root}' changed while the run read them; start again."
+        )
+    held = replace(held, split=LoadedSplit(as_val.images[index], as_val.labels[index], as_val.classes))
     path = Path(run_dir) / HOLDOUT_FILE
     if path.is_file():
         recorded = json.loads(path.read_text()).get("digest")

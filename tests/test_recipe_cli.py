@@ -142,8 +142,9 @@ def test_every_example_recipe_validates(name):
     the comparison recipe points at the committed study, which must be complete)."""
     if name.startswith("compare"):
         recipe = load_compare_recipe(EXAMPLES / name)
-        assert (Path(recipe.run) / "lineage.json").is_file()
-        assert (Path(recipe.run) / "checkpoints" / "gen_00.pt").is_file()
+        for run in recipe.run_dirs():
+            assert (run / "lineage.json").is_file()
+            assert (run / "checkpoints" / "gen_00.pt").is_file()
     else:
         assert load_recipe(EXAMPLES / name).name
 

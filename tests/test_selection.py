@@ -134,7 +134,7 @@ def test_protocol_levers_through_a_recipe(tmp_path):
     recs = json.loads((run / "lineage.json").read_text())["records"]
     assert all("holdout_top1" in r for r in recs)
     for parent, child in zip(recs, recs[1:]):
-        assert len(child["screened"]) == 3
+        assert len(child["screened"]) == 3 and child["screen_seconds"] > 0
         target = 0.9 * parent["params"]
         assert all(abs(s["params"] - target) <= 0.005 * target for s in child["screened"])
         winner = max(child["screened"], key=lambda s: (s["screen"], -child["screened"].index(s)))

@@ -174,6 +174,7 @@ class _Evolution:
         self.train_fn = train_fn
         self.eval_fn = eval_fn
         self.records: list[dict[str, Any]] = []
+        self.screen_seconds = 0.0
 
     def measure(self, model: nn.Module, ctx: GenerationContext) -> dict[str, Any]:
         what = "the ancestor" if ctx.generation == 0 else f"offspring {ctx.candidate} of generation {ctx.generation}"
@@ -242,7 +243,7 @@ class _Evolution:
         screen = self.config.screen_fn
         if screen is None or len(children) <= 1:
             return children, []
-        screened = []
+        screened, start = [], time.perf_counter()
         for synth_seed, child, ctx in children:
             child.eval()
             with torch.random.fork_rng(devices=[]):  # a screen that trains (dropout) replays on resume
@@ -250,6 +251,7 @@ class _Evolution:
                 score = float(screen(child, ctx))
             screened.append({"seed": synth_seed, "screen": score, "params": sum(p.numel() for p in child.parameters())})
         pick = max(range(len(children)), key=lambda i: (screened[i]["screen"], -i))
+        self.screen_seconds = round(time.perf_counter() - start, 3)
         return [children[pick]], screened
 
     def generation(self, g: int, parent: nn.Module) -> nn.Module:
@@ -268,6 +270,7 @@ class _Evolution:
             record["candidates"] = candidates
         if screened:
             record["screened"] = screened
+            record["screen_seconds"] = self.screen_seconds  # selection's cost, beside train_seconds
         self.commit(g, child, record)
         return child
 

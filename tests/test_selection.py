@@ -159,3 +159,15 @@ def test_held_out_images_are_decoded_like_the_validation_images(tmp_path):
     other = LoadedSplit(train.images[1:], train.labels[1:], train.classes)
     with pytest.raises(InvalidArgumentError, match="another held-out slice"):
         held_out(recipe, other, tmp_path)
+
+
+def test_report_shows_the_held_out_column_only_for_runs_that_held_out(tmp_path):
+    from squish_plugin.study.report import write_report
+
+    record = {"generation": 0, "parent": None, "params": 727_626, "size_mb": 2.91, "macs": 1.0, "top1": 50.0}
+    record |= {"top5": 90.0, "train_seconds": 1.0, "widths": {}, "seed": 0, "checkpoint": "c.pt"}
+    write_report(tmp_path / "a", [record], squishednets=[], recipe={}, title="t")
+    assert "Held-out" not in (tmp_path / "a" / "report.md").read_text()
+    write_report(tmp_path / "b", [{**record, "holdout_top1": 61.25}], squishednets=[], recipe={}, title="t")
+    text = (tmp_path / "b" / "report.md").read_text()
+    assert "Held-out top-1 (%)" in text and "| 61.25 |" in text

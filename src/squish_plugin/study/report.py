@@ -245,6 +245,7 @@ def _table2(by_gen: dict[int, Mapping], squishednets: Sequence[Mapping], ips: di
 
 
 def _generations_table(records: list[Mapping], ips: dict) -> list[str]:
+    held = any("holdout_top1" in r for r in records)  # the run held out a slice of its training set
     rows = [
         [
             str(r["generation"]),
@@ -254,6 +255,7 @@ def _generations_table(records: list[Mapping], ips: dict) -> list[str]:
             _fmt(r["macs"] / 1e6, ".1f"),
             _fmt(r["top1"], ".2f"),
             _fmt(r["top5"], ".2f"),
+            *([_fmt(r.get("holdout_top1"), ".2f")] if held else []),
             _fmt(r["train_seconds"], ".0f"),
             _fmt(ips.get(r["generation"]), ",.0f"),
         ]
@@ -267,6 +269,7 @@ def _generations_table(records: list[Mapping], ips: dict) -> list[str]:
         "MACs (M)",
         "Top-1 (%)",
         "Top-5 (%)",
+        *(["Held-out top-1 (%)"] if held else []),
         "Train (s)",
         "Images/s",
     )

@@ -23,7 +23,7 @@ import torch
 from ..errors import InvalidArgumentError
 from .data import LoadedSplit
 
-__all__ = ["HeldOut", "holdout_split"]
+__all__ = ["HeldOut", "holdout_split", "proxy_slice"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,3 +71,11 @@ def holdout_split(split: LoadedSplit, fraction: float, seed: int = 0) -> tuple[L
     rest = LoadedSplit(split.images[mask], split.labels[mask], split.classes)
     kept = LoadedSplit(split.images[index], split.labels[index], split.classes)
     return rest, HeldOut(kept, tuple(held), float(fraction), int(seed))
+
+
+def proxy_slice(split: LoadedSplit, n: int) -> LoadedSplit:
+    """A fixed, class-balanced-in-expectation sample of ``n`` images of ``split`` (evenly
+    spaced indices): what offspring compete on, or what data-driven strengths are measured on."""
+    n = min(n, len(split))
+    idx = torch.linspace(0, len(split) - 1, n).round().long()
+    return LoadedSplit(split.images[idx], split.labels[idx], split.classes)

@@ -28,6 +28,7 @@ from ..synthesis.genetics import SynthesisConfig
 from . import distributed
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
+from .holdout import proxy_slice
 from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .selection import checked_ancestor, held_out, screen_by_finetune, strength_fn
@@ -128,14 +129,6 @@ def train_settings(recipe: Recipe) -> TrainSettings:
     same = {f.name: getattr(t, f.name) for f in fields(TrainSettings) if f.name in type(t).model_fields}
     distill = {"distill_alpha": t.distill.alpha, "distill_temperature": t.distill.temperature}
     return TrainSettings(**same, **distill, crop=recipe.data.train_crop)
-
-
-def proxy_slice(split: LoadedSplit, n: int) -> LoadedSplit:
-    """A fixed, class-balanced-in-expectation sample of ``n`` training images (evenly
-    spaced indices): the cheap proxy on which offspring compete; never val."""
-    n = min(n, len(split))
-    idx = torch.linspace(0, len(split) - 1, n).round().long()
-    return LoadedSplit(split.images[idx], split.labels[idx], split.classes)
 
 
 class Teacher:

@@ -26,7 +26,7 @@ from ..synthesis.genetics import derive_seed
 from ..synthesis.strengths import data_strengths
 from . import distributed
 from .data import LoadedSplit, iterate_batches, load_split
-from .holdout import HeldOut, holdout_split
+from .holdout import HeldOut, holdout_split, proxy_slice
 from .recipe import Recipe
 
 __all__ = ["ANCESTOR_FILE", "HOLDOUT_FILE", "checked_ancestor", "held_out", "screen_by_finetune", "strength_fn"]
@@ -97,9 +97,7 @@ def strength_fn(recipe: Recipe, train_split: LoadedSplit) -> Callable[[nn.Module
     evo = recipe.evolution
     if evo.importance not in ("taylor", "activation"):
         return None
-    n = min(evo.strength_images, len(train_split))
-    idx = torch.linspace(0, len(train_split) - 1, n).round().long()
-    sample = LoadedSplit(train_split.images[idx], train_split.labels[idx], train_split.classes)
+    sample = proxy_slice(train_split, evo.strength_images)
     crop = recipe.data.train_crop
 
     def batches():

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 MODES = ("paper", "budget")
-RESOURCES = ("params", "macs")
+RESOURCES = ("params", "macs", "latency")
 STARVATION = ("global", "layer", "cost")
 
 
@@ -68,10 +68,14 @@ class SynthesisConfig:
             probabilities but scales them so that the offspring's *expected*
             resource is ``env`` times the parent's (with env=0.9, ~90% of the
             parameters per generation: the trajectory of the paper's sizes).
-        resource: what ``"budget"`` mode budgets: ``"params"`` or ``"macs"``.
+        resource: what ``"budget"`` mode budgets: ``"params"``, ``"macs"`` or ``"latency"``
+            (measured time on a target, from a per-layer latency table handed to the
+            pruner: :mod:`squish_plugin.synthesis.latency`).
         min_channels: every prunable layer keeps at least this many clusters (>= 1).
         round_to: if set, kept counts are rounded *up* to a multiple of it
-            (capped at the layer's width), e.g. 8 for TensorRT-friendly widths.
+            (capped at the layer's width), e.g. 8 for TensorRT-friendly widths; a
+            latency table's ``round_to`` is the multiple measured fastest on its target.
+            With ``size_tolerance`` the repaired draw meets the budget with the rounding.
         temperature: ``T`` of the encoding ``exp((s/z - 1) / T)``; the paper's is 1.
             Lower values make strong clusters rarely die.
         max_drop: if set, the largest fraction of a layer's clusters one generation
@@ -303,8 +307,41 @@ def repair_to_budget(
             lo = mid
         else:
             hi = mid
-    candidates = [masks_at(lo), masks_at(hi)]
+    # one cluster at a time the cut is within a cluster of the target; rounded, it jumps
+    below = _top_up(masks_at(lo), ratios, resource, target, round_to) if round_to else masks_at(lo)
+    candidates = [below, masks_at(hi)]
     return min(candidates, key=lambda m: abs(resource(_fractions(m)) - target))
+
+
+def _top_up(
+    masks: list[torch.Tensor],
+    ratios: Sequence[torch.Tensor],
+    resource: ResourceModel,
+    target: float,
+    round_to: int | None,
+) -> list[torch.Tensor]:
+    """From a draw under ``target``, add one step at a time (the next ``round_to`` clusters
+    of lowest ratio in one layer; one cluster without rounding) while the resource stays
+    <= ``target``, always the step whose first cluster has the lowest ratio: with rounding
+    the single cut of :func:`repair_to_budget` moves in coarse jumps, this fills the gap."""
+    masks = [m.clone() for m in masks]
+    while True:
+        best = None
+        for i, (mask, ratio) in enumerate(zip(masks, ratios)):
+            dropped = (~mask).nonzero().flatten()
+            if dropped.numel() == 0:
+                continue
+            order = dropped[torch.sort(ratio[dropped], stable=True).indices]
+            kept = int(mask.sum())
+            step = (-(-(kept + 1) // round_to) * round_to - kept) if round_to else 1
+            grown = mask.clone()
+            grown[order[:step]] = True
+            trial = masks[:i] + [grown] + masks[i + 1 :]
+            if resource(_fractions(trial)) <= target and (best is None or ratio[order[0]] < best[0]):
+                best = (float(ratio[order[0]]), i, grown)
+        if best is None:
+            return masks
+        masks[best[1]] = best[2]
 
 
 def synthesize(
@@ -328,4 +365,6 @@ def budget_of(config: SynthesisConfig, resource: ResourceModel | None) -> tuple[
 
 
 def _layers(resource: ResourceModel) -> int:
+    if hasattr(resource, "layers"):  # a LatencyModel knows its prunable layers
+        return int(resource.layers)
     return 1 + max((layer for t in resource.terms for f in t.factors for layer, _ in f.coeffs), default=-1)

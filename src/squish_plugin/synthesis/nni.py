@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, MissingExtraError
 from .genetics import SynthesisConfig, cluster_strength, derive_seed, draw, synthesis_probabilities
+from .latency import LatencyTable
 from .surgery import EvalMode, PrunableLayer, Surgeon, clone_model
 
 try:
@@ -60,6 +61,7 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         config_list: NNI config list (``op_types``, ``op_names``, ``exclude_op_names``...).
         env, config, seed, example_inputs: as in the torch-pruning face.
         evaluator: optional NNI evaluator (unused by the one-shot draw).
+        latency_table: the target's table when ``config.resource == "latency"``.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         example_inputs: torch.Tensor | None = None,
         evaluator: Any = None,
         existed_wrappers: Any = None,
+        latency_table: LatencyTable | None = None,
     ) -> None:
         config = config or SynthesisConfig()
         if env is not None:
@@ -83,7 +86,7 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         self.generation = 0
         # trace and describe the network before NNI wraps its modules
         self._surgeon = Surgeon(model, example_inputs)
-        self._resource = self._surgeon.resource_model(config.resource)
+        self._resource = self._surgeon.resource_model(config.resource, latency_table)
         super().__init__(model, _with_ratio(config_list, config.env), evaluator, existed_wrappers)
 
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:

@@ -17,6 +17,7 @@ from .genetics import (
     draw,
     synthesis_probabilities,
 )
+from .latency import LatencyTable
 from .surgery import PrunableLayer, Surgeon, clone_model
 
 __all__ = ["EvolutionarySynthesisPruner"]
@@ -49,6 +50,10 @@ class EvolutionarySynthesisPruner:
         ignored_layers: extra modules whose output channels must be left alone.
         unwrapped_parameters: ``[(parameter, dim), ...]`` for parameters outside any
             Conv/Linear/BatchNorm (ConvNeXt's layer scale), passed to torch-pruning.
+        latency_table: with ``config.resource == "latency"``, the per-layer latency
+            table of the target (:func:`~squish_plugin.synthesis.latency.load_table`;
+            measured by ``squish-plugin bench table``): each offspring keeps ``env`` of
+            its parent's predicted latency.
 
     Grouped (not depthwise) convolutions keep their width, and so does every layer
     coupled to them: torch-pruning cannot cut channel groups.
@@ -73,6 +78,7 @@ class EvolutionarySynthesisPruner:
         importance: str | Importance = "l1",
         ignored_layers: Iterable[nn.Module] = (),
         unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
+        latency_table: LatencyTable | None = None,
     ) -> None:
         config = config or SynthesisConfig()
         if env is not None:
@@ -89,6 +95,7 @@ class EvolutionarySynthesisPruner:
         self.seed = seed
         self.importance = importance
         self.generation = 0
+        self.latency_table = latency_table
         self._example_inputs = example_inputs
         self._ignored = tuple(ignored_layers)
         self._surgeon = Surgeon(model, example_inputs, self._ignored, unwrapped_parameters)
@@ -126,7 +133,7 @@ class EvolutionarySynthesisPruner:
     def _resource(self):
         if self.config.mode != "budget":
             return None
-        return self._surgeon.resource_model(self.config.resource)
+        return self._surgeon.resource_model(self.config.resource, self.latency_table)
 
     def sample(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         """Draw the next offspring's keep-masks, ``{layer name: bool mask}``,

@@ -32,6 +32,7 @@ __all__ = [
     "ResourceTerm",
     "bisect",
     "calibrate_multiplier",
+    "channel_form",
     "expected_fractions",
     "kept_floor",
     "resource_model",
@@ -128,7 +129,8 @@ def resource_model(
     return ResourceModel(tuple(terms))
 
 
-def _form(total: int, coupled: Mapping[int, int]) -> LinearForm:
+def channel_form(total: int, coupled: Mapping[int, int]) -> LinearForm:
+    """A dimension of ``total`` channels of which layer ``i`` removes ``coupled[i]`` with its clusters."""
     return LinearForm(total - sum(coupled.values()), tuple(sorted(coupled.items())))
 
 
@@ -139,8 +141,8 @@ def _terms(module, own, out_dims, in_dims, output_shapes, resource, batch) -> li
         else:
             n_out, n_in = module.out_channels, module.in_channels
             kernel, groups = math.prod(module.kernel_size), module.groups
-        out_f = _form(n_out, out_dims.get(module, {}))
-        in_f = _form(n_in, in_dims.get(module, {})) if groups == 1 else LinearForm(n_in // groups)
+        out_f = channel_form(n_out, out_dims.get(module, {}))
+        in_f = channel_form(n_in, in_dims.get(module, {})) if groups == 1 else LinearForm(n_in // groups)
         if resource == "macs":
             shape = output_shapes.get(module, ())
             positions = math.prod(shape) // max(shape[1] if len(shape) > 1 else 1, 1) // batch
@@ -154,7 +156,7 @@ def _terms(module, own, out_dims, in_dims, output_shapes, resource, batch) -> li
     if resource == "macs":
         return []
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        out_f = _form(module.num_features, out_dims.get(module, {}))
+        out_f = channel_form(module.num_features, out_dims.get(module, {}))
         return [ResourceTerm(float(len(own)), (out_f,))]
     # anything else keeps its size (an approximation for exotic layers)
     return [ResourceTerm(float(sum(p.numel() for p in own)))]

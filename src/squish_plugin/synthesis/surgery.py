@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import InvalidArgumentError, UntraceableModelError
+from .latency import LatencyTable, latency_model
 from .resources import ROOT_TYPES, ResourceModel, resource_model
 
 __all__ = [
@@ -302,8 +303,13 @@ class Surgeon:
                 target.setdefault(dep.target.module, {})[index] = len(idxs)
         return out_dims, in_dims
 
-    def resource_model(self, resource: str = "params") -> ResourceModel:
-        """Parameters (or MACs per image) as a polynomial of the kept fractions."""
+    def resource_model(self, resource: str = "params", table: LatencyTable | None = None) -> ResourceModel:
+        """Parameters, MACs per image or (with a latency ``table``) the target's latency
+        as a function of the kept fractions."""
+        if resource == "latency":
+            if table is None:
+                raise InvalidArgumentError('resource="latency" needs a latency table (latency_table=...).')
+            return latency_model(self.model, table, *self.couplings(), self.example_inputs, len(self.layers))
         batch = max(int(self.example_inputs.shape[0]), 1)
         return resource_model(self.model, *self.couplings(), self.output_shapes, batch, resource)
 

@@ -1,0 +1,321 @@
+"""What a network costs in measured time: a per-layer latency lookup table and the
+latency model the budget calibration queries (``resource="latency"``).
+
+NetAdapt-style (Yang et al. 2018): every Conv/Linear of the ancestor is timed once per
+target at a grid of (input channels, output channels) -- each grid point one layer alone
+(convolution + ReLU) on the deployment batch -- and a network's latency is the sum over
+its layers of the table, interpolated bilinearly between grid points, times the table's
+``scale`` (measured whole ancestor / the table's sum for it: what pooling, concatenation
+and the runtime add). The table is plain data (JSON, :data:`TABLE_FORMAT`); measuring it
+is the deploy side's job (``squish_plugin.deploy.latency``; on a Jetson, the TX1 kit).
+
+Example:
+    >>> from squish_plugin.synthesis.latency import LatencyTable, LayerGrid
+    >>> grid = LayerGrid("conv", (1, 1), (1, 1), (0, 0), (13, 13), cin=(8, 16), cout=(8, 16),
+    ...                  ms=((1.0, 2.0), (2.0, 4.0)))
+    >>> round(grid.lookup(12.0, 12.0), 3)
+    2.25
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from .resources import ROOT_TYPES, LinearForm, channel_form
+
+__all__ = [
+    "TABLE_FORMAT",
+    "LatencyModel",
+    "LatencyTable",
+    "LayerGrid",
+    "grid_widths",
+    "layer_geometry",
+    "latency_model",
+    "load_table",
+]
+
+TABLE_FORMAT = "squish-plugin/latency-table-v1"
+GRID_POINTS = 8  # per dimension: widths k/8 of the ancestor's, k = 1..8
+
+
+@dataclass(frozen=True)
+class LayerGrid:
+    """One layer's measured latency (ms per batch) at ``cin x cout`` grid widths."""
+
+    op: str  # "conv" or "linear"
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    in_hw: tuple[int, int]
+    cin: tuple[int, ...]
+    cout: tuple[int, ...]
+    ms: tuple[tuple[float, ...], ...]  # ms[i][j] at cin[i], cout[j]
+
+    def __post_init__(self) -> None:
+        for name, axis in (("cin", self.cin), ("cout", self.cout)):
+            if not axis or any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 1:
+                raise InvalidArgumentError(f"a latency grid's {name} must be increasing widths >= 1, got {axis}.")
+        if len(self.ms) != len(self.cin) or any(len(row) != len(self.cout) for row in self.ms):
+            raise InvalidArgumentError(
+                f"a latency grid of {len(self.cin)}x{len(self.cout)} widths needs as many times."
+            )
+        if any(not (math.isfinite(v) and v >= 0) for row in self.ms for v in row):
+            raise InvalidArgumentError("a latency grid's times must be finite milliseconds >= 0.")
+        # measured times are noisy; a model the bisections can trust never falls as a layer widens
+        monotone = [list(row) for row in self.ms]
+        for i in range(len(self.cin)):
+            for j in range(len(self.cout)):
+                above = max(monotone[i - 1][j] if i else 0.0, monotone[i][j - 1] if j else 0.0)
+                monotone[i][j] = max(monotone[i][j], above)
+        object.__setattr__(self, "ms", tuple(tuple(row) for row in monotone))
+
+    def geometry(self) -> tuple:
+        return (self.op, self.kernel, self.stride, self.padding, self.in_hw)
+
+    def lookup(self, cin: float, cout: float) -> float:
+        """Bilinear interpolation; below the first grid width the first width's time (a
+        conservative floor), above the last one refused."""
+        if cin > self.cin[-1] + 1e-6 or cout > self.cout[-1] + 1e-6:
+            raise InvalidArgumentError(
+                f"a layer of {cin:.0f} -> {cout:.0f} channels lies outside its latency grid "
+                f"(up to {self.cin[-1]} -> {self.cout[-1]}): measure a table for this model."
+            )
+        i, a = _bracket(self.cin, cin)
+        j, b = _bracket(self.cout, cout)
+        i2, j2 = min(i + 1, len(self.cin) - 1), min(j + 1, len(self.cout) - 1)
+        m = self.ms
+        top = m[i][j] * (1 - b) + m[i][j2] * b
+        bottom = m[i2][j] * (1 - b) + m[i2][j2] * b
+        return top * (1 - a) + bottom * a
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "kernel": list(self.kernel),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "in_hw": list(self.in_hw),
+            "cin": list(self.cin),
+            "cout": list(self.cout),
+            "ms": [list(row) for row in self.ms],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerGrid:
+        pairs = ("kernel", "stride", "padding", "in_hw")
+        return cls(
+            str(data["op"]),
+            *(tuple(int(v) for v in data[k]) for k in pairs),
+            tuple(int(v) for v in data["cin"]),
+            tuple(int(v) for v in data["cout"]),
+            tuple(tuple(float(v) for v in row) for row in data["ms"]),
+        )
+
+
+def _bracket(axis: Sequence[int], value: float) -> tuple[int, float]:
+    """``(i, t)``: ``value`` lies ``t`` of the way from ``axis[i]`` to ``axis[i + 1]``."""
+    if value <= axis[0]:
+        return 0, 0.0
+    for i in range(len(axis) - 1):
+        if value <= axis[i + 1]:
+            return i, (value - axis[i]) / (axis[i + 1] - axis[i])
+    return len(axis) - 1, 0.0
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Per-layer latency grids of one network on one target, with what was measured.
+
+    ``target`` names the backend, device, threads, batch and precision; ``round_to`` is
+    the channel multiple the target runs fastest (``None`` if not measured), with the
+    figures that chose it in ``notes``; ``scale`` turns the sum of layer times into the
+    whole network's (1.0 if not calibrated)."""
+
+    target: Mapping[str, Any]
+    layers: Mapping[str, LayerGrid]
+    scale: float = 1.0
+    round_to: int | None = None
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": TABLE_FORMAT,
+            "target": dict(self.target),
+            "scale": self.scale,
+            "round_to": self.round_to,
+            "notes": dict(self.notes),
+            "layers": {name: grid.to_dict() for name, grid in sorted(self.layers.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "the latency table") -> LatencyTable:
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            raise InvalidArgumentError(f"{source} is not a latency table (format {TABLE_FORMAT!r} expected).")
+        try:
+            layers = {str(name): LayerGrid.from_dict(g) for name, g in data["layers"].items()}
+            scale, round_to = float(data.get("scale", 1.0)), data.get("round_to")
+            round_to = None if round_to is None else int(round_to)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidArgumentError(f"{source} is malformed ({type(exc).__name__}: {exc}).") from None
+        if not layers or not (math.isfinite(scale) and scale > 0) or (round_to is not None and round_to < 1):
+            raise InvalidArgumentError(f"{source} needs layers, a scale > 0 and round_to None or >= 1.")
+        return cls(dict(data.get("target", {})), layers, scale, round_to, dict(data.get("notes", {})))
+
+    def layer_ms(self, name: str, cin: float, cout: float) -> float:
+        if name not in self.layers:
+            raise InvalidArgumentError(f"the latency table has no layer '{name}': measure a table for this model.")
+        return self.layers[name].lookup(cin, cout)
+
+
+def load_table(path: str | os.PathLike) -> LatencyTable:
+    """Read a latency table file (JSON; never executes anything)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(f"latency table '{path}' does not exist.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgumentError(f"latency table '{path}' is not readable JSON ({exc}).") from None
+    return LatencyTable.from_dict(data, f"latency table '{path}'")
+
+
+# --------------------------------------------------------------------------- a network's geometry
+
+
+def layer_geometry(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """``{name: geometry}`` of every Conv2d/Linear that runs on ``example_inputs``: op,
+    kernel, stride, padding, input height/width, input and output channels (one forward
+    pass with hooks, model order)."""
+    names = {m: n for n, m in model.named_modules()}
+    found: dict[str, dict[str, Any]] = {}
+
+    def hook(module: nn.Module, inputs: tuple, _out: object) -> None:
+        x = inputs[0]
+        if isinstance(module, nn.Linear):
+            geo = {"op": "linear", "kernel": (1, 1), "stride": (1, 1), "padding": (0, 0), "in_hw": (1, 1)}
+            found[names[module]] = {**geo, "cin": module.in_features, "cout": module.out_features}
+            return
+        if module.groups != 1 or len(module.kernel_size) != 2 or isinstance(module.padding, str):
+            raise InvalidArgumentError(
+                f"layer '{names[module]}': the latency table covers ungrouped 2-D convolutions with numeric padding."
+            )
+        found[names[module]] = {
+            "op": "conv",
+            "kernel": tuple(module.kernel_size),
+            "stride": tuple(module.stride),
+            "padding": tuple(module.padding),
+            "in_hw": tuple(x.shape[-2:]),
+            "cin": module.in_channels,
+            "cout": module.out_channels,
+        }
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def grid_widths(width: int, step: int | None = None, points: int = GRID_POINTS) -> tuple[int, ...]:
+    """The grid of one dimension: ``k / points`` of ``width`` for ``k = 1..points``, each
+    rounded up to a multiple of ``step`` (a layer's widths under ``round_to``), at most
+    ``width``."""
+    step = max(int(step or 1), 1)
+    values = {min(width, -(-math.ceil(width * k / points) // step) * step) for k in range(1, points + 1)}
+    return tuple(sorted(values))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class LatencyTerm:
+    """One layer: its table entry and its input / output widths as linear forms of the
+    kept fractions (as :class:`~squish_plugin.synthesis.resources.ResourceTerm`)."""
+
+    name: str
+    cin: LinearForm
+    cout: LinearForm
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """A network's latency (ms per batch on the table's target) as a function of the
+    kept fractions of its ``layers`` prunable layers; callable like a
+    :class:`~squish_plugin.synthesis.resources.ResourceModel`, so the calibration and the
+    repair to the budget work on it unchanged."""
+
+    table: LatencyTable
+    terms: tuple[LatencyTerm, ...]
+    layers: int
+
+    def __call__(self, fractions: torch.Tensor | Sequence[float]) -> float:
+        f = [float(v) for v in fractions]
+        total = sum(self.table.layer_ms(t.name, t.cin(f), t.cout(f)) for t in self.terms)
+        return float(self.table.scale * total)
+
+    def restrict(self, active: Sequence[int], size: int) -> LatencyModel:
+        """The same latency with only the layers ``active`` free (see ``ResourceModel.restrict``)."""
+        if any(not 0 <= layer < size for layer in active):
+            raise InvalidArgumentError(f"active layer indices must lie in 0..{size - 1}.")
+        index = {layer: i for i, layer in enumerate(active)}
+
+        def form(f: LinearForm) -> LinearForm:
+            fixed = f.constant + sum(c for layer, c in f.coeffs if layer not in index)
+            return LinearForm(fixed, tuple((index[layer], c) for layer, c in f.coeffs if layer in index))
+
+        terms = tuple(LatencyTerm(t.name, form(t.cin), form(t.cout)) for t in self.terms)
+        return LatencyModel(self.table, terms, len(active))
+
+
+def check_geometry(table: LatencyTable, geometry: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse, in one sentence, a table measured for another network or input size."""
+    for name, geo in geometry.items():
+        grid = table.layers.get(name)
+        if grid is None:
+            raise InvalidArgumentError(f"the latency table has no layer '{name}': measure a table for this model.")
+        want = (geo["op"], tuple(geo["kernel"]), tuple(geo["stride"]), tuple(geo["padding"]), tuple(geo["in_hw"]))
+        if grid.geometry() != want:
+            raise InvalidArgumentError(
+                f"layer '{name}' is {want} here but {grid.geometry()} in the latency table: "
+                "measure a table for this model and input size."
+            )
+
+
+def latency_model(
+    model: nn.Module,
+    table: LatencyTable,
+    out_dims: Mapping[nn.Module, Mapping[int, int]],
+    in_dims: Mapping[nn.Module, Mapping[int, int]],
+    example_inputs: torch.Tensor,
+    layers: int,
+) -> LatencyModel:
+    """``model``'s latency on ``table``'s target as a function of the kept fractions of its
+    ``layers`` prunable layers (couplings as for ``resource_model``); the table must hold
+    every Conv/Linear that runs, measured at the same geometry."""
+    geometry = layer_geometry(model, example_inputs)
+    check_geometry(table, geometry)
+    modules = dict(model.named_modules())
+    terms = []
+    for name in geometry:  # model order, the same in every process
+        module = modules[name]
+        n_in, n_out = geometry[name]["cin"], geometry[name]["cout"]
+        terms.append(
+            LatencyTerm(
+                name, channel_form(n_in, in_dims.get(module, {})), channel_form(n_out, out_dims.get(module, {}))
+            )
+        )
+    return LatencyModel(table, tuple(terms), layers)

@@ -1,0 +1,156 @@
+"""The latency table and model (resource="latency") and round_to: auto, on fake timers:
+deterministic stand-ins for a target, so every figure below is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
+from squish_plugin.deploy.latency import (
+    calibrate_scale,
+    choose_round_to,
+    measure_table,
+    onnxruntime_layer_timer,
+    predict_ms,
+    pytorch_layer_timer,
+    table_error,
+)
+from squish_plugin.errors import InvalidArgumentError
+from squish_plugin.synthesis.genetics import SynthesisConfig
+from squish_plugin.synthesis.latency import LatencyTable, LayerGrid, grid_widths, layer_geometry, load_table
+
+
+def smooth(geo, cin, cout):
+    """Time grows with MACs and with the activations read and written."""
+    k, hw = geo["kernel"][0] * geo["kernel"][1], geo["in_hw"][0] * geo["in_hw"][1]
+    return 1e-7 * k * cin * cout * hw + 1e-5 * hw * (cin + cout)
+
+
+def aligned16(geo, cin, cout):
+    """A backend whose kernels run widths off multiples of 16 three times slower (the
+    image's 3 input channels aside)."""
+    aligned = cout % 16 == 0 and (cin % 16 == 0 or cin == 3)
+    return smooth(geo, cin, cout) * (1.0 if aligned else 3.0)
+
+
+@pytest.fixture(scope="module")
+def ancestor():
+    return squeezenet1_1_ancestor(num_classes=10, weights=None)
+
+
+@pytest.fixture(scope="module")
+def table(ancestor):
+    return measure_table(ancestor, smooth, target={"backend": "fake"})
+
+
+def test_grid_interpolates_bilinearly_never_falls_and_refuses_wider_layers():
+    grid = LayerGrid("conv", (1, 1), (1, 1), (0, 0), (13, 13), (8, 16), (8, 16), ((1.0, 2.0), (0.5, 4.0)))
+    assert grid.ms == ((1.0, 2.0), (1.0, 4.0))  # the noisy 0.5 at a wider input is lifted to 1.0
+    assert grid.lookup(12, 12) == pytest.approx(0.25 * (1.0 + 2.0 + 1.0 + 4.0))
+    assert grid.lookup(4, 4) == 1.0  # below the grid: the first width's time
+    with pytest.raises(InvalidArgumentError, match="outside its latency grid"):
+        grid.lookup(17, 8)
+
+
+def test_grid_widths_follow_the_lattice():
+    assert grid_widths(64, None, 8) == (8, 16, 24, 32, 40, 48, 56, 64)
+    assert grid_widths(48, 16, 8) == (16, 32, 48)
+    assert grid_widths(10, 16, 8) == (10,)
+
+
+def test_table_sums_the_timer_over_the_ancestor_layers(ancestor, table):
+    """At full widths the model is exactly the sum of the timer over every Conv that runs."""
+    geometry = layer_geometry(ancestor, torch.zeros(1, 3, 224, 224))
+    expected = sum(smooth(g, g["cin"], g["cout"]) for g in geometry.values())
+    assert predict_ms(ancestor, table) == pytest.approx(expected)
+    # the classifier's outputs and conv1's inputs are never pruned: one width each
+    assert table.layers["classifier.1"].cout == (10,) and table.layers["features.0"].cin == (3,)
+
+
+def test_table_round_trips_through_its_file_and_bad_files_are_one_sentence(tmp_path, table):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(table.to_dict()))
+    assert load_table(path) == table
+    for text, match in (("{", "not readable JSON"), ('{"format": "x"}', "is not a latency table")):
+        path.write_text(text)
+        with pytest.raises(InvalidArgumentError, match=match):
+            load_table(path)
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        load_table(tmp_path / "missing.json")
+
+
+def test_offspring_keep_env_of_the_parents_latency(ancestor, table):
+    """resource='latency' with size_tolerance: every offspring within 0.5% of 0.8 x the
+    parent's predicted latency; the same seed draws the same child."""
+    cfg = SynthesisConfig(env=0.8, resource="latency", size_tolerance=0.005, temperature=0.05)
+    pruner = EvolutionarySynthesisPruner(ancestor, config=cfg, latency_table=table)
+    parent = predict_ms(ancestor, table)
+    for seed in range(3):
+        child = pruner.offspring(seed=seed)
+        assert abs(predict_ms(child, table) / parent - 0.8) <= 0.005
+    again = pruner.offspring(seed=0)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in pruner.offspring(seed=0).parameters()]
+
+
+def test_latency_budget_cuts_differently_from_a_parameter_budget(ancestor, table):
+    """The environment follows the budgeted resource: at 0.8 of the parameters the
+    child's latency is not 0.8 of the parent's (early, wide layers cost time, not
+    parameters)."""
+    params = SynthesisConfig(env=0.8, resource="params", size_tolerance=0.005, temperature=0.05)
+    child = EvolutionarySynthesisPruner(ancestor, config=params).offspring(seed=0)
+    assert abs(predict_ms(child, table) / predict_ms(ancestor, table) - 0.8) > 0.02
+
+
+def test_latency_resource_needs_a_table_that_fits(ancestor, table):
+    cfg = SynthesisConfig(env=0.8, resource="latency")
+    with pytest.raises(InvalidArgumentError, match="needs a latency table"):
+        EvolutionarySynthesisPruner(ancestor, config=cfg).offspring(seed=0)
+    small = torch.zeros(1, 3, 160, 160)  # another input size: other spatial sizes per layer
+    with pytest.raises(InvalidArgumentError, match="measure a table for this model and input size"):
+        EvolutionarySynthesisPruner(ancestor, config=cfg, latency_table=table, example_inputs=small).offspring(seed=0)
+
+
+def test_round_to_auto_picks_the_multiple_the_target_runs_fastest(ancestor):
+    """On a backend that runs aligned widths 3x faster, rounding up to 16 wins despite
+    the extra channels; on a smooth one no rounding (1) wins; 32 only adds channels."""
+    chosen, figures = choose_round_to(ancestor, aligned16)
+    assert chosen == 16 and figures["ms"]["16"] < min(figures["ms"]["1"], figures["ms"]["32"])
+    assert figures["mmacs"]["16"] > figures["mmacs"]["1"]
+    assert choose_round_to(ancestor, smooth)[0] == 1
+
+
+def test_rounded_offspring_keep_the_budget_and_the_lattice(ancestor):
+    """round_to from the table: widths on the lattice (or a layer's full width) and,
+    repaired, the latency budget still met."""
+    table = measure_table(ancestor, aligned16, step=16, round_to=16)
+    cfg = SynthesisConfig(env=0.8, resource="latency", size_tolerance=0.01, round_to=table.round_to, temperature=0.05)
+    child = EvolutionarySynthesisPruner(ancestor, config=cfg, latency_table=table).offspring(seed=0)
+    widths = [m.out_channels for m in child.modules() if isinstance(m, torch.nn.Conv2d)][:-1]
+    assert all(w % 16 == 0 for w in widths)
+    assert abs(predict_ms(child, table) / predict_ms(ancestor, table) - 0.8) <= 0.01
+
+
+def test_scale_makes_predictions_whole_network_milliseconds(ancestor, table):
+    scaled = calibrate_scale(table, ancestor, measured_ms=2 * predict_ms(ancestor, table))
+    assert scaled.scale == pytest.approx(2.0)
+    rows = table_error(scaled, {"ancestor": ancestor}, {"ancestor": 2 * predict_ms(ancestor, table)})
+    assert rows["ancestor"]["error"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_table_file_validation_names_the_problem():
+    with pytest.raises(InvalidArgumentError, match="malformed"):
+        LatencyTable.from_dict({"format": "squish-plugin/latency-table-v1", "layers": {"a": {"op": "conv"}}})
+    with pytest.raises(InvalidArgumentError, match="increasing widths"):
+        LayerGrid("conv", (1, 1), (1, 1), (0, 0), (4, 4), (16, 8), (8,), ((1.0,), (1.0,)))
+
+
+@pytest.mark.parametrize("make", [pytorch_layer_timer, onnxruntime_layer_timer])
+def test_real_layer_timers_time_one_small_layer(make):
+    pytest.importorskip("onnxruntime")
+    timer = make(batch=2, threads=1, warmup=0, runs=1)
+    geo = {"op": "conv", "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1), "in_hw": (8, 8)}
+    assert timer(geo, 4, 8) > 0
+    assert timer({**geo, "op": "linear", "kernel": (1, 1), "padding": (0, 0), "in_hw": (1, 1)}, 4, 8) > 0

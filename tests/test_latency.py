@@ -10,8 +10,9 @@ import torch
 
 from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
 from squish_plugin.deploy.latency import (
-    calibrate_scale,
+    calibrate,
     choose_round_to,
+    cut_to,
     measure_table,
     onnxruntime_layer_timer,
     predict_ms,
@@ -113,13 +114,23 @@ def test_latency_resource_needs_a_table_that_fits(ancestor, table):
         EvolutionarySynthesisPruner(ancestor, config=cfg, latency_table=table, example_inputs=small).offspring(seed=0)
 
 
+def whole(layer_timer):
+    """A whole-network timer: the layer timer summed over the layers that run."""
+
+    def timer(net):
+        geometry = layer_geometry(net, torch.zeros(1, 3, 224, 224))
+        return sum(layer_timer(g, g["cin"], g["cout"]) for g in geometry.values())
+
+    return timer
+
+
 def test_round_to_auto_picks_the_multiple_the_target_runs_fastest(ancestor):
     """On a backend that runs aligned widths 3x faster, rounding up to 16 wins despite
     the extra channels; on a smooth one no rounding (1) wins; 32 only adds channels."""
-    chosen, figures = choose_round_to(ancestor, aligned16)
+    chosen, figures = choose_round_to(ancestor, whole(aligned16))
     assert chosen == 16 and figures["ms"]["16"] < min(figures["ms"]["1"], figures["ms"]["32"])
-    assert figures["mmacs"]["16"] > figures["mmacs"]["1"]
-    assert choose_round_to(ancestor, smooth)[0] == 1
+    assert figures["params"]["16"] > figures["params"]["1"]
+    assert choose_round_to(ancestor, whole(smooth), candidates=(1, 16))[0] == 1
 
 
 def test_rounded_offspring_keep_the_budget_and_the_lattice(ancestor):
@@ -133,11 +144,17 @@ def test_rounded_offspring_keep_the_budget_and_the_lattice(ancestor):
     assert abs(predict_ms(child, table) / predict_ms(ancestor, table) - 0.8) <= 0.01
 
 
-def test_scale_makes_predictions_whole_network_milliseconds(ancestor, table):
-    scaled = calibrate_scale(table, ancestor, measured_ms=2 * predict_ms(ancestor, table))
-    assert scaled.scale == pytest.approx(2.0)
-    rows = table_error(scaled, {"ancestor": ancestor}, {"ancestor": 2 * predict_ms(ancestor, table)})
-    assert rows["ancestor"]["error"] == pytest.approx(0.0, abs=1e-4)
+def test_calibration_fits_scale_and_offset_to_whole_networks(ancestor, table):
+    """Whole networks that take 0.9 x the layer sum - 5 ms are predicted exactly after the
+    fit; a single network fits the scale alone."""
+    nets = {"ancestor": ancestor, "cut": cut_to(ancestor, 0.5, 16)}
+    measured = {name: 0.9 * predict_ms(net, table) - 5.0 for name, net in nets.items()}
+    fitted = calibrate(table, nets, measured)
+    assert fitted.scale == pytest.approx(0.9) and fitted.offset_ms == pytest.approx(-5.0)
+    rows = table_error(fitted, nets, measured)
+    assert all(abs(r["error"]) < 1e-4 for r in rows.values())
+    one = calibrate(table, {"ancestor": ancestor}, {"ancestor": 2 * predict_ms(ancestor, table)})
+    assert one.scale == pytest.approx(2.0) and one.offset_ms == 0.0
 
 
 def test_table_file_validation_names_the_problem():

@@ -123,7 +123,18 @@ def run(
             typer.echo(f"warning: {problem}", err=True)
         typer.echo("dry run: recipe valid, nothing trained or written.")
         return
+    _guard(lambda: _latency_table(resolved))
     _study(resolved, None)
+
+
+def _latency_table(recipe) -> None:
+    """A recipe that budgets latency (or rounds widths to ``auto``) gets its table first."""
+    from .study.latency import needs_table
+
+    if needs_table(recipe):
+        from .deploy.latency import ensure_table
+
+        ensure_table(recipe, echo=typer.echo)
 
 
 @app.command()
@@ -199,6 +210,23 @@ def bench_run(
             f"{r['model']:15s} {r['images_per_second']:8.1f} img/s  median {lat['median']:.1f} ms/batch"
             f"  p90 {lat['p90']:.1f}  ({r['backend']} {r['precision']}, batch {r['batch']})"
         )
+
+
+@bench_app.command("table")
+def bench_table(
+    recipe: Annotated[Path, typer.Argument(help="a recipe with resource: latency or round_to: auto")],
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="measure again even if the table file exists")] = False,
+) -> None:
+    """Measure the per-layer latency table (and round_to: auto) a recipe reads, on its backend."""
+    from .deploy.latency import ensure_table
+    from .study.recipe import load_recipe
+
+    resolved = _guard(lambda: load_recipe(recipe, set_ or []))
+    path = _guard(lambda: ensure_table(resolved, echo=typer.echo, force=force))
+    if path is None:
+        _fail("the recipe reads no latency table: set evolution.resource: latency or evolution.round_to: auto.")
+    typer.echo(f"latency table: {path}")
 
 
 @bench_app.command("kit")

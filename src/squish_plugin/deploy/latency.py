@@ -23,6 +23,8 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,14 +33,16 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, MissingExtraError
 from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry
-from ..synthesis.surgery import Surgeon, default_example_inputs
+from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
 from .backends import _cpu_name, _time
 
 __all__ = [
     "ROUND_TO_CANDIDATES",
     "LayerTimer",
-    "calibrate_scale",
+    "calibrate",
     "choose_round_to",
+    "cut_to",
+    "ensure_table",
     "layer_macs",
     "measure_table",
     "onnxruntime_layer_timer",
@@ -50,7 +54,10 @@ __all__ = [
 
 LayerTimer = Callable[[Mapping[str, Any], int, int], float]
 ROUND_TO_CANDIDATES = (1, 2, 4, 8, 16, 32)
-ROUND_TO_FRACTIONS = (0.4, 0.7)  # off-lattice widths: 0.4 and 0.7 of each representative layer's
+ROUND_TO_FRACTIONS = (0.4, 0.7)  # off-lattice widths: every prunable layer cut to 0.4 and 0.7 of its own
+#: besides the ancestor, it cut to these fractions of every width (on the rounding lattice)
+#: calibrates the table's scale and offset against whole networks
+CALIBRATION_FRACTIONS = (0.75, 0.5, 0.3)
 ROUND_TO_SLACK = 0.03  # on a near tie (within 3% of the fastest) the smallest multiple wins: finer cuts
 
 
@@ -109,68 +116,80 @@ def measure_table(
     return LatencyTable(dict(target or {}), layers, 1.0, round_to, meta)
 
 
-def predict_ms(model: nn.Module, table: LatencyTable, example_inputs: torch.Tensor | None = None) -> float:
-    """The table's latency of ``model`` as it stands (every kept fraction 1)."""
-    surgeon = Surgeon(model, example_inputs)
-    latency = surgeon.resource_model("latency", table)
-    return latency([1.0] * latency.layers)
-
-
-def calibrate_scale(table: LatencyTable, model: nn.Module, measured_ms: float) -> LatencyTable:
-    """``table`` with ``scale`` = ``measured_ms`` (the whole ``model`` timed on the target)
-    / the table's sum for it, so that predictions are whole-network milliseconds."""
-    raw = predict_ms(model, LatencyTable(table.target, table.layers, 1.0, table.round_to, table.notes))
-    if not raw > 0:
-        raise InvalidArgumentError("the latency table predicts 0 ms for the ancestor: its timer returned no time.")
-    notes = {**dict(table.notes), "calibrated_on_ms": round(measured_ms, 4), "layer_sum_ms": round(raw, 4)}
-    return LatencyTable(table.target, table.layers, measured_ms / raw, table.round_to, notes)
+def calibrate(table: LatencyTable, models: Mapping[str, nn.Module], measured_ms: Mapping[str, float]) -> LatencyTable:
+    """``table`` with ``scale`` and ``offset_ms`` fitted (least squares) so that
+    ``scale * the table's layer sum + offset_ms`` is each whole network's ``measured_ms``
+    on the target; one network fits the scale alone. The fit's residuals go to ``notes``."""
+    raw_table = replace(table, scale=1.0, offset_ms=0.0)
+    names = sorted(models)
+    raw = np.array([predict_ms(models[n], raw_table) for n in names])
+    y = np.array([float(measured_ms[n]) for n in names])
+    if not (raw > 0).all():
+        raise InvalidArgumentError("the latency table predicts 0 ms for a network: its timer returned no time.")
+    if len(names) == 1:
+        scale, offset = float(y[0] / raw[0]), 0.0
+    else:
+        scale, offset = (float(v) for v in np.polyfit(raw, y, 1))
+    if not scale > 0:
+        raise InvalidArgumentError(
+            "the whole networks' times do not grow with the table's: measure on an idle machine."
+        )
+    fitted = {
+        n: {
+            "layer_sum_ms": round(float(r), 4),
+            "measured_ms": round(float(m), 4),
+            "error": round(float((scale * r + offset) / m - 1), 4),
+        }
+        for n, r, m in zip(names, raw, y)
+    }
+    return replace(table, scale=scale, offset_ms=offset, notes={**dict(table.notes), "calibration": fitted})
 
 
 def choose_round_to(
     model: nn.Module,
-    timer: LayerTimer,
+    whole_timer: Callable[[nn.Module], float],
     *,
     example_inputs: torch.Tensor | None = None,
     candidates: Sequence[int] = ROUND_TO_CANDIDATES,
     fractions: Sequence[float] = ROUND_TO_FRACTIONS,
 ) -> tuple[int, dict[str, Any]]:
-    """The channel multiple ``model``'s layers run fastest at on ``timer``'s target: the
-    widest layer of every distinct geometry is timed with its prunable widths cut to each
-    of ``fractions`` (off the lattice) and rounded *up* to each candidate ``m``; the
-    multiple whose rounded-up layers take the least time in all wins (rounding up adds
-    channels, so a multiple wins only where the target runs aligned widths faster), the
-    smallest within :data:`ROUND_TO_SLACK` of the fastest on a near tie (finer cuts).
+    """The channel multiple the target runs ``model`` fastest at, by timing whole networks:
+    for each candidate ``m`` and each of ``fractions``, ``model`` with every prunable layer
+    cut to that fraction of its width rounded *up* to ``m`` (``whole_timer(net) -> ms``).
+    Rounding up adds channels, so a multiple wins only where the target runs aligned
+    widths faster (a whole network, because runtimes such as ONNX Runtime's blocked
+    layouts pay off across layers, not in one layer alone). The multiple with the least
+    time in all wins, the smallest within :data:`ROUND_TO_SLACK` of it on a near tie.
     Returns ``(m, the figures)``."""
     inputs = default_example_inputs() if example_inputs is None else example_inputs
-    geometry = layer_geometry(model, inputs)
-    prunable = _prunable_dims(model, inputs)
-    widest: dict[tuple, str] = {}
-    for name, geo in geometry.items():
-        key = (geo["op"], geo["kernel"], geo["stride"], geo["padding"], geo["in_hw"])
-        if any(prunable.get(name, (False, False))):
-            best = widest.get(key)
-            if best is None or geo["cin"] * geo["cout"] > geometry[best]["cin"] * geometry[best]["cout"]:
-                widest[key] = name
-    if not widest or any(not isinstance(m, int) or m < 1 for m in candidates):
-        raise InvalidArgumentError("round_to: auto needs prunable layers and candidate multiples >= 1.")
-    totals, macs = {}, {}
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in candidates) or not candidates:
+        raise InvalidArgumentError(f"round_to candidates must be integers >= 1, got {list(candidates)}.")
+    totals, params = {}, {}
     for m in sorted(candidates):
-        totals[m] = macs[m] = 0.0
-        for name in sorted(widest.values()):
-            geo, (free_in, free_out) = geometry[name], prunable[name]
-            for f in fractions:
-                cin = _cut(geo["cin"], f, m) if free_in else geo["cin"]
-                cout = _cut(geo["cout"], f, m) if free_out else geo["cout"]
-                macs[m] += layer_macs(geo, cin, cout)
-                totals[m] += float(timer(geo, cin, cout))
+        totals[m], params[m] = 0.0, 0
+        for f in fractions:
+            net = cut_to(model, f, m, inputs)
+            totals[m] += float(whole_timer(net))
+            params[m] += sum(p.numel() for p in net.parameters())
     fastest = min(totals.values())
     chosen = min(m for m, ms in totals.items() if ms <= (1 + ROUND_TO_SLACK) * fastest)
-    figures = {
-        "ms": {str(m): round(v, 4) for m, v in totals.items()},
-        "mmacs": {str(m): round(v / 1e6, 3) for m, v in macs.items()},
-        "layers": sorted(widest.values()),
-    }
+    figures = {"ms": {str(m): round(v, 4) for m, v in totals.items()}, "params": {str(m): v for m, v in params.items()}}
     return chosen, {**figures, "fractions": list(fractions), "slack": ROUND_TO_SLACK}
+
+
+def cut_to(model: nn.Module, fraction: float, multiple: int, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` whose every prunable layer keeps its first ``fraction`` of its
+    channels, rounded up to ``multiple`` (structure only: which channels does not matter
+    to a timer)."""
+    net = clone_model(model)
+    surgeon = Surgeon(net, example_inputs)
+    plan = {}
+    for layer in surgeon.layers:
+        keep = torch.zeros(layer.width, dtype=torch.bool)
+        keep[: _cut(layer.width, fraction, multiple)] = True
+        plan[layer.name] = keep
+    surgeon.prune(plan)
+    return net
 
 
 def _cut(width: int, fraction: float, multiple: int) -> int:
@@ -285,3 +304,92 @@ def target_of(backend: str, *, batch: int, threads: int) -> dict[str, Any]:
         env["onnxruntime"] = ort.__version__
     env["load_1min"], env["cores"] = round(os.getloadavg()[0], 2), os.cpu_count()
     return env
+
+
+# --------------------------------------------------------------------------- a recipe's table
+
+
+def whole_network_ms(
+    model: nn.Module, backend: str, *, batch: int, threads: int, size: int = 224, runs: int = 10
+) -> float:
+    """Median ms per batch of the whole ``model`` on ``backend`` (ONNX Runtime: exported first)."""
+    import tempfile
+
+    from .backends import onnxruntime_runner, pytorch_runner
+
+    if backend == "pytorch":
+        run, _ = pytorch_runner(model, batch=batch, size=size, threads=threads)
+        return _median_ms(run, 3, runs)
+    from .export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path, batch=batch, size=size)
+        run, _ = onnxruntime_runner(path, batch=batch, size=size, threads=threads)
+        return _median_ms(run, 3, runs)
+
+
+def _recipe_model(recipe) -> nn.Module:
+    from ..models import squeezenet1_1_ancestor
+    from ..persistence import load_pruned
+
+    if recipe.model.init:
+        return load_pruned(recipe.model.init)
+    classes = recipe.model.num_classes or len(recipe.data.classes or [])
+    if not classes:
+        split = Path(recipe.data.root) / recipe.data.train_split
+        if not split.is_dir():
+            raise InvalidArgumentError(f"data folder '{split}' does not exist (the table needs the number of classes).")
+        classes = sum(1 for p in split.iterdir() if p.is_dir())
+    return squeezenet1_1_ancestor(classes, weights=None)
+
+
+def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = False) -> Path | None:
+    """Measure the latency table ``recipe`` reads (``resource: latency`` or ``round_to:
+    auto``) on its backend unless the file is there; ``None`` when it needs none."""
+    from ..persistence import write_json_atomic
+    from ..study.latency import needs_table, table_path
+
+    if not needs_table(recipe):
+        return None
+    path, lat = table_path(recipe), recipe.evolution.latency
+    if path.is_file() and not force:
+        return path
+    if lat.backend == "file":
+        raise InvalidArgumentError(f"latency table '{path}' does not exist (evolution.latency.backend is 'file').")
+    model = _recipe_model(recipe).eval()
+    inputs = torch.zeros(1, 3, recipe.data.eval_size, recipe.data.eval_size)
+    make = onnxruntime_layer_timer if lat.backend == "onnxruntime" else pytorch_layer_timer
+    timer = make(batch=lat.batch, threads=lat.threads)
+    target = {**target_of(lat.backend, batch=lat.batch, threads=lat.threads), "input_size": recipe.data.eval_size}
+    if target["load_1min"] > target["cores"]:
+        echo(
+            f"warning: load {target['load_1min']} above {target['cores']} cores: "
+            "the table is measured on a busy machine."
+        )
+    round_to, notes = recipe.evolution.round_to, {}
+    size = recipe.data.eval_size
+    whole = lambda net: whole_network_ms(net, lat.backend, batch=lat.batch, threads=lat.threads, size=size)  # noqa: E731
+    if round_to == "auto":
+        round_to, notes = choose_round_to(model, whole, example_inputs=inputs)
+        echo(f"round_to auto: {round_to} (ms per candidate: {notes['ms']})")
+    echo(f"measuring the latency table on {lat.backend} ({lat.threads} threads, batch {lat.batch}) ...")
+    table = measure_table(
+        model,
+        timer,
+        example_inputs=inputs,
+        step=round_to,
+        target=target,
+        round_to=round_to,
+        notes={"round_to_figures": notes} if notes else None,
+    )
+    nets = {"ancestor": model, **{f"cut-{f}": cut_to(model, f, round_to or 1, inputs) for f in CALIBRATION_FRACTIONS}}
+    table = calibrate(table, nets, {name: whole(net) for name, net in nets.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, table.to_dict())
+    worst = max(abs(row["error"]) for row in table.notes["calibration"].values())
+    echo(
+        f"latency table: {path} ({table.notes['timed_layers']} layer timings; whole = {table.scale:.3f} x sum "
+        f"{table.offset_ms:+.2f} ms, worst error on its calibration networks {worst:.1%})"
+    )
+    return path

@@ -29,8 +29,9 @@ from torch import nn
 from ..errors import CheckpointError, InvalidArgumentError
 from ..persistence import load_pruned, save_pruned, write_json_atomic
 from ..synthesis.genetics import SynthesisConfig, derive_seed
+from ..synthesis.latency import LatencyTable
 from ..synthesis.pruner import EvolutionarySynthesisPruner
-from ..synthesis.surgery import model_stats
+from ..synthesis.surgery import model_stats, predict_ms
 from . import distributed
 
 __all__ = ["LINEAGE_FILE", "EvolutionConfig", "GenerationContext", "Lineage", "evolve", "read_lineage"]
@@ -90,6 +91,8 @@ class EvolutionConfig:
         train_ancestor: train generation 0 too.
         example_inputs: a batch the model accepts (one 224x224 image by default).
         on_generation: called with each generation's record once it is committed.
+        latency_table: the target's table for ``synthesis.resource == "latency"``; every
+            record then carries the network's predicted ``latency_ms``.
     """
 
     generations: int = 15
@@ -103,6 +106,7 @@ class EvolutionConfig:
     train_ancestor: bool = True
     example_inputs: torch.Tensor | None = None
     on_generation: Callable[[dict[str, Any]], None] | None = None
+    latency_table: LatencyTable | None = None
 
     def __post_init__(self) -> None:
         g, k = self.generations, self.offspring_per_generation
@@ -192,6 +196,8 @@ class _Evolution:
         metrics = dict(self.eval_fn(model))
         stats = model_stats(model, self.config.example_inputs)
         record = {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": _widths(model)}
+        if self.config.latency_table is not None:
+            record["latency_ms"] = round(predict_ms(model, self.config.latency_table, self.config.example_inputs), 4)
         if before is not None:
             after = distributed.check_replicas(model, f"{what} after training")
             record["replicas"] = {
@@ -224,7 +230,12 @@ class _Evolution:
         c = self.config
         importance = c.strength_fn(parent) if c.strength_fn else c.importance
         pruner = EvolutionarySynthesisPruner(
-            parent, config=c.synthesis, seed=self.seed, example_inputs=c.example_inputs, importance=importance
+            parent,
+            config=c.synthesis,
+            seed=self.seed,
+            example_inputs=c.example_inputs,
+            importance=importance,
+            latency_table=c.latency_table,
         )
         children = []
         for k in range(c.offspring_per_generation):

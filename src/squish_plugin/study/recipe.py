@@ -119,13 +119,32 @@ class TrainSection(RecipeSection):
     distill: DistillSection = DistillSection()
 
 
+class LatencySection(RecipeSection):
+    backend: Literal["onnxruntime", "pytorch", "file"] = Field(
+        "onnxruntime",
+        description="where the latency table is measured: here on ONNX Runtime's CPU provider or eager PyTorch, "
+        "or 'file': a table measured elsewhere (the TX1 kit's, brought back by bench collect) at `table`",
+    )
+    table: str | None = Field(
+        None, description="the table's file; default: a file per target and model in the cache ($SQUISH_CACHE)"
+    )
+    threads: int = Field(2, ge=1, le=256)
+    batch: int = Field(32, ge=1, le=4096)
+
+
 class EvolutionSection(RecipeSection):
     generations: int = Field(15, ge=0, le=1000)
     env: float = Field(0.9, gt=0, le=1)
     mode: Literal["paper", "budget"] = "budget"
-    resource: Literal["params", "macs"] = "params"
+    resource: Literal["params", "macs", "latency"] = Field(
+        "params", description="what mode 'budget' keeps env of: parameters, MACs, or latency measured on a target"
+    )
+    latency: LatencySection = LatencySection()
     min_channels: int = Field(1, ge=1)
-    round_to: int | None = Field(None, ge=1)
+    round_to: int | Literal["auto"] | None = Field(
+        None,
+        description="kept widths rounded up to this multiple; 'auto': the multiple the latency target runs fastest",
+    )
     temperature: float = Field(1.0, gt=0)
     max_drop: float | None = Field(None, gt=0, le=1)
     starvation: Literal["global", "layer", "cost"] = "layer"
@@ -193,6 +212,15 @@ class Recipe(RecipeSection):
         return self
 
     @model_validator(mode="after")
+    def _latency_settings(self) -> Recipe:
+        evo = self.evolution
+        if isinstance(evo.round_to, int) and evo.round_to < 1:
+            raise ValueError("evolution.round_to must be an integer >= 1, 'auto' or null")
+        if evo.latency.backend == "file" and evo.latency.table is None:
+            raise ValueError("evolution.latency.backend 'file' needs evolution.latency.table (the table's path)")
+        return self
+
+    @model_validator(mode="after")
     def _head_needs_weights(self) -> Recipe:
         if self.model.head == "pretrained" and self.model.weights is None:
             raise ValueError("model.head 'pretrained' needs model.weights (e.g. 'imagenet')")
@@ -256,6 +284,10 @@ def resolve_paths(data: dict[str, Any], base: Path) -> None:
             value = section.get(key)
             if isinstance(value, str) and not Path(value).expanduser().is_absolute():
                 section[key] = str((base / value).resolve())
+    latency = data.get("evolution", {}).get("latency") if isinstance(data.get("evolution"), dict) else None
+    table = latency.get("table") if isinstance(latency, dict) else None
+    if isinstance(table, str) and not Path(table).expanduser().is_absolute():
+        latency["table"] = str((base / table).resolve())
 
 
 def read_yaml(path: Path) -> Any:

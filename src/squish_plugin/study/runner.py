@@ -29,6 +29,7 @@ from . import distributed
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
 from .holdout import proxy_slice
+from .latency import resolved_round_to, run_table
 from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 from .report import select_squishednets, write_report
 from .selection import checked_ancestor, held_out, screen_by_finetune, strength_fn
@@ -235,13 +236,15 @@ def _scorer(recipe: Recipe, split: LoadedSplit) -> Callable[[torch.nn.Module], d
 
 
 def evolution_config(
-    recipe: Recipe, proxy_fn, on_generation=None, *, screen_fn=None, strength_fn=None
+    recipe: Recipe, proxy_fn, on_generation=None, *, screen_fn=None, strength_fn=None, latency_table=None
 ) -> EvolutionConfig:
     """The engine's settings from a recipe's ``evolution`` section; ``proxy_fn`` scores
     offspring on the held-out slice (or a fixed slice of training images; selection
-    never sees val); ``screen_fn`` is ``selection: finetune``'s short fine-tune and score."""
+    never sees val); ``screen_fn`` is ``selection: finetune``'s short fine-tune and score;
+    ``latency_table`` the run's table (``resource: latency``, ``round_to: auto``)."""
     evo, size = recipe.evolution, recipe.data.eval_size
-    synthesis = SynthesisConfig(**{f.name: getattr(evo, f.name) for f in fields(SynthesisConfig)})
+    settings = {f.name: getattr(evo, f.name) for f in fields(SynthesisConfig)}
+    synthesis = SynthesisConfig(**{**settings, "round_to": resolved_round_to(recipe, latency_table)})
     several = evo.offspring_per_generation > 1
     if evo.selection == "proxy":
         screen_fn = proxy_fn
@@ -258,6 +261,7 @@ def evolution_config(
         reinitialize=evo.reinitialize,
         example_inputs=torch.zeros(1, 3, size, size),
         on_generation=on_generation,
+        latency_table=latency_table if evo.resource == "latency" else None,
     )
 
 
@@ -271,6 +275,7 @@ class _Study:
         self.held_score = _scorer(recipe, self.held.split) if self.held else None
         self.val_score = _scorer(recipe, val_split)
         self.settings, self.teacher = train_settings(recipe), Teacher(recipe.train.distill.teacher, run_dir)
+        self.latency_table = run_table(recipe, run_dir)
 
     def fit(self, model: torch.nn.Module, ctx: GenerationContext, epochs: float, seed: int, settings=None) -> None:
         train(
@@ -316,6 +321,7 @@ class _Study:
             self.display.on_generation,
             screen_fn=screen,
             strength_fn=strengths,
+            latency_table=self.latency_table,
         )
 
 

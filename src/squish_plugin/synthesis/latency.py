@@ -4,9 +4,10 @@ latency model the budget calibration queries (``resource="latency"``).
 NetAdapt-style (Yang et al. 2018): every Conv/Linear of the ancestor is timed once per
 target at a grid of (input channels, output channels) -- each grid point one layer alone
 (convolution + ReLU) on the deployment batch -- and a network's latency is the sum over
-its layers of the table, interpolated bilinearly between grid points, times the table's
-``scale`` (measured whole ancestor / the table's sum for it: what pooling, concatenation
-and the runtime add). The table is plain data (JSON, :data:`TABLE_FORMAT`); measuring it
+its layers of the table, interpolated bilinearly between grid points, mapped to whole
+networks by the table's ``scale * sum + offset_ms`` (fitted on whole networks timed on the
+target: a layer timed alone pays its own start and layout changes, a network once; pooling
+and concatenation add). The table is plain data (JSON, :data:`TABLE_FORMAT`); measuring it
 is the deploy side's job (``squish_plugin.deploy.latency``; on a Jetson, the TX1 kit).
 
 Example:
@@ -138,20 +139,22 @@ class LatencyTable:
 
     ``target`` names the backend, device, threads, batch and precision; ``round_to`` is
     the channel multiple the target runs fastest (``None`` if not measured), with the
-    figures that chose it in ``notes``; ``scale`` turns the sum of layer times into the
-    whole network's (1.0 if not calibrated)."""
+    figures that chose it in ``notes``; ``scale * sum + offset_ms`` turns the sum of layer
+    times into the whole network's (1 and 0 if not calibrated)."""
 
     target: Mapping[str, Any]
     layers: Mapping[str, LayerGrid]
     scale: float = 1.0
     round_to: int | None = None
     notes: Mapping[str, Any] = field(default_factory=dict)
+    offset_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": TABLE_FORMAT,
             "target": dict(self.target),
             "scale": self.scale,
+            "offset_ms": self.offset_ms,
             "round_to": self.round_to,
             "notes": dict(self.notes),
             "layers": {name: grid.to_dict() for name, grid in sorted(self.layers.items())},
@@ -164,12 +167,20 @@ class LatencyTable:
         try:
             layers = {str(name): LayerGrid.from_dict(g) for name, g in data["layers"].items()}
             scale, round_to = float(data.get("scale", 1.0)), data.get("round_to")
+            offset = float(data.get("offset_ms", 0.0))
             round_to = None if round_to is None else int(round_to)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidArgumentError(f"{source} is malformed ({type(exc).__name__}: {exc}).") from None
         if not layers or not (math.isfinite(scale) and scale > 0) or (round_to is not None and round_to < 1):
             raise InvalidArgumentError(f"{source} needs layers, a scale > 0 and round_to None or >= 1.")
-        return cls(dict(data.get("target", {})), layers, scale, round_to, dict(data.get("notes", {})))
+        if not math.isfinite(offset):
+            raise InvalidArgumentError(f"{source}: offset_ms must be a finite number of milliseconds.")
+        return cls(dict(data.get("target", {})), layers, scale, round_to, dict(data.get("notes", {})), offset)
+
+    def whole_ms(self, layer_sum: float) -> float:
+        """The whole network's ms for a sum of layer times (never below 5% of the scaled sum:
+        a negative offset must not make a small network free)."""
+        return max(self.scale * layer_sum + self.offset_ms, 0.05 * self.scale * layer_sum)
 
     def layer_ms(self, name: str, cin: float, cout: float) -> float:
         if name not in self.layers:
@@ -265,7 +276,7 @@ class LatencyModel:
     def __call__(self, fractions: torch.Tensor | Sequence[float]) -> float:
         f = [float(v) for v in fractions]
         total = sum(self.table.layer_ms(t.name, t.cin(f), t.cout(f)) for t in self.terms)
-        return float(self.table.scale * total)
+        return float(self.table.whole_ms(total))
 
     def restrict(self, active: Sequence[int], size: int) -> LatencyModel:
         """The same latency with only the layers ``active`` free (see ``ResourceModel.restrict``)."""

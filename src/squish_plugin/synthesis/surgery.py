@@ -371,6 +371,12 @@ class Surgeon:
                         param.index_fill_(dim, torch.as_tensor(idxs, dtype=torch.long), 0.0)
 
 
+def predict_ms(model: nn.Module, table: LatencyTable, example_inputs: torch.Tensor | None = None) -> float:
+    """``table``'s latency of ``model`` as it stands (ms per batch on the table's target)."""
+    latency = Surgeon(model, example_inputs).resource_model("latency", table)
+    return latency([1.0] * latency.layers)
+
+
 def _restore(model: nn.Module, backup: nn.Module) -> None:
     """Put every module of ``model`` back as ``backup`` (its deep copy) has it, in place:
     the module objects stay the same (references to them stay valid), their parameters,

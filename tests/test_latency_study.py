@@ -1,0 +1,127 @@
+"""A latency-aware study end to end (issue #16) with fake timers in place of the target:
+the recipe keys, `bench table`, the table a run keeps, round_to: auto, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from _helpers import QUICK, set_args
+from squish_plugin.cli import app
+from squish_plugin.deploy import latency as deploy_latency
+from squish_plugin.synthesis.latency import layer_geometry
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+SIZE = 128  # quickstart's eval_size
+
+
+def aligned16(geo, cin, cout):
+    """Time ~ MACs + activations, three times slower off multiples of 16."""
+    k, hw = geo["kernel"][0] * geo["kernel"][1], geo["in_hw"][0] * geo["in_hw"][1]
+    ms = 1e-7 * k * cin * cout * hw + 1e-5 * hw * (cin + cout)
+    return ms if cout % 16 == 0 and (cin % 16 == 0 or cin == 3) else 3 * ms
+
+
+@pytest.fixture
+def fake_target(tmp_path, monkeypatch):
+    """Count layer timings; whole networks are timed as the sum of their layers."""
+    calls = []
+
+    def layer_timer(**_):
+        def timer(geo, cin, cout):
+            calls.append((cin, cout))
+            return aligned16(geo, cin, cout)
+
+        return timer
+
+    def whole(net, backend, **_):
+        geometry = layer_geometry(net, torch.zeros(1, 3, SIZE, SIZE))
+        return 0.9 * sum(aligned16(g, g["cin"], g["cout"]) for g in geometry.values()) - 0.5
+
+    monkeypatch.setattr(deploy_latency, "onnxruntime_layer_timer", layer_timer)
+    monkeypatch.setattr(deploy_latency, "whole_network_ms", whole)
+    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+    return calls
+
+
+LATENCY = {
+    **QUICK,
+    "evolution.resource": "latency",
+    "evolution.round_to": "auto",
+    "evolution.size_tolerance": 0.02,
+}
+
+
+def test_latency_study_draws_against_the_measured_table(tmp_path, fake_target):
+    """`run` measures the missing table (round_to chosen: 16), keeps a copy in the run,
+    records each generation's predicted latency, and every child keeps ~env of its
+    parent's latency with widths on the lattice."""
+    sets = {**LATENCY, "output.dir": tmp_path / "runs"}
+    result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args(sets)])
+    assert result.exit_code == 0, result.output
+    assert "round_to auto: 16" in result.output and fake_target
+    (run,) = (tmp_path / "runs").iterdir()
+    table = json.loads((run / "latency_table.json").read_text())
+    assert (
+        table["round_to"] == 16 and table["scale"] == pytest.approx(0.9) and table["offset_ms"] == pytest.approx(-0.5)
+    )
+    assert list((tmp_path / "cache" / "latency").glob("onnxruntime-*.json"))
+    recs = json.loads((run / "lineage.json").read_text())["records"]
+    for parent, child in zip(recs, recs[1:]):
+        assert abs(child["latency_ms"] / parent["latency_ms"] - 0.9) <= 0.02
+        assert all(w % 16 == 0 or w == 10 for w in child["widths"].values())
+
+
+def test_a_resumed_run_keeps_its_own_table(tmp_path, fake_target):
+    """The cache may change (or vanish) between sessions: a resume reads the run's copy."""
+    sets = {**LATENCY, "evolution.generations": 1, "output.dir": tmp_path / "runs"}
+    assert runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args(sets)]).exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    for cached in (tmp_path / "cache" / "latency").glob("*.json"):
+        cached.unlink()
+    fake_target.clear()
+    result = runner.invoke(app, ["run", "--resume", str(run), "--set", "evolution.generations=2"])
+    assert result.exit_code == 0, result.output
+    assert not fake_target  # nothing measured again
+    assert len(json.loads((run / "lineage.json").read_text())["records"]) == 3
+
+
+def test_bench_table_measures_once_then_reads_the_cache(tmp_path, fake_target):
+    args = ["bench", "table", str(EXAMPLES / "quickstart.yaml"), *set_args(LATENCY)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    measured = len(fake_target)
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and len(fake_target) == measured
+    again = runner.invoke(app, [*args, "--force"])
+    assert again.exit_code == 0 and len(fake_target) > measured
+
+
+@pytest.mark.parametrize(
+    ("sets", "match"),
+    [
+        ({"evolution.latency.backend": "file"}, "needs evolution.latency.table"),
+        ({"evolution.latency.backend": "file", "evolution.latency.table": "/nonexistent/t.json"}, "does not exist"),
+        ({"evolution.round_to": "sixteen"}, "round_to"),
+    ],
+)
+def test_bad_latency_settings_are_one_sentence_exit_2(tmp_path, fake_target, sets, match):
+    result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args({**LATENCY, **sets})])
+    assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output
+
+
+def test_bench_table_refuses_a_recipe_that_reads_no_table(fake_target):
+    result = runner.invoke(app, ["bench", "table", str(EXAMPLES / "quickstart.yaml")])
+    assert result.exit_code == 2 and "reads no latency table" in result.output
+
+
+def test_the_latency_example_recipe_validates():
+    from squish_plugin.study.recipe import load_recipe
+
+    recipe = load_recipe(EXAMPLES / "imagenette-latency.yaml")
+    assert recipe.evolution.resource == "latency" and recipe.evolution.round_to == "auto"

@@ -255,3 +255,29 @@ def test_kit_then_collect_fill_the_report_with_device_numbers(tmp_path):
     assert result.exit_code == 0, result.output
     report = (run / "report.md").read_text()
     assert "trtexec fp16" in report and "Tegra X1" in report
+
+
+def test_machine_load_counts_other_processes_only(monkeypatch):
+    """Busy = other processes held >= BUSY_CORES on average: the machine's busy CPU time
+    less this process's own, per second of wall time."""
+    from squish_plugin.deploy import backends
+
+    for machine, own, busy in (([0.0, 10.0], [0.0, 10.0], False), ([0.0, 10.0], [0.0, 0.0], True)):
+        readings, mine = iter(machine), iter(own)
+        monkeypatch.setattr(backends, "_busy_seconds", lambda r=readings: next(r))
+        monkeypatch.setattr(backends, "_own_cpu", lambda m=mine: next(m))
+        with backends.MachineLoad() as load:
+            pass
+        assert load.record()["busy"] is busy
+
+
+def test_bench_warns_and_records_a_busy_machine(tmp_path, monkeypatch):
+    from squish_plugin.deploy import backends
+
+    run = _fake_run(tmp_path)
+    assert runner.invoke(app, ["export", str(run), "--size", "64"]).exit_code == 0
+    monkeypatch.setattr(backends, "BUSY_CORES", -1.0)  # whatever else runs counts as busy
+    result = runner.invoke(app, ["bench", str(run), "--backend", "pytorch", "--batch", "2", "--runs", "1"])
+    assert result.exit_code == 0 and "warning: the machine was busy" in result.output
+    stored = json.loads((run / "bench" / "pytorch-fp32-b2.json").read_text())
+    assert all(r["env"]["machine_load"]["busy"] for r in stored)

@@ -204,6 +204,14 @@ def bench_run(
 
     options = {"backend": backend, "batch": batch, "precision": precision, "threads": threads, "warmup": warmup}
     results = _guard(lambda: deploy.bench_run(run_dir, **options, runs=runs, trtexec=trtexec, rounds=rounds))
+    load = results[0]["env"]["machine_load"] if results else {}
+    if load.get("busy"):
+        typer.echo(
+            f"warning: the machine was busy (other processes held {load['other_processes_cores']} of "
+            f"{load['cores']} cores on average; load {load['load_1min_before']} before): these figures are not "
+            "an idle machine's; measure again with nothing else running.",
+            err=True,
+        )
     for r in results:
         lat = r["latency_ms"]
         typer.echo(

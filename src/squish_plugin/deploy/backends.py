@@ -27,7 +27,7 @@ import torch
 from ..errors import InvalidArgumentError, MissingExtraError
 from .schema import SCHEMA, bench_result, throughput_ips
 
-__all__ = ["BACKENDS", "SCHEMA", "latency_summary", "result"]
+__all__ = ["BACKENDS", "SCHEMA", "MachineLoad", "latency_summary", "result"]
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -77,6 +77,57 @@ def _time(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+#: other processes using this many cores on average during a measurement make it "busy"
+BUSY_CORES = 0.5
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / _CLOCK_TICKS
+
+
+class MachineLoad:
+    """Measures, around a benchmark, how much CPU *other* processes used: the machine's
+    busy time (``/proc/stat``) less this process's own CPU time, per second of wall time.
+    ``record()`` says how busy the machine was (``busy`` when others held at least
+    :data:`BUSY_CORES` cores on average, or where ``/proc/stat`` is missing, when the
+    1-minute load average before the run exceeded the cores)."""
+
+    def __enter__(self) -> MachineLoad:
+        self.load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        self._wall, self._own, self._busy = time.perf_counter(), _own_cpu(), _busy_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(time.perf_counter() - self._wall, 1e-9)
+        busy = _busy_seconds()
+        self.others = None
+        if busy is not None and self._busy is not None:
+            self.others = max(0.0, (busy - self._busy) - (_own_cpu() - self._own)) / wall
+
+    def record(self) -> dict[str, Any]:
+        cores = os.cpu_count() or 1
+        if self.others is not None:
+            busy = self.others >= BUSY_CORES
+        else:
+            busy = self.load_before is not None and self.load_before > cores
+        others = None if self.others is None else round(self.others, 3)
+        load = None if self.load_before is None else round(self.load_before, 2)
+        return {"cores": cores, "load_1min_before": load, "other_processes_cores": others, "busy": busy}
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _cpu_name() -> str:

@@ -25,7 +25,7 @@ from ..errors import InvalidArgumentError
 from ..persistence import load_pruned, write_json_atomic
 from ..study.engine import read_lineage
 from ..study.runner import THROUGHPUT_FILE, rewrite_report, squishednet_models
-from .backends import BACKENDS, bench_interleaved
+from .backends import BACKENDS, MachineLoad, bench_interleaved
 from .schema import IPS_DEFINITIONS, images_per_second_is
 
 __all__ = ["bench_run", "collect_into_run", "export_run", "kit_for_run"]
@@ -110,15 +110,17 @@ def bench_run(
         return run_dir / info["path"]
 
     common = {"batch": batch, "size": manifest["size"], "threads": threads, "warmup": warmup, "runs": runs}
-    if rounds > 1:
-        targets = {name: target(info) for name, info in models.items()}
-        results = bench_interleaved(targets, backend=backend, rounds=rounds, **common)
-    else:
-        options = {**common, "precision": precision, "trtexec": trtexec}
-        results = [fn(target(info), name=name, **options) for name, info in models.items()]
+    with MachineLoad() as load:  # what else ran meanwhile: recorded with every figure
+        if rounds > 1:
+            targets = {name: target(info) for name, info in models.items()}
+            results = bench_interleaved(targets, backend=backend, rounds=rounds, **common)
+        else:
+            options = {**common, "precision": precision, "trtexec": trtexec}
+            results = [fn(target(info), name=name, **options) for name, info in models.items()]
     for res in results:
         info = models[res["model"]]
         res.update(params=info["params"], macs=info["macs"], generation=info["generation"])
+        res["env"] = {**res.get("env", {}), "machine_load": load.record()}
     _store(run_dir, results, {n: i["generation"] for n, i in manifest["models"].items()})
     return results
 

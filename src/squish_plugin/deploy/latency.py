@@ -20,8 +20,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError, MissingExtraError
+from ..errors import InvalidArgumentError
 from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry
 from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
-from .backends import _cpu_name, _time
+from .timers import LayerTimer, _median_ms, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
 
 __all__ = [
     "ROUND_TO_CANDIDATES",
@@ -52,21 +50,12 @@ __all__ = [
     "target_of",
 ]
 
-LayerTimer = Callable[[Mapping[str, Any], int, int], float]
 ROUND_TO_CANDIDATES = (1, 2, 4, 8, 16, 32)
 ROUND_TO_FRACTIONS = (0.4, 0.7)  # off-lattice widths: every prunable layer cut to 0.4 and 0.7 of its own
 #: besides the ancestor, it cut to these fractions of every width (on the rounding lattice)
 #: calibrates the table's scale and offset against whole networks
 CALIBRATION_FRACTIONS = (0.75, 0.5, 0.3)
 ROUND_TO_SLACK = 0.03  # on a near tie (within 3% of the fastest) the smallest multiple wins: finer cuts
-
-
-def out_hw(geo: Mapping[str, Any]) -> tuple[int, int]:
-    """Output height/width of a layer of ``geo``."""
-    return tuple(
-        (size + 2 * pad - k) // s + 1
-        for size, pad, k, s in zip(geo["in_hw"], geo["padding"], geo["kernel"], geo["stride"])
-    )
 
 
 def layer_macs(geo: Mapping[str, Any], cin: int, cout: int) -> int:
@@ -92,19 +81,13 @@ def measure_table(
     round_to: int | None = None,
     notes: Mapping[str, Any] | None = None,
 ) -> LatencyTable:
-    """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths (a
-    dimension no pruning can change: its one width), each distinct (geometry, cin, cout)
-    once, into a :class:`LatencyTable` (``scale`` 1; see :func:`calibrate_scale`)."""
-    inputs = default_example_inputs() if example_inputs is None else example_inputs
-    geometry = layer_geometry(model, inputs)
-    prunable = _prunable_dims(model, inputs)
+    """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths
+    (:func:`layer_grids`), each distinct (geometry, cin, cout) once, into a
+    :class:`LatencyTable` (``scale`` 1; see :func:`calibrate`)."""
     timed: dict[tuple, float] = {}
     layers = {}
-    for name, geo in geometry.items():
-        free_in, free_out = prunable.get(name, (False, False))
-        cins = grid_widths(geo["cin"], step, points) if free_in else (geo["cin"],)
-        couts = grid_widths(geo["cout"], step, points) if free_out else (geo["cout"],)
-        key = (geo["op"], geo["kernel"], geo["stride"], geo["padding"], geo["in_hw"])
+    for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items():
+        key = geometry_key(geo)
         rows = []
         for cin in cins:
             for cout in couts:
@@ -114,6 +97,27 @@ def measure_table(
         layers[name] = LayerGrid(geo["op"], *key[1:], cins, couts, tuple(rows))
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(timed)}
     return LatencyTable(dict(target or {}), layers, 1.0, round_to, meta)
+
+
+def geometry_key(geo: Mapping[str, Any]) -> tuple:
+    """What a layer's time depends on besides its widths."""
+    return (geo["op"], tuple(geo["kernel"]), tuple(geo["stride"]), tuple(geo["padding"]), tuple(geo["in_hw"]))
+
+
+def layer_grids(
+    model: nn.Module, example_inputs: torch.Tensor | None, step: int | None, points: int = GRID_POINTS
+) -> dict[str, tuple[dict[str, Any], tuple[int, ...], tuple[int, ...]]]:
+    """``{layer: (geometry, input widths, output widths)}`` of the grid a table times (a
+    dimension no pruning can change: its one width)."""
+    inputs = default_example_inputs() if example_inputs is None else example_inputs
+    prunable = _prunable_dims(model, inputs)
+    grids = {}
+    for name, geo in layer_geometry(model, inputs).items():
+        free_in, free_out = prunable.get(name, (False, False))
+        cins = grid_widths(geo["cin"], step, points) if free_in else (geo["cin"],)
+        couts = grid_widths(geo["cout"], step, points) if free_out else (geo["cout"],)
+        grids[name] = (geo, cins, couts)
+    return grids
 
 
 def calibrate(table: LatencyTable, models: Mapping[str, nn.Module], measured_ms: Mapping[str, float]) -> LatencyTable:
@@ -207,103 +211,6 @@ def table_error(table: LatencyTable, models: Mapping[str, nn.Module], measured_m
             "error": round(predicted / float(measured_ms[name]) - 1.0, 4),
         }
     return rows
-
-
-# --------------------------------------------------------------------------- real timers
-
-
-def _median_ms(run: Callable[[], Any], warmup: int, runs: int) -> float:
-    return statistics.median(_time(run, warmup, runs)) * 1e3
-
-
-def pytorch_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 2, runs: int = 5) -> LayerTimer:
-    """Eager PyTorch on the CPU (channels_last), one layer and its ReLU per call."""
-    torch.set_num_threads(threads)
-
-    def timer(geo: Mapping[str, Any], cin: int, cout: int) -> float:
-        gen = torch.Generator().manual_seed(0)
-        if geo["op"] == "linear":
-            layer: nn.Module = nn.Linear(cin, cout)
-            x = torch.randn(batch, cin, generator=gen)
-        else:
-            layer = nn.Conv2d(cin, cout, geo["kernel"], geo["stride"], geo["padding"])
-            layer = layer.to(memory_format=torch.channels_last)
-            x = torch.randn(batch, cin, *geo["in_hw"], generator=gen).contiguous(memory_format=torch.channels_last)
-        block = nn.Sequential(layer, nn.ReLU()).eval()
-
-        def run() -> Any:
-            with torch.inference_mode():
-                return block(x)
-
-        return _median_ms(run, warmup, runs)
-
-    return timer
-
-
-def onnxruntime_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 2, runs: int = 5) -> LayerTimer:
-    """ONNX Runtime's CPU execution provider, one Conv (or Gemm) + Relu graph per call,
-    built with onnx.helper (no export round trip)."""
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError:
-        raise MissingExtraError(
-            "latency tables on onnxruntime need onnx and onnxruntime: pip install 'squish-plugin[export]'."
-        ) from None
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    rng = np.random.default_rng(0)
-
-    def timer(geo: Mapping[str, Any], cin: int, cout: int) -> float:
-        graph = _one_layer_graph(helper, TensorProto, numpy_helper, rng, geo, batch, cin, cout)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        shape = (batch, cin) if geo["op"] == "linear" else (batch, cin, *geo["in_hw"])
-        feed = {"x": rng.standard_normal(shape, dtype=np.float32)}
-        return _median_ms(lambda: session.run(None, feed), warmup, runs)
-
-    return timer
-
-
-def _one_layer_graph(helper, tensor_proto, numpy_helper, rng, geo, batch, cin, cout):
-    if geo["op"] == "linear":
-        w = numpy_helper.from_array(rng.standard_normal((cout, cin), dtype=np.float32), "w")
-        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
-        x_shape, y_shape = [batch, cin], [batch, cout]
-    else:
-        w = numpy_helper.from_array(rng.standard_normal((cout, cin, *geo["kernel"]), dtype=np.float32), "w")
-        pads = [*geo["padding"], *geo["padding"]]
-        node = helper.make_node(
-            "Conv", ["x", "w", "b"], ["y"], kernel_shape=list(geo["kernel"]), strides=list(geo["stride"]), pads=pads
-        )
-        x_shape, y_shape = [batch, cin, *geo["in_hw"]], [batch, cout, *out_hw(geo)]
-    b = numpy_helper.from_array(np.zeros(cout, dtype=np.float32), "b")
-    relu = helper.make_node("Relu", ["y"], ["z"])
-    return helper.make_graph(
-        [node, relu],
-        "layer",
-        [helper.make_tensor_value_info("x", tensor_proto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("z", tensor_proto.FLOAT, y_shape)],
-        initializer=[w, b],
-    )
-
-
-def target_of(backend: str, *, batch: int, threads: int) -> dict[str, Any]:
-    """What a table measured here ran on (recorded in the table)."""
-    env: dict[str, Any] = {
-        "backend": backend,
-        "device": _cpu_name(),
-        "threads": threads,
-        "batch": batch,
-        "precision": "fp32",
-    }
-    env["torch"] = torch.__version__
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        env["onnxruntime"] = ort.__version__
-    env["load_1min"], env["cores"] = round(os.getloadavg()[0], 2), os.cpu_count()
-    return env
 
 
 # --------------------------------------------------------------------------- a recipe's table

@@ -1,0 +1,130 @@
+"""Layer timers for latency tables: one Conv (or Linear) and its ReLU, timed alone on
+ONNX Runtime's CPU provider or in eager PyTorch (``timer(geometry, cin, cout) -> ms``),
+and the ONNX graphs of single layers the timers and the TX1 kit build with onnx.helper.
+
+Example:
+    >>> from squish_plugin.deploy.timers import pytorch_layer_timer
+    >>> geo = {"op": "conv", "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1), "in_hw": (8, 8)}
+    >>> pytorch_layer_timer(batch=2, threads=1, warmup=0, runs=1)(geo, 4, 8) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import MissingExtraError
+from .backends import _cpu_name, _time
+
+__all__ = ["LayerTimer", "onnxruntime_layer_timer", "out_hw", "pytorch_layer_timer", "target_of"]
+
+LayerTimer = Callable[[Mapping[str, Any], int, int], float]
+
+
+def out_hw(geo: Mapping[str, Any]) -> tuple[int, int]:
+    """Output height/width of a layer of ``geo``."""
+    return tuple(
+        (size + 2 * pad - k) // s + 1
+        for size, pad, k, s in zip(geo["in_hw"], geo["padding"], geo["kernel"], geo["stride"])
+    )
+
+
+def _median_ms(run: Callable[[], Any], warmup: int, runs: int) -> float:
+    return statistics.median(_time(run, warmup, runs)) * 1e3
+
+
+def pytorch_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 2, runs: int = 5) -> LayerTimer:
+    """Eager PyTorch on the CPU (channels_last), one layer and its ReLU per call."""
+    torch.set_num_threads(threads)
+
+    def timer(geo: Mapping[str, Any], cin: int, cout: int) -> float:
+        gen = torch.Generator().manual_seed(0)
+        if geo["op"] == "linear":
+            layer: nn.Module = nn.Linear(cin, cout)
+            x = torch.randn(batch, cin, generator=gen)
+        else:
+            layer = nn.Conv2d(cin, cout, geo["kernel"], geo["stride"], geo["padding"])
+            layer = layer.to(memory_format=torch.channels_last)
+            x = torch.randn(batch, cin, *geo["in_hw"], generator=gen).contiguous(memory_format=torch.channels_last)
+        block = nn.Sequential(layer, nn.ReLU()).eval()
+
+        def run() -> Any:
+            with torch.inference_mode():
+                return block(x)
+
+        return _median_ms(run, warmup, runs)
+
+    return timer
+
+
+def onnxruntime_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 2, runs: int = 5) -> LayerTimer:
+    """ONNX Runtime's CPU execution provider, one Conv (or Gemm) + Relu graph per call,
+    built with onnx.helper (no export round trip)."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise MissingExtraError(
+            "latency tables on onnxruntime need onnx and onnxruntime: pip install 'squish-plugin[export]'."
+        ) from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    rng = np.random.default_rng(0)
+
+    def timer(geo: Mapping[str, Any], cin: int, cout: int) -> float:
+        graph = _one_layer_graph(helper, TensorProto, numpy_helper, rng, geo, batch, cin, cout)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        shape = (batch, cin) if geo["op"] == "linear" else (batch, cin, *geo["in_hw"])
+        feed = {"x": rng.standard_normal(shape, dtype=np.float32)}
+        return _median_ms(lambda: session.run(None, feed), warmup, runs)
+
+    return timer
+
+
+def _one_layer_graph(helper, tensor_proto, numpy_helper, rng, geo, batch, cin, cout):
+    if geo["op"] == "linear":
+        w = numpy_helper.from_array(rng.standard_normal((cout, cin), dtype=np.float32), "w")
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+        x_shape, y_shape = [batch, cin], [batch, cout]
+    else:
+        w = numpy_helper.from_array(rng.standard_normal((cout, cin, *geo["kernel"]), dtype=np.float32), "w")
+        pads = [*geo["padding"], *geo["padding"]]
+        node = helper.make_node(
+            "Conv", ["x", "w", "b"], ["y"], kernel_shape=list(geo["kernel"]), strides=list(geo["stride"]), pads=pads
+        )
+        x_shape, y_shape = [batch, cin, *geo["in_hw"]], [batch, cout, *out_hw(geo)]
+    b = numpy_helper.from_array(np.zeros(cout, dtype=np.float32), "b")
+    relu = helper.make_node("Relu", ["y"], ["z"])
+    return helper.make_graph(
+        [node, relu],
+        "layer",
+        [helper.make_tensor_value_info("x", tensor_proto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("z", tensor_proto.FLOAT, y_shape)],
+        initializer=[w, b],
+    )
+
+
+def target_of(backend: str, *, batch: int, threads: int) -> dict[str, Any]:
+    """What a table measured here ran on (recorded in the table)."""
+    env: dict[str, Any] = {
+        "backend": backend,
+        "device": _cpu_name(),
+        "threads": threads,
+        "batch": batch,
+        "precision": "fp32",
+    }
+    env["torch"] = torch.__version__
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        env["onnxruntime"] = ort.__version__
+    env["load_1min"], env["cores"] = round(os.getloadavg()[0], 2), os.cpu_count()
+    return env

@@ -242,13 +242,14 @@ def bench_kit(
     run_dir: Annotated[Path, typer.Argument(help="a run directory with exported models")],
     out: Annotated[Path | None, typer.Option(help="where to write the Jetson kit")] = None,
     batch: Annotated[int, typer.Option(help="images per batch")] = 32,
+    latency: Annotated[bool, typer.Option("--latency", help="also measure a latency table on the device")] = False,
 ) -> None:
     """Build the Jetson TX1 kit: the run's ONNX models, a benchmark script, a README."""
     from .deploy import runs as deploy
 
     if out is None:
         _fail("bench kit needs --out DIR.")
-    path = _guard(lambda: deploy.kit_for_run(run_dir, out, batch=batch))
+    path = _guard(lambda: deploy.kit_for_run(run_dir, out, batch=batch, latency=latency))
     typer.echo(f"Jetson kit written to {path}; see {path / 'README.md'}")
 
 
@@ -256,14 +257,31 @@ def bench_kit(
 def bench_collect(
     results_dir: Annotated[Path, typer.Argument(help="the kit's results folder, brought back from the device")],
     into: Annotated[Path | None, typer.Option(help="the run directory to fill")] = None,
+    latency_table: Annotated[
+        Path | None, typer.Option("--latency-table", help="write the latency table of a --latency kit here")
+    ] = None,
+    precision: Annotated[str, typer.Option(help="the latency table's precision: fp32 | fp16")] = "fp16",
 ) -> None:
-    """Bring the device's results into the run's report."""
+    """Bring the device's results into the run's report (and/or its latency table into a file)."""
     from .deploy import runs as deploy
 
-    if into is None:
-        _fail("bench collect needs --into RUN_DIR.")
-    results = _guard(lambda: deploy.collect_into_run(results_dir, into))
-    typer.echo(f"{len(results)} results collected; report: {into / 'report.md'}")
+    if into is None and latency_table is None:
+        _fail("bench collect needs --into RUN_DIR and/or --latency-table FILE.")
+    if latency_table is not None:
+        from .deploy.kit_latency import table_from_results
+        from .persistence import write_json_atomic
+
+        if precision not in ("fp32", "fp16"):
+            _fail(f"--precision must be fp32 or fp16, got {precision!r}.")
+        table = _guard(lambda: table_from_results(results_dir, precision))
+        write_json_atomic(latency_table, table.to_dict())
+        typer.echo(
+            f"latency table: {latency_table} (round_to {table.round_to}; use it with "
+            f"--set evolution.latency.backend=file --set evolution.latency.table={latency_table})"
+        )
+    if into is not None:
+        results = _guard(lambda: deploy.collect_into_run(results_dir, into))
+        typer.echo(f"{len(results)} results collected; report: {into / 'report.md'}")
 
 
 data_app = typer.Typer(help="Build datasets for the study.", no_args_is_help=True)

@@ -116,12 +116,15 @@ Made for a Jetson TX1 on JetPack 4.6 (TensorRT 8.2, Python 3.6); nothing needs i
        python3 bench_trt.py models/*.onnx   # and/or: TensorRT's Python API, JSON in results/
 
    `TRTEXEC=/path/to/trtexec sh run_trtexec.sh` if trtexec is not in /usr/src/tensorrt/bin.
-   Building each engine takes minutes on a TX1.
+   Building each engine takes minutes on a TX1. A kit made with `--latency` also has
+   `run_latency.sh`: the per-layer latency table for `resource: latency` (trtexec profiles
+   of chain networks and whole networks; results in `results/latency/`; an hour or more).
 
 3. Copy the results back and collect them into a run:
 
        scp -r nvidia@<jetson-ip>:~/kit/results {{kit}}/
        squish-plugin bench collect {{kit}}/results --into <run_dir>
+       squish-plugin bench collect {{kit}}/results --latency-table tx1_fp16.json --precision fp16   # --latency kits
 
 Each result is JSON in the `{SCHEMA}` schema; latency is per batch. `images_per_second`
 is batch / median latency (`latency_ips`) for `tensorrt` and `trtexec` alike, and
@@ -136,11 +139,14 @@ def make_kit(
     batch: int = 32,
     size: int = 224,
     precisions: Iterable[str] = ("fp32", "fp16"),
+    latency: tuple[dict[str, bytes], dict[str, Any]] | None = None,
 ) -> Path:
     """Write the Jetson kit for ``models`` (name -> ONNX file) into ``out`` and return ``out``.
 
     ``out`` gets ``models/<name>.onnx``, ``run_trtexec.sh`` (executable),
-    ``bench_trt.py``, ``README.md`` and ``manifest.json``.
+    ``bench_trt.py``, ``README.md`` and ``manifest.json``; with ``latency`` (the
+    ``(files, plan)`` of :func:`~squish_plugin.deploy.kit_latency.latency_kit`) also
+    ``latency/`` and ``run_latency.sh``, which measure the latency table on the device.
     """
     models = _check_models(models)
     precisions = _check_precisions(precisions)
@@ -168,8 +174,22 @@ def make_kit(
         "output_name": "logits",
         "trtexec": KIT_TRTEXEC,
     }
+    if latency is not None:
+        _write_latency(out, *latency, precisions)
+        manifest["latency_table"] = "run_latency.sh"
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _write_latency(out: Path, files: dict[str, bytes], plan: dict[str, Any], precisions: list[str]) -> None:
+    from .kit_latency import latency_script
+
+    for name, data in files.items():
+        atomic_write_bytes(out / name, data)
+    atomic_write_text(out / "latency" / "plan.json", json.dumps(plan, indent=1) + "\n")
+    script = out / "run_latency.sh"
+    atomic_write_text(script, latency_script(plan, precisions))
+    script.chmod(0o755)
 
 
 def _validate(data: Any, path: Path) -> dict[str, Any]:

@@ -138,14 +138,24 @@ def _check_bench(backend: str, precision: str, rounds: int) -> None:
         raise InvalidArgumentError(f"rounds > 1 applies to the pytorch and onnxruntime backends, not {backend}.")
 
 
-def kit_for_run(run_dir: str | Path, out: str | Path, *, batch: int = 32, precisions=("fp32", "fp16")) -> Path:
-    """The Jetson kit for the run's exported models (see ``deploy.kit``)."""
+def kit_for_run(
+    run_dir: str | Path, out: str | Path, *, batch: int = 32, precisions=("fp32", "fp16"), latency: bool = False
+) -> Path:
+    """The Jetson kit for the run's exported models (see ``deploy.kit``); ``latency``
+    adds the measurements of a latency table for the run's ancestor."""
     from .kit import make_kit
 
     run_dir = Path(run_dir)
     manifest = _manifest(run_dir)
     models = {name: run_dir / info["path"] for name, info in manifest["models"].items()}
-    return make_kit(models, Path(out), batch=batch, size=manifest["size"], precisions=tuple(precisions))
+    extra = None
+    if latency:
+        from .kit_latency import latency_kit
+
+        records = read_lineage(run_dir)
+        ancestor = load_pruned(run_dir / records[0]["checkpoint"]).eval()
+        extra = latency_kit(ancestor, batch=batch, size=manifest["size"])
+    return make_kit(models, Path(out), batch=batch, size=manifest["size"], precisions=tuple(precisions), latency=extra)
 
 
 def collect_into_run(results_dir: str | Path, run_dir: str | Path) -> list[dict]:

@@ -79,6 +79,10 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
         assert abs(int(r["params"]) / ours[r["generation"]] - 1) <= 0.02
         assert float(r["epochs"]) == 0.5 + 0.5 * int(r["generation"])
     assert "Protocol" in (out / "comparison.md").read_text()
+    # every baseline row keeps its network's structure (its widths: what its speed depends on)
+    stored = json.loads((out / "results.json").read_text())
+    nni = stored["nni-l1@0"]
+    assert all(set(r["widths"]) >= {"features.0", "classifier.1"} and r["widths"]["classifier.1"] == 10 for r in nni)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the 10x-smaller-style extra point: the run's first generation at <= 700k parameters
     lineage = json.loads((run_dir / "lineage.json").read_text())["records"]

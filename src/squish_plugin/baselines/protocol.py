@@ -25,7 +25,7 @@ from rich.console import Console
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, write_json_atomic
 from ..study.data import LoadedSplit
-from ..study.engine import read_lineage
+from ..study.engine import layer_widths, read_lineage
 from ..study.plots import render_comparison
 from ..study.recipe import Recipe
 from ..study.report import select_squishednets
@@ -142,7 +142,8 @@ def _baseline(method: str, ancestor, setup: _Setup, console, distill: bool) -> l
         if g in setup.gens:
             metrics = evaluate(model, setup.val_split, batch_size=run_recipe.train.eval_batch_size)
             stats = model_stats(model, example)
-            rows.append(_row(label, setup.seed, setup.gens[g], g, stats, metrics, setup.epochs(g)))
+            row = _row(label, setup.seed, setup.gens[g], g, stats, metrics, setup.epochs(g))
+            rows.append({**row, "widths": layer_widths(model)})  # the structure: what its speed depends on
             console.print(
                 f"{label:16s} seed {setup.seed} {setup.gens[g]}  {stats['params']:>9,} params  "
                 f"top-1 {metrics['top1']:5.1f}%"

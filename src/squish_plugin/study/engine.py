@@ -136,7 +136,8 @@ class EvolutionConfig:
         return replace(self, synthesis=synthesis, **keywords)
 
 
-def _widths(model: nn.Module) -> dict[str, int]:
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Conv/Linear, by name: a network's structure."""
     return {name: int(m.weight.shape[0]) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
@@ -195,7 +196,7 @@ class _Evolution:
         model.eval()
         metrics = dict(self.eval_fn(model))
         stats = model_stats(model, self.config.example_inputs)
-        record = {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": _widths(model)}
+        record = {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": layer_widths(model)}
         if self.config.latency_table is not None:
             record["latency_ms"] = round(predict_ms(model, self.config.latency_table, self.config.example_inputs), 4)
         if before is not None:

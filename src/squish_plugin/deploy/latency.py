@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry
 from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
+from .backends import MachineLoad
 from .timers import LayerTimer, _median_ms, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 ROUND_TO_CANDIDATES = (1, 2, 4, 8, 16, 32)
-ROUND_TO_FRACTIONS = (0.4, 0.7)  # off-lattice widths: every prunable layer cut to 0.4 and 0.7 of its own
+ROUND_TO_FRACTIONS = (0.3, 0.45, 0.6, 0.75, 0.9)  # every prunable layer cut to these of its width: off the lattice
 #: besides the ancestor, it cut to these fractions of every width (on the rounding lattice)
 #: calibrates the table's scale and offset against whole networks
 CALIBRATION_FRACTIONS = (0.75, 0.5, 0.3)
@@ -251,6 +252,22 @@ def _recipe_model(recipe) -> nn.Module:
     return squeezenet1_1_ancestor(classes, weights=None)
 
 
+def _measure(model, timer, inputs, recipe, target, echo) -> LatencyTable:
+    lat, size = recipe.evolution.latency, recipe.data.eval_size
+    whole = lambda net: whole_network_ms(net, lat.backend, batch=lat.batch, threads=lat.threads, size=size)  # noqa: E731
+    round_to, notes = recipe.evolution.round_to, {}
+    if round_to == "auto":
+        round_to, notes = choose_round_to(model, whole, example_inputs=inputs)
+        echo(f"round_to auto: {round_to} (ms per candidate: {notes['ms']})")
+    echo(f"measuring the latency table on {lat.backend} ({lat.threads} threads, batch {lat.batch}) ...")
+    extra = {"round_to_figures": notes} if notes else None
+    table = measure_table(
+        model, timer, example_inputs=inputs, step=round_to, target=target, round_to=round_to, notes=extra
+    )
+    nets = {"ancestor": model, **{f"cut-{f}": cut_to(model, f, round_to or 1, inputs) for f in CALIBRATION_FRACTIONS}}
+    return calibrate(table, nets, {name: whole(net) for name, net in nets.items()})
+
+
 def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = False) -> Path | None:
     """Measure the latency table ``recipe`` reads (``resource: latency`` or ``round_to:
     auto``) on its backend unless the file is there; ``None`` when it needs none."""
@@ -269,29 +286,14 @@ def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = Fa
     make = onnxruntime_layer_timer if lat.backend == "onnxruntime" else pytorch_layer_timer
     timer = make(batch=lat.batch, threads=lat.threads)
     target = {**target_of(lat.backend, batch=lat.batch, threads=lat.threads), "input_size": recipe.data.eval_size}
-    if target["load_1min"] > target["cores"]:
+    with MachineLoad() as load:  # the table is only as good as the machine was idle
+        table = _measure(model, timer, inputs, recipe, target, echo)
+    table = replace(table, target={**table.target, "machine_load": load.record()})
+    if load.record()["busy"]:
         echo(
-            f"warning: load {target['load_1min']} above {target['cores']} cores: "
-            "the table is measured on a busy machine."
+            f"warning: other processes held {load.record()['other_processes_cores']} of {load.record()['cores']} "
+            "cores while the table was measured: measure again (--force) on an idle machine."
         )
-    round_to, notes = recipe.evolution.round_to, {}
-    size = recipe.data.eval_size
-    whole = lambda net: whole_network_ms(net, lat.backend, batch=lat.batch, threads=lat.threads, size=size)  # noqa: E731
-    if round_to == "auto":
-        round_to, notes = choose_round_to(model, whole, example_inputs=inputs)
-        echo(f"round_to auto: {round_to} (ms per candidate: {notes['ms']})")
-    echo(f"measuring the latency table on {lat.backend} ({lat.threads} threads, batch {lat.batch}) ...")
-    table = measure_table(
-        model,
-        timer,
-        example_inputs=inputs,
-        step=round_to,
-        target=target,
-        round_to=round_to,
-        notes={"round_to_figures": notes} if notes else None,
-    )
-    nets = {"ancestor": model, **{f"cut-{f}": cut_to(model, f, round_to or 1, inputs) for f in CALIBRATION_FRACTIONS}}
-    table = calibrate(table, nets, {name: whole(net) for name, net in nets.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, table.to_dict())
     worst = max(abs(row["error"]) for row in table.notes["calibration"].values())

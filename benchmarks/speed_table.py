@@ -1,0 +1,117 @@
+"""Issue #16's speed table: params, MACs, images/s, speed-up and MAC ratio (both against the
+ancestor) and val top-1 of the ancestor and SquishedNets of each run, and of the baselines of
+a comparison at the same sizes (their networks rebuilt from the widths `compare` records: speed
+depends on the structure, not on the weights). ONNX Runtime CPU EP, fp32, interleaved rounds,
+every network in one process; the machine's load is recorded (measure on an idle machine).
+
+Run:
+    python benchmarks/speed_table.py --run NAME=RUN_DIR [--run ...] [--compare RESULTS_JSON --seed 0]
+        [--batch 32 --threads 2 --rounds 5 --runs 6] [--out benchmarks/results/speed/table]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from squish_plugin.deploy.backends import MachineLoad, bench_interleaved
+from squish_plugin.deploy.export import export_onnx
+from squish_plugin.persistence import atomic_write_text, load_pruned, write_json_atomic
+from squish_plugin.study.engine import read_lineage
+from squish_plugin.study.runner import squishednet_models
+from squish_plugin.synthesis.surgery import Surgeon, clone_model, model_stats
+
+
+def with_widths(ancestor: torch.nn.Module, widths: dict[str, int]) -> torch.nn.Module:
+    """``ancestor`` cut to ``widths`` (each prunable layer keeps its first channels)."""
+    net = clone_model(ancestor)
+    surgeon = Surgeon(net)
+    plan = {}
+    for layer in surgeon.layers:
+        keep = torch.zeros(layer.width, dtype=torch.bool)
+        keep[: widths[layer.name]] = True
+        plan[layer.name] = keep
+    surgeon.prune(plan)
+    return net
+
+
+def networks(args) -> tuple[dict, dict]:
+    nets, meta = {}, {}
+    ancestor = None
+    for spec in args.run:
+        label, run = spec.split("=", 1)
+        records = {r["generation"]: r for r in read_lineage(Path(run))}
+        for name, gen in squishednet_models(Path(run)).items():
+            net = load_pruned(Path(run) / records[gen]["checkpoint"]).eval()
+            ancestor = ancestor or (net if name == "ancestor" else None)
+            key = "ancestor" if name == "ancestor" else f"{label} {name}"
+            if key in nets:
+                continue
+            nets[key] = net
+            meta[key] = {"generation": gen, "top1": records[gen]["top1"]}
+    if args.compare:
+        rows = json.loads(Path(args.compare).read_text())
+        for method, found in sorted(rows.items()):
+            name, _, seed = method.partition("@")
+            if int(seed) != args.seed or name == "evolutionary":
+                continue
+            for r in found:
+                if "widths" in r and r["squishednet"].startswith("SquishedNet"):
+                    key = f"{name} {r['squishednet'].lower()}"
+                    nets[key] = with_widths(ancestor, r["widths"]).eval()
+                    meta[key] = {"generation": r["generation"], "top1": r["top1"]}
+    return nets, meta
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR")
+    parser.add_argument("--compare", help="a comparison's results.json (baseline widths)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    nets, meta = networks(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for i, (key, net) in enumerate(nets.items()):
+            paths[key] = Path(tmp) / f"{i}.onnx"
+            export_onnx(net, paths[key], batch=args.batch)
+        with MachineLoad() as load:
+            results = bench_interleaved(
+                paths, backend="onnxruntime", batch=args.batch, threads=args.threads, rounds=args.rounds, runs=args.runs
+            )
+    speed = {r["model"]: r["images_per_second"] for r in results}
+    base = model_stats(nets["ancestor"])["macs"]
+    lines = [
+        f"ONNX Runtime CPU EP, fp32, batch {args.batch}, {args.threads} threads, {args.rounds} interleaved rounds x "
+        f"{args.runs} batches; machine load: {load.record()}",
+        "",
+        "| network | gen | params | MACs (M) | images/s | speed-up | MAC ratio | speed-up / MAC ratio | top-1 (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = []
+    for key, net in nets.items():
+        stats = model_stats(net)
+        up, ratio = speed[key] / speed["ancestor"], base / stats["macs"]
+        rows.append({"network": key, **meta[key], **stats, "images_per_second": speed[key], "speed_up": up})
+        lines.append(
+            f"| {key} | {meta[key]['generation']} | {stats['params']:,} | {stats['macs'] / 1e6:.1f} | {speed[key]:.0f} "
+            f"| {up:.2f} | {ratio:.2f} | {up / ratio:.2f} | {meta[key]['top1']:.2f} |"
+        )
+    print("\n".join(lines))
+    if args.out:
+        write_json_atomic(f"{args.out}.json", {"load": load.record(), "rows": rows, "args": vars(args)})
+        atomic_write_text(f"{args.out}.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,12 +6,13 @@ every network in one process; the machine's load is recorded (measure on an idle
 
 Run:
     python benchmarks/speed_table.py --run NAME=RUN_DIR [--run ...] [--compare RESULTS_JSON --seed 0]
-        [--batch 32 --threads 2 --rounds 5 --runs 6] [--out benchmarks/results/speed/table]
+        [--baseline LABEL=RUN_DIR] [--batch 32 --threads 2 --rounds 5 --runs 6] [--out FILE_STEM]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -39,6 +40,25 @@ def with_widths(ancestor: torch.nn.Module, widths: dict[str, int]) -> torch.nn.M
     return net
 
 
+def _replayed(label: str, run: Path, ancestor: torch.nn.Module, meta: dict) -> dict:
+    """NNI L1 pruned iteratively to the run's parameters at every generation, untrained: the
+    structure all four NNI baselines share (a uniform ratio per layer; their params agree to
+    the channel), at the run's SquishedNet generations; top-1 from the comparison if given."""
+    from squish_plugin.baselines.pruners import PruneContext, prune_to
+
+    records = {r["generation"]: r for r in read_lineage(run)}
+    named = {g: n for n, g in squishednet_models(run).items() if n != "ancestor"}
+    ctx = PruneContext(torch.zeros(1, 3, 224, 224), None, 0)
+    out, model = {}, ancestor
+    for g in range(1, max(named) + 1):
+        model = prune_to(model, "nni-l1", records[g]["params"], ctx)
+        if g in named:
+            key = f"{label} {named[g]}"
+            out[key] = copy.deepcopy(model).eval()
+            meta[key] = {"generation": g, "top1": float("nan")}
+    return out
+
+
 def networks(args) -> tuple[dict, dict]:
     nets, meta = {}, {}
     ancestor = None
@@ -53,6 +73,9 @@ def networks(args) -> tuple[dict, dict]:
                 continue
             nets[key] = net
             meta[key] = {"generation": gen, "top1": records[gen]["top1"]}
+    for spec in args.baseline or []:
+        label, run = spec.split("=", 1)
+        nets.update(_replayed(label, Path(run), nets["ancestor"], meta))
     if args.compare:
         rows = json.loads(Path(args.compare).read_text())
         for method, found in sorted(rows.items()):
@@ -67,10 +90,15 @@ def networks(args) -> tuple[dict, dict]:
     return nets, meta
 
 
+def _pct(value: float) -> str:
+    return "—" if value != value else f"{value:.2f}"  # NaN: a structure timed without its weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR")
     parser.add_argument("--compare", help="a comparison's results.json (baseline widths)")
+    parser.add_argument("--baseline", action="append", help="LABEL=RUN_DIR: NNI's structure on that run's schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -105,7 +133,7 @@ def main() -> None:
         rows.append({"network": key, **meta[key], **stats, "images_per_second": speed[key], "speed_up": up})
         lines.append(
             f"| {key} | {meta[key]['generation']} | {stats['params']:,} | {stats['macs'] / 1e6:.1f} | {speed[key]:.0f} "
-            f"| {up:.2f} | {ratio:.2f} | {up / ratio:.2f} | {meta[key]['top1']:.2f} |"
+            f"| {up:.2f} | {ratio:.2f} | {up / ratio:.2f} | {_pct(meta[key]['top1'])} |"
         )
     print("\n".join(lines))
     if args.out:

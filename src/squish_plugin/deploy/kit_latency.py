@@ -196,7 +196,7 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     ``results`` folder brought back): every grid point from the chain profiles, the scale
     and offset fitted on the whole networks, ``round_to`` chosen from the candidates' times
     by the rule of :func:`~squish_plugin.deploy.latency.choose_round_to`."""
-    from .latency import ROUND_TO_SLACK
+    from .latency import fastest_multiple
     from .trtexec import parse_trtexec_output
 
     folder = Path(results_dir) / "latency"
@@ -218,8 +218,7 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
             raise InvalidArgumentError(f"the kit's log '{log}' is missing: run run_latency.sh on the device.")
         whole[name] = parse_trtexec_output(log.read_text(), batch=plan["batch"])["latency_ms"]["median"]
     rounds = {m: sum(v for n, v in whole.items() if f"/round{m}-" in n) for m in ROUND_TO_CANDIDATES}
-    fastest = min(rounds.values())
-    round_to = min(m for m, v in rounds.items() if v <= (1 + ROUND_TO_SLACK) * fastest)
+    round_to = fastest_multiple(rounds)
     layers = {name: _grid(g, timed, round_to) for name, g in plan["layers"].items()}
     target = {"backend": "trtexec", "device": "the kit's device", "precision": precision, "batch": plan["batch"]}
     table = LatencyTable({**target, "input_size": plan["input_size"]}, layers, 1.0, round_to)

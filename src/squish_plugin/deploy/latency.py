@@ -176,10 +176,15 @@ def choose_round_to(
             net = cut_to(model, f, m, inputs)
             totals[m] += float(whole_timer(net))
             params[m] += sum(p.numel() for p in net.parameters())
-    fastest = min(totals.values())
-    chosen = min(m for m, ms in totals.items() if ms <= (1 + ROUND_TO_SLACK) * fastest)
+    chosen = fastest_multiple(totals)
     figures = {"ms": {str(m): round(v, 4) for m, v in totals.items()}, "params": {str(m): v for m, v in params.items()}}
     return chosen, {**figures, "fractions": list(fractions), "slack": ROUND_TO_SLACK}
+
+
+def fastest_multiple(totals: Mapping[int, float]) -> int:
+    """The multiple with the least time, the smallest within :data:`ROUND_TO_SLACK` of it."""
+    fastest = min(totals.values())
+    return min(m for m, ms in totals.items() if ms <= (1 + ROUND_TO_SLACK) * fastest)
 
 
 def cut_to(model: nn.Module, fraction: float, multiple: int, example_inputs: torch.Tensor | None = None) -> nn.Module:

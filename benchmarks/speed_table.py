@@ -21,23 +21,11 @@ import torch
 
 from squish_plugin.deploy.backends import MachineLoad, bench_interleaved
 from squish_plugin.deploy.export import export_onnx
+from squish_plugin.deploy.latency import with_widths
 from squish_plugin.persistence import atomic_write_text, load_pruned, write_json_atomic
 from squish_plugin.study.engine import read_lineage
 from squish_plugin.study.runner import squishednet_models
-from squish_plugin.synthesis.surgery import Surgeon, clone_model, model_stats
-
-
-def with_widths(ancestor: torch.nn.Module, widths: dict[str, int]) -> torch.nn.Module:
-    """``ancestor`` cut to ``widths`` (each prunable layer keeps its first channels)."""
-    net = clone_model(ancestor)
-    surgeon = Surgeon(net)
-    plan = {}
-    for layer in surgeon.layers:
-        keep = torch.zeros(layer.width, dtype=torch.bool)
-        keep[: widths[layer.name]] = True
-        plan[layer.name] = keep
-    surgeon.prune(plan)
-    return net
+from squish_plugin.synthesis.surgery import model_stats
 
 
 def _replayed(label: str, run: Path, ancestor: torch.nn.Module, meta: dict) -> dict:

@@ -4,6 +4,7 @@ deterministic stand-ins for a target, so every figure below is exact."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from squish_plugin.deploy.latency import (
     predict_ms,
     pytorch_layer_timer,
     table_error,
+    with_widths,
 )
 from squish_plugin.errors import InvalidArgumentError
 from squish_plugin.synthesis.genetics import SynthesisConfig
@@ -155,6 +157,21 @@ def test_calibration_fits_scale_and_offset_to_whole_networks(ancestor, table):
     assert all(abs(r["error"]) < 1e-4 for r in rows.values())
     one = calibrate(table, {"ancestor": ancestor}, {"ancestor": 2 * predict_ms(ancestor, table)})
     assert one.scale == pytest.approx(2.0) and one.offset_ms == 0.0
+
+
+def test_with_widths_keeps_the_named_widths_and_cut_to_rounds_up(ancestor):
+    """A width map cuts each named layer exactly; cut_to keeps ceil(fraction * width)
+    rounded up to the multiple, never more than the layer has."""
+    convs = [m for m in ancestor.modules() if isinstance(m, torch.nn.Conv2d)]
+    names = [n for n, m in ancestor.named_modules() if isinstance(m, torch.nn.Conv2d)][:-1]
+    net = with_widths(ancestor, {name: 5 + i for i, name in enumerate(names)})
+    assert [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)][:-1] == [
+        5 + i for i in range(len(names))
+    ]
+    cut = cut_to(ancestor, 0.3, 16)
+    want = [min(m.out_channels, math.ceil(math.ceil(m.out_channels * 0.3) / 16) * 16) for m in convs[:-1]]
+    assert [m.out_channels for m in cut.modules() if isinstance(m, torch.nn.Conv2d)][:-1] == want
+    assert sum(p.numel() for p in ancestor.parameters()) > sum(p.numel() for p in cut.parameters())
 
 
 def test_table_file_validation_names_the_problem():

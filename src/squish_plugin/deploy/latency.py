@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry
+from ..synthesis.resources import round_up
 from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
 from .backends import MachineLoad
 from .timers import LayerTimer, _median_ms, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
@@ -49,6 +50,7 @@ __all__ = [
     "pytorch_layer_timer",
     "table_error",
     "target_of",
+    "with_widths",
 ]
 
 ROUND_TO_CANDIDATES = (1, 2, 4, 8, 16, 32)
@@ -187,23 +189,33 @@ def fastest_multiple(totals: Mapping[int, float]) -> int:
     return min(m for m, ms in totals.items() if ms <= (1 + ROUND_TO_SLACK) * fastest)
 
 
-def cut_to(model: nn.Module, fraction: float, multiple: int, example_inputs: torch.Tensor | None = None) -> nn.Module:
-    """A copy of ``model`` whose every prunable layer keeps its first ``fraction`` of its
-    channels, rounded up to ``multiple`` (structure only: which channels does not matter
-    to a timer)."""
+def with_widths(
+    model: nn.Module,
+    widths: Mapping[str, int] | Callable[[int], int],
+    example_inputs: torch.Tensor | None = None,
+) -> nn.Module:
+    """A copy of ``model`` whose every prunable layer keeps its first channels: ``widths[name]``
+    of them, or ``widths(width)`` when ``widths`` is a function (structure only: which channels
+    does not matter to a timer)."""
     net = clone_model(model)
     surgeon = Surgeon(net, example_inputs)
     plan = {}
     for layer in surgeon.layers:
         keep = torch.zeros(layer.width, dtype=torch.bool)
-        keep[: _cut(layer.width, fraction, multiple)] = True
+        keep[: widths(layer.width) if callable(widths) else widths[layer.name]] = True
         plan[layer.name] = keep
     surgeon.prune(plan)
     return net
 
 
+def cut_to(model: nn.Module, fraction: float, multiple: int, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` whose every prunable layer keeps its first ``fraction`` of its
+    channels, rounded up to ``multiple``."""
+    return with_widths(model, lambda width: _cut(width, fraction, multiple), example_inputs)
+
+
 def _cut(width: int, fraction: float, multiple: int) -> int:
-    return min(width, -(-max(1, math.ceil(width * fraction)) // multiple) * multiple)
+    return min(width, round_up(max(1, math.ceil(width * fraction)), multiple))
 
 
 def table_error(table: LatencyTable, models: Mapping[str, nn.Module], measured_ms: Mapping[str, float]) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError
-from .resources import ResourceModel, calibrate_multiplier, kept_floor, starve_layers
+from .resources import ResourceModel, calibrate_multiplier, kept_floor, round_up, starve_layers
 
 __all__ = [
     "MODES",
@@ -230,7 +230,7 @@ def enforce_floor_and_rounding(
     n = keep.numel()
     target = max(int(keep.sum()), kept_floor(n, min_channels, max_drop))
     if round_to:
-        target = min(n, -(-target // round_to) * round_to)
+        target = min(n, round_up(target, round_to))
     missing = target - int(keep.sum())
     if missing <= 0:
         return keep
@@ -333,7 +333,7 @@ def _top_up(
                 continue
             order = dropped[torch.sort(ratio[dropped], stable=True).indices]
             kept = int(mask.sum())
-            step = (-(-(kept + 1) // round_to) * round_to - kept) if round_to else 1
+            step = (round_up(kept + 1, round_to) - kept) if round_to else 1
             grown = mask.clone()
             grown[order[:step]] = True
             trial = masks[:i] + [grown] + masks[i + 1 :]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .resources import ROOT_TYPES, LinearForm, channel_form
+from .resources import ROOT_TYPES, LinearForm, active_index, channel_form, round_up
 
 __all__ = [
     "TABLE_FORMAT",
@@ -245,7 +245,7 @@ def grid_widths(width: int, step: int | None = None, points: int = GRID_POINTS) 
     rounded up to a multiple of ``step`` (a layer's widths under ``round_to``), at most
     ``width``."""
     step = max(int(step or 1), 1)
-    values = {min(width, -(-math.ceil(width * k / points) // step) * step) for k in range(1, points + 1)}
+    values = {min(width, round_up(math.ceil(width * k / points), step)) for k in range(1, points + 1)}
     return tuple(sorted(values))
 
 
@@ -280,15 +280,8 @@ class LatencyModel:
 
     def restrict(self, active: Sequence[int], size: int) -> LatencyModel:
         """The same latency with only the layers ``active`` free (see ``ResourceModel.restrict``)."""
-        if any(not 0 <= layer < size for layer in active):
-            raise InvalidArgumentError(f"active layer indices must lie in 0..{size - 1}.")
-        index = {layer: i for i, layer in enumerate(active)}
-
-        def form(f: LinearForm) -> LinearForm:
-            fixed = f.constant + sum(c for layer, c in f.coeffs if layer not in index)
-            return LinearForm(fixed, tuple((index[layer], c) for layer, c in f.coeffs if layer in index))
-
-        terms = tuple(LatencyTerm(t.name, form(t.cin), form(t.cout)) for t in self.terms)
+        index = active_index(active, size)
+        terms = tuple(LatencyTerm(t.name, t.cin.renumbered(index), t.cout.renumbered(index)) for t in self.terms)
         return LatencyModel(self.table, terms, len(active))
 
 

@@ -30,12 +30,14 @@ __all__ = [
     "LinearForm",
     "ResourceModel",
     "ResourceTerm",
+    "active_index",
     "bisect",
     "calibrate_multiplier",
     "channel_form",
     "expected_fractions",
     "kept_floor",
     "resource_model",
+    "round_up",
     "starve_layers",
 ]
 
@@ -54,6 +56,12 @@ class LinearForm:
 
     def __call__(self, fractions: Sequence[float]) -> float:
         return self.constant + sum(coef * fractions[layer] for layer, coef in self.coeffs)
+
+    def renumbered(self, index: Mapping[int, int]) -> LinearForm:
+        """The same dimension with only the layers in ``index`` free (renamed to
+        ``index[layer]``); every other layer is held at fraction 1 (folded into the constant)."""
+        fixed = self.constant + sum(c for layer, c in self.coeffs if layer not in index)
+        return LinearForm(fixed, tuple((index[layer], c) for layer, c in self.coeffs if layer in index))
 
 
 @dataclass(frozen=True)
@@ -86,20 +94,27 @@ class ResourceModel:
     def restrict(self, active: Sequence[int], size: int) -> ResourceModel:
         """The same resource with only the layers ``active`` (indices among ``size``)
         free, renumbered 0..len(active)-1; every other layer is held at fraction 1."""
-        index = {layer: i for i, layer in enumerate(active)}
-
-        def form(f: LinearForm) -> LinearForm:
-            fixed = f.constant + sum(c for layer, c in f.coeffs if layer not in index)
-            return LinearForm(fixed, tuple((index[layer], c) for layer, c in f.coeffs if layer in index))
-
-        if any(not 0 <= layer < size for layer in active):
-            raise InvalidArgumentError(f"active layer indices must lie in 0..{size - 1}.")
-        return ResourceModel(tuple(ResourceTerm(t.scale, tuple(form(f) for f in t.factors)) for t in self.terms))
+        index = active_index(active, size)
+        return ResourceModel(
+            tuple(ResourceTerm(t.scale, tuple(f.renumbered(index) for f in t.factors)) for t in self.terms)
+        )
 
     def __call__(self, fractions: torch.Tensor | Sequence[float]) -> float:
         # plain floats: this runs inside a bisection, tensors would be 10x slower
         values = [float(f) for f in fractions]
         return float(sum(term(values) for term in self.terms))
+
+
+def active_index(active: Sequence[int], size: int) -> dict[int, int]:
+    """``{layer: new index}`` for the free layers of a restricted model; refuses indices outside ``0..size-1``."""
+    if any(not 0 <= layer < size for layer in active):
+        raise InvalidArgumentError(f"active layer indices must lie in 0..{size - 1}.")
+    return {layer: i for i, layer in enumerate(active)}
+
+
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``value``."""
+    return -(-value // multiple) * multiple
 
 
 # --------------------------------------------------------------------------- a network's polynomial

@@ -196,7 +196,7 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     ``results`` folder brought back): every grid point from the chain profiles, the scale
     and offset fitted on the whole networks, ``round_to`` chosen from the candidates' times
     by the rule of :func:`~squish_plugin.deploy.latency.choose_round_to`."""
-    from .latency import fastest_multiple
+    from .latency import fastest_multiple, off_lattice_from_splits
     from .trtexec import parse_trtexec_output
 
     folder = Path(results_dir) / "latency"
@@ -230,7 +230,9 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     notes["calibration"] = {
         n: {"layer_sum_ms": float(r), "measured_ms": float(m)} for n, r, m in zip(sorted(calib), raw, y)
     }
-    return LatencyTable(table.target, layers, scale, round_to, notes, offset)
+    table = LatencyTable(table.target, layers, scale, round_to, notes, offset)
+    exact = {n: plan["whole"][n]["widths"] for n in whole if "/round1-" in n and round_to > 1}  # off the lattice
+    return off_lattice_from_splits(table, {n: _split_sum(table, w) for n, w in exact.items()}, whole)
 
 
 def _grid(g: dict[str, Any], timed: dict[tuple, float], round_to: int) -> LayerGrid:
@@ -250,6 +252,12 @@ def _grid(g: dict[str, Any], timed: dict[tuple, float], round_to: int) -> LayerG
 
 def _layer_sum(table: LatencyTable, widths: dict[str, list[int]]) -> float:
     return sum(table.layer_ms(name, cin, cout) for name, (cin, cout) in widths.items())
+
+
+def _split_sum(table: LatencyTable, widths: dict[str, list[int]]) -> tuple[float, float]:
+    """The raw layer sums (on, off the table's lattice) of a network of ``widths``."""
+    on = sum(table.layer_ms(n, a, b) for n, (a, b) in widths.items() if not table.off_grid(n, a, b))
+    return on, _layer_sum(table, widths) - on
 
 
 def _read_plan(path: Path) -> dict[str, Any]:

@@ -43,6 +43,7 @@ __all__ = [
     "choose_round_to",
     "cut_to",
     "ensure_table",
+    "fit_off_lattice",
     "layer_macs",
     "measure_table",
     "onnxruntime_layer_timer",
@@ -150,6 +151,47 @@ def calibrate(table: LatencyTable, models: Mapping[str, nn.Module], measured_ms:
         for n, r, m in zip(names, raw, y)
     }
     return replace(table, scale=scale, offset_ms=offset, notes={**dict(table.notes), "calibration": fitted})
+
+
+def fit_off_lattice(
+    table: LatencyTable, models: Mapping[str, nn.Module], measured_ms: Mapping[str, float]
+) -> LatencyTable:
+    """``table`` with ``off_lattice`` fitted on whole networks whose widths leave its lattice
+    (e.g. cut to exact fractions): the factor by which their off-lattice layers run slower than
+    the lattice's interpolation says, with ``scale`` and ``offset_ms`` as calibrated."""
+    splits = {}
+    for name in sorted(models):
+        latency = Surgeon(models[name], table.example_inputs()).resource_model("latency", table)
+        splits[name] = latency.split_ms([1.0] * latency.layers)
+    return off_lattice_from_splits(table, splits, measured_ms)
+
+
+def off_lattice_from_splits(
+    table: LatencyTable, splits: Mapping[str, tuple[float, float]], measured_ms: Mapping[str, float]
+) -> LatencyTable:
+    """:func:`fit_off_lattice` on each network's raw layer sums ``(on, off the lattice)``:
+    least squares of ``scale * (on + k * off) + offset_ms = measured``; residuals to ``notes``."""
+    names = sorted(splits)
+    target = {n: (float(measured_ms[n]) - table.offset_ms) / table.scale for n in names}
+    den = sum(splits[n][1] ** 2 for n in names)
+    if den == 0:
+        return table  # every network on the lattice: nothing to fit
+    k = sum(splits[n][1] * (target[n] - splits[n][0]) for n in names) / den
+    if not k > 0:
+        raise InvalidArgumentError(
+            "the off-lattice networks ran faster than the table allows: measure on an idle machine."
+        )
+    fitted = replace(table, off_lattice=float(k))
+    fit = {
+        n: {
+            "on_lattice_ms": round(on, 4),
+            "off_lattice_ms": round(off, 4),
+            "measured_ms": round(float(measured_ms[n]), 4),
+            "error": round(fitted.whole_ms(on + k * off) / float(measured_ms[n]) - 1, 4),
+        }
+        for n, (on, off) in ((n, splits[n]) for n in names)
+    }
+    return replace(fitted, notes={**dict(table.notes), "off_lattice_fit": fit})
 
 
 def choose_round_to(
@@ -282,7 +324,11 @@ def _measure(model, timer, inputs, recipe, target, echo) -> LatencyTable:
         model, timer, example_inputs=inputs, step=round_to, target=target, round_to=round_to, notes=extra
     )
     nets = {"ancestor": model, **{f"cut-{f}": cut_to(model, f, round_to or 1, inputs) for f in CALIBRATION_FRACTIONS}}
-    return calibrate(table, nets, {name: whole(net) for name, net in nets.items()})
+    table = calibrate(table, nets, {name: whole(net) for name, net in nets.items()})
+    if not round_to or round_to == 1:
+        return table
+    exact = {f"exact-{f}": cut_to(model, f, 1, inputs) for f in ROUND_TO_FRACTIONS}  # off the lattice
+    return fit_off_lattice(table, exact, {name: whole(net) for name, net in exact.items()})
 
 
 def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = False) -> Path | None:
@@ -313,9 +359,11 @@ def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = Fa
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, table.to_dict())
-    worst = max(abs(row["error"]) for row in table.notes["calibration"].values())
+    fits = [*table.notes["calibration"].values(), *table.notes.get("off_lattice_fit", {}).values()]
+    worst = max(abs(row["error"]) for row in fits)
     echo(
         f"latency table: {path} ({table.notes['timed_layers']} layer timings; whole = {table.scale:.3f} x sum "
-        f"{table.offset_ms:+.2f} ms, worst error on its calibration networks {worst:.1%})"
+        f"{table.offset_ms:+.2f} ms, layers off the {table.round_to or 1}-lattice x {table.off_lattice:.2f}; "
+        f"worst error on its {len(fits)} calibration networks {worst:.1%})"
     )
     return path

@@ -140,7 +140,9 @@ class LatencyTable:
     ``target`` names the backend, device, threads, batch and precision; ``round_to`` is
     the channel multiple the target runs fastest (``None`` if not measured), with the
     figures that chose it in ``notes``; ``scale * sum + offset_ms`` turns the sum of layer
-    times into the whole network's (1 and 0 if not calibrated)."""
+    times into the whole network's (1 and 0 if not calibrated). The grids lie on the
+    ``round_to`` lattice; a concrete layer with a width off it (its full width aside) runs
+    ``off_lattice`` times its interpolated time (1 if not measured)."""
 
     target: Mapping[str, Any]
     layers: Mapping[str, LayerGrid]
@@ -148,6 +150,7 @@ class LatencyTable:
     round_to: int | None = None
     notes: Mapping[str, Any] = field(default_factory=dict)
     offset_ms: float = 0.0
+    off_lattice: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +158,7 @@ class LatencyTable:
             "target": dict(self.target),
             "scale": self.scale,
             "offset_ms": self.offset_ms,
+            "off_lattice": self.off_lattice,
             "round_to": self.round_to,
             "notes": dict(self.notes),
             "layers": {name: grid.to_dict() for name, grid in sorted(self.layers.items())},
@@ -167,20 +171,33 @@ class LatencyTable:
         try:
             layers = {str(name): LayerGrid.from_dict(g) for name, g in data["layers"].items()}
             scale, round_to = float(data.get("scale", 1.0)), data.get("round_to")
-            offset = float(data.get("offset_ms", 0.0))
+            offset, off = float(data.get("offset_ms", 0.0)), float(data.get("off_lattice", 1.0))
             round_to = None if round_to is None else int(round_to)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidArgumentError(f"{source} is malformed ({type(exc).__name__}: {exc}).") from None
         if not layers or not (math.isfinite(scale) and scale > 0) or (round_to is not None and round_to < 1):
             raise InvalidArgumentError(f"{source} needs layers, a scale > 0 and round_to None or >= 1.")
-        if not math.isfinite(offset):
-            raise InvalidArgumentError(f"{source}: offset_ms must be a finite number of milliseconds.")
-        return cls(dict(data.get("target", {})), layers, scale, round_to, dict(data.get("notes", {})), offset)
+        if not math.isfinite(offset) or not (math.isfinite(off) and off > 0):
+            raise InvalidArgumentError(f"{source}: offset_ms must be finite (ms) and off_lattice a number > 0.")
+        return cls(dict(data.get("target", {})), layers, scale, round_to, dict(data.get("notes", {})), offset, off)
 
     def whole_ms(self, layer_sum: float) -> float:
         """The whole network's ms for a sum of layer times (never below 5% of the scaled sum:
         a negative offset must not make a small network free)."""
         return max(self.scale * layer_sum + self.offset_ms, 0.05 * self.scale * layer_sum)
+
+    def off_grid(self, name: str, cin: float, cout: float) -> bool:
+        """Whether a concrete layer's widths leave the ``round_to`` lattice (a dimension at
+        its full width, such as the image's 3 channels, stays on it)."""
+        m, grid = self.round_to or 1, self.layers[name]
+        return m > 1 and any(
+            round(w) % m and round(w) != top for w, top in ((cin, grid.cin[-1]), (cout, grid.cout[-1]))
+        )
+
+    def example_inputs(self) -> torch.Tensor:
+        """One image of the table's ``input_size`` (224 px if it names none)."""
+        size = int(self.target.get("input_size", 224))
+        return torch.zeros(1, 3, size, size)
 
     def layer_ms(self, name: str, cin: float, cout: float) -> float:
         if name not in self.layers:
@@ -277,6 +294,22 @@ class LatencyModel:
         f = [float(v) for v in fractions]
         total = sum(self.table.layer_ms(t.name, t.cin(f), t.cout(f)) for t in self.terms)
         return float(self.table.whole_ms(total))
+
+    def split_ms(self, fractions: Sequence[float]) -> tuple[float, float]:
+        """The table's raw layer sums ``(on, off the lattice)`` of the concrete widths at ``fractions``."""
+        f, on, off = [float(v) for v in fractions], 0.0, 0.0
+        for t in self.terms:
+            cin, cout = t.cin(f), t.cout(f)
+            ms = self.table.layer_ms(t.name, cin, cout)
+            on, off = (on, off + ms) if self.table.off_grid(t.name, cin, cout) else (on + ms, off)
+        return on, off
+
+    def network_ms(self, fractions: Sequence[float]) -> float:
+        """A concrete network's latency (integer widths): ``self(fractions)`` with its layers
+        off the lattice ``off_lattice`` times slower (the budget's calculus, on expected
+        fractions, leaves that step out)."""
+        on, off = self.split_ms(fractions)
+        return float(self.table.whole_ms(on + self.table.off_lattice * off))
 
     def restrict(self, active: Sequence[int], size: int) -> LatencyModel:
         """The same latency with only the layers ``active`` free (see ``ResourceModel.restrict``)."""

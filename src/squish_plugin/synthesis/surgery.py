@@ -373,12 +373,11 @@ class Surgeon:
 
 def predict_ms(model: nn.Module, table: LatencyTable, example_inputs: torch.Tensor | None = None) -> float:
     """``table``'s latency of ``model`` as it stands (ms per batch on the table's target;
-    inputs by default of the table's ``input_size``, else 224 px)."""
-    if example_inputs is None:
-        size = int(table.target.get("input_size", 224))
-        example_inputs = torch.zeros(1, 3, size, size)
-    latency = Surgeon(model, example_inputs).resource_model("latency", table)
-    return latency([1.0] * latency.layers)
+    inputs by default of the table's ``input_size``, else 224 px), layers off its lattice
+    at ``off_lattice`` times their interpolated time."""
+    inputs = table.example_inputs() if example_inputs is None else example_inputs
+    latency = Surgeon(model, inputs).resource_model("latency", table)
+    return latency.network_ms([1.0] * latency.layers)
 
 
 def _restore(model: nn.Module, backup: nn.Module) -> None:

@@ -2,11 +2,15 @@
 ancestor) and val top-1 of the ancestor and SquishedNets of each run, and of the baselines of
 a comparison at the same sizes (their networks rebuilt from the widths `compare` records: speed
 depends on the structure, not on the weights). ONNX Runtime CPU EP, fp32, interleaved rounds,
-every network in one process; the machine's load is recorded (measure on an idle machine).
+every network in one process; the CPU and the machine's load are recorded (measure on an
+idle machine, and compare figures from the same CPU only). With ``--latency-table``, each
+network's predicted ms per batch on that table and its error against the measured ms
+(issue #16's "within 10%"), from the same timings.
 
 Run:
     python benchmarks/speed_table.py --run NAME=RUN_DIR [--run ...] [--compare RESULTS_JSON --seed 0]
-        [--baseline LABEL=RUN_DIR] [--batch 32 --threads 2 --rounds 5 --runs 6] [--out FILE_STEM]
+        [--baseline LABEL=RUN_DIR] [--latency-table TABLE] [--batch 32 --threads 2 --rounds 5 --runs 6]
+        [--out FILE_STEM]
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from squish_plugin.deploy.latency import with_widths
 from squish_plugin.persistence import atomic_write_text, load_pruned, write_json_atomic
 from squish_plugin.study.engine import read_lineage
 from squish_plugin.study.runner import squishednet_models
-from squish_plugin.synthesis.surgery import model_stats
+from squish_plugin.synthesis.latency import load_table
+from squish_plugin.synthesis.surgery import model_stats, predict_ms
 
 
 def _replayed(label: str, run: Path, ancestor: torch.nn.Module, meta: dict) -> dict:
@@ -82,20 +87,8 @@ def _pct(value: float) -> str:
     return "—" if value != value else f"{value:.2f}"  # NaN: a structure timed without its weights
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR")
-    parser.add_argument("--compare", help="a comparison's results.json (baseline widths)")
-    parser.add_argument("--baseline", action="append", help="LABEL=RUN_DIR: NNI's structure on that run's schedule")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--out")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    nets, meta = networks(args)
+def _measure(nets: dict, args) -> tuple[dict, dict]:
+    """Images/s of every network (interleaved rounds, one process) and the run's environment."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for i, (key, net) in enumerate(nets.items()):
@@ -105,27 +98,59 @@ def main() -> None:
             results = bench_interleaved(
                 paths, backend="onnxruntime", batch=args.batch, threads=args.threads, rounds=args.rounds, runs=args.runs
             )
-    speed = {r["model"]: r["images_per_second"] for r in results}
+    env = {"cpu": results[0]["env"]["device"], "onnxruntime": results[0]["env"]["onnxruntime"], "load": load.record()}
+    return {r["model"]: r["images_per_second"] for r in results}, env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR")
+    parser.add_argument("--compare", help="a comparison's results.json (baseline widths)")
+    parser.add_argument("--baseline", action="append", help="LABEL=RUN_DIR: NNI's structure on that run's schedule")
+    parser.add_argument("--latency-table", help="a latency table: add its predicted ms and error per network")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    nets, meta = networks(args)
+    table = load_table(args.latency_table) if args.latency_table else None
+    if table and int(table.target.get("batch", args.batch)) != args.batch:
+        parser.error(f"the latency table was measured at batch {table.target['batch']}, not {args.batch}.")
+    speed, env = _measure(nets, args)
     base = model_stats(nets["ancestor"])["macs"]
+    extra = " predicted ms | measured ms | error |" if table else ""
     lines = [
-        f"ONNX Runtime CPU EP, fp32, batch {args.batch}, {args.threads} threads, {args.rounds} interleaved rounds x "
-        f"{args.runs} batches; machine load: {load.record()}",
+        f"ONNX Runtime {env['onnxruntime']} CPU EP on {env['cpu']}, fp32, batch {args.batch}, {args.threads} threads, "
+        f"{args.rounds} interleaved rounds x {args.runs} batches; machine load: {env['load']}"
+        + (f"; latency table: {args.latency_table}" if table else ""),
         "",
-        "| network | gen | params | MACs (M) | images/s | speed-up | MAC ratio | speed-up / MAC ratio | top-1 (%) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| network | gen | params | MACs (M) | images/s | speed-up | MAC ratio | speed-up / MAC ratio | top-1 (%) |"
+        + extra,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if table else ""),
     ]
     rows = []
     for key, net in nets.items():
         stats = model_stats(net)
         up, ratio = speed[key] / speed["ancestor"], base / stats["macs"]
-        rows.append({"network": key, **meta[key], **stats, "images_per_second": speed[key], "speed_up": up})
-        lines.append(
+        row = {"network": key, **meta[key], **stats, "images_per_second": speed[key], "speed_up": up}
+        line = (
             f"| {key} | {meta[key]['generation']} | {stats['params']:,} | {stats['macs'] / 1e6:.1f} | {speed[key]:.0f} "
             f"| {up:.2f} | {ratio:.2f} | {up / ratio:.2f} | {_pct(meta[key]['top1'])} |"
         )
+        if table:
+            row["measured_ms"] = 1000.0 * args.batch / speed[key]
+            row["predicted_ms"] = predict_ms(net, table)
+            row["error"] = row["predicted_ms"] / row["measured_ms"] - 1
+            line += f" {row['predicted_ms']:.1f} | {row['measured_ms']:.1f} | {row['error']:+.1%} |"
+        rows.append(row)
+        lines.append(line)
     print("\n".join(lines))
     if args.out:
-        write_json_atomic(f"{args.out}.json", {"load": load.record(), "rows": rows, "args": vars(args)})
+        write_json_atomic(f"{args.out}.json", {**env, "rows": rows, "args": vars(args)})
         atomic_write_text(f"{args.out}.md", "\n".join(lines) + "\n")
 
 

@@ -91,15 +91,22 @@ def test_a_resumed_run_keeps_its_own_table(tmp_path, fake_target):
     assert len(json.loads((run / "lineage.json").read_text())["records"]) == 3
 
 
-def test_bench_table_measures_once_then_reads_the_cache(tmp_path, fake_target):
+def test_bench_table_measures_once_then_reads_the_cache(tmp_path, fake_target, monkeypatch):
+    """Measured once; --force measures again, and so does a cached table from another CPU
+    (one host name can land on different hardware)."""
     args = ["bench", "table", str(EXAMPLES / "quickstart.yaml"), *set_args(LATENCY)]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
+    assert "off the 16-lattice x" in first.output
     measured = len(fake_target)
     second = runner.invoke(app, args)
     assert second.exit_code == 0 and len(fake_target) == measured
     again = runner.invoke(app, [*args, "--force"])
     assert again.exit_code == 0 and len(fake_target) > measured
+    measured = len(fake_target)
+    monkeypatch.setattr(deploy_latency, "cpu_name", lambda: "Another CPU")
+    moved = runner.invoke(app, args)
+    assert moved.exit_code == 0 and "measuring again" in moved.output and len(fake_target) > measured
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ def _own_cpu() -> float:
     return t.user + t.system
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -153,7 +153,7 @@ def pytorch_runner(
         with torch.inference_mode():
             return model(x)
 
-    env = {"device": _cpu_name(), "threads": threads, "torch": torch.__version__, "channels_last": channels_last}
+    env = {"device": cpu_name(), "threads": threads, "torch": torch.__version__, "channels_last": channels_last}
     return run, env
 
 
@@ -198,7 +198,7 @@ def onnxruntime_runner(
         session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
     }
     env = {
-        "device": "CUDA" if cuda else _cpu_name(),
+        "device": "CUDA" if cuda else cpu_name(),
         "threads": threads,
         "onnxruntime": ort.__version__,
         "providers": session.get_providers(),

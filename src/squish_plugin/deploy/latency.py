@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry
+from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry, load_table
 from ..synthesis.resources import round_up
 from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
-from .backends import MachineLoad
+from .backends import MachineLoad, cpu_name
 from .timers import LayerTimer, _median_ms, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
 
 __all__ = [
@@ -296,6 +296,14 @@ def whole_network_ms(
         return _median_ms(run, 3, runs)
 
 
+def _table_device(path: Path) -> str | None:
+    """The CPU a cached table was measured on (``None`` if it does not say or cannot be read)."""
+    try:
+        return load_table(path).target.get("device")
+    except InvalidArgumentError:
+        return None
+
+
 def _recipe_model(recipe) -> nn.Module:
     from ..models import squeezenet1_1_ancestor
     from ..persistence import load_pruned
@@ -341,7 +349,10 @@ def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = Fa
         return None
     path, lat = table_path(recipe), recipe.evolution.latency
     if path.is_file() and not force:
-        return path
+        measured_on = _table_device(path)
+        if lat.table is not None or lat.backend == "file" or measured_on in (None, cpu_name()):
+            return path
+        echo(f"the cached latency table was measured on {measured_on}, this machine is {cpu_name()}: measuring again.")
     if lat.backend == "file":
         raise InvalidArgumentError(f"latency table '{path}' does not exist (evolution.latency.backend is 'file').")
     model = _recipe_model(recipe).eval()

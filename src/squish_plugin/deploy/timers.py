@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingExtraError
-from .backends import _cpu_name, _time
+from .backends import _time, cpu_name
 
 __all__ = ["LayerTimer", "onnxruntime_layer_timer", "out_hw", "pytorch_layer_timer", "target_of"]
 
@@ -116,7 +116,7 @@ def target_of(backend: str, *, batch: int, threads: int) -> dict[str, Any]:
     """What a table measured here ran on (recorded in the table)."""
     env: dict[str, Any] = {
         "backend": backend,
-        "device": _cpu_name(),
+        "device": cpu_name(),
         "threads": threads,
         "batch": batch,
         "precision": "fp32",

@@ -36,7 +36,8 @@ from squish_plugin.synthesis.surgery import model_stats, predict_ms
 def _replayed(label: str, run: Path, ancestor: torch.nn.Module, meta: dict) -> dict:
     """NNI L1 pruned iteratively to the run's parameters at every generation, untrained: the
     structure all four NNI baselines share (a uniform ratio per layer; their params agree to
-    the channel), at the run's SquishedNet generations; top-1 from the comparison if given."""
+    the channel), at the run's SquishedNet generations; top-1 (the best +kd pruner's) from
+    ``--compare`` if given."""
     from squish_plugin.baselines.pruners import PruneContext, prune_to
 
     records = {r["generation"]: r for r in read_lineage(run)}
@@ -50,6 +51,18 @@ def _replayed(label: str, run: Path, ancestor: torch.nn.Module, meta: dict) -> d
             out[key] = copy.deepcopy(model).eval()
             meta[key] = {"generation": g, "top1": float("nan")}
     return out
+
+
+def _best_kd(rows: dict, seed: int, squishednet: str) -> dict:
+    """The best ``+kd`` baseline's top-1 at ``squishednet`` on ``seed`` in a comparison's rows."""
+    found = [
+        (r["top1"], method.partition("@")[0])
+        for method, results in sorted(rows.items())
+        if method.endswith(f"+kd@{seed}")
+        for r in results
+        if r["squishednet"].lower() == squishednet
+    ]
+    return {"top1": max(found)[0], "best": max(found)[1]} if found else {}
 
 
 def networks(args) -> tuple[dict, dict]:
@@ -66,11 +79,14 @@ def networks(args) -> tuple[dict, dict]:
                 continue
             nets[key] = net
             meta[key] = {"generation": gen, "top1": records[gen]["top1"]}
+    rows = json.loads(Path(args.compare).read_text()) if args.compare else {}
     for spec in args.baseline or []:
         label, run = spec.split("=", 1)
-        nets.update(_replayed(label, Path(run), nets["ancestor"], meta))
-    if args.compare:
-        rows = json.loads(Path(args.compare).read_text())
+        replayed = _replayed(label, Path(run), nets["ancestor"], meta)
+        nets.update(replayed)
+        for key in replayed:  # the structure's top-1: the best +kd pruner's at that size and seed
+            meta[key].update(_best_kd(rows, args.seed, key.split(" ", 1)[1]))
+    if args.compare and not args.baseline:  # each baseline's own widths (with --baseline: its top-1 only)
         for method, found in sorted(rows.items()):
             name, _, seed = method.partition("@")
             if int(seed) != args.seed or name == "evolutionary":
@@ -81,6 +97,10 @@ def networks(args) -> tuple[dict, dict]:
                     nets[key] = with_widths(ancestor, r["widths"]).eval()
                     meta[key] = {"generation": r["generation"], "top1": r["top1"]}
     return nets, meta
+
+
+def _best(meta: dict) -> str:
+    return f" ({meta['best']})" if "best" in meta else ""
 
 
 def _pct(value: float) -> str:
@@ -105,7 +125,7 @@ def _measure(nets: dict, args) -> tuple[dict, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR")
-    parser.add_argument("--compare", help="a comparison's results.json (baseline widths)")
+    parser.add_argument("--compare", help="a comparison's results.json: baseline widths, or with --baseline top-1s")
     parser.add_argument("--baseline", action="append", help="LABEL=RUN_DIR: NNI's structure on that run's schedule")
     parser.add_argument("--latency-table", help="a latency table: add its predicted ms and error per network")
     parser.add_argument("--seed", type=int, default=0)
@@ -139,7 +159,7 @@ def main() -> None:
         row = {"network": key, **meta[key], **stats, "images_per_second": speed[key], "speed_up": up}
         line = (
             f"| {key} | {meta[key]['generation']} | {stats['params']:,} | {stats['macs'] / 1e6:.1f} | {speed[key]:.0f} "
-            f"| {up:.2f} | {ratio:.2f} | {up / ratio:.2f} | {_pct(meta[key]['top1'])} |"
+            f"| {up:.2f} | {ratio:.2f} | {up / ratio:.2f} | {_pct(meta[key]['top1'])}{_best(meta[key])} |"
         )
         if table:
             row["measured_ms"] = 1000.0 * args.batch / speed[key]

@@ -62,7 +62,10 @@ def _best_kd(rows: dict, seed: int, squishednet: str) -> dict:
         for r in results
         if r["squishednet"].lower() == squishednet
     ]
-    return {"top1": max(found)[0], "best": max(found)[1]} if found else {}
+    if not found:
+        return {}
+    top1, best = max(found)
+    return {"top1": top1, "best": best}
 
 
 def networks(args) -> tuple[dict, dict]:

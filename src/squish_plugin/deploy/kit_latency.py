@@ -256,8 +256,11 @@ def _layer_sum(table: LatencyTable, widths: dict[str, list[int]]) -> float:
 
 def _split_sum(table: LatencyTable, widths: dict[str, list[int]]) -> tuple[float, float]:
     """The raw layer sums (on, off the table's lattice) of a network of ``widths``."""
-    on = sum(table.layer_ms(n, a, b) for n, (a, b) in widths.items() if not table.off_grid(n, a, b))
-    return on, _layer_sum(table, widths) - on
+    on = off = 0.0
+    for name, (cin, cout) in widths.items():
+        ms = table.layer_ms(name, cin, cout)
+        on, off = (on, off + ms) if table.off_grid(name, cin, cout) else (on + ms, off)
+    return on, off
 
 
 def _read_plan(path: Path) -> dict[str, Any]:

@@ -189,7 +189,7 @@ def off_lattice_from_splits(
             "measured_ms": round(float(measured_ms[n]), 4),
             "error": round(fitted.whole_ms(on + k * off) / float(measured_ms[n]) - 1, 4),
         }
-        for n, (on, off) in ((n, splits[n]) for n in names)
+        for n, (on, off) in sorted(splits.items())
     }
     return replace(fitted, notes={**dict(table.notes), "off_lattice_fit": fit})
 
@@ -213,15 +213,17 @@ def choose_round_to(
     inputs = default_example_inputs() if example_inputs is None else example_inputs
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in candidates) or not candidates:
         raise InvalidArgumentError(f"round_to candidates must be integers >= 1, got {list(candidates)}.")
-    totals, params = {}, {}
+    per_cut, params = {}, {}
     for m in sorted(candidates):
-        totals[m], params[m] = 0.0, 0
+        per_cut[m], params[m] = [], 0
         for f in fractions:
             net = cut_to(model, f, m, inputs)
-            totals[m] += float(whole_timer(net))
+            per_cut[m].append(float(whole_timer(net)))
             params[m] += sum(p.numel() for p in net.parameters())
+    totals = {m: sum(v) for m, v in per_cut.items()}
     chosen = fastest_multiple(totals)
     figures = {"ms": {str(m): round(v, 4) for m, v in totals.items()}, "params": {str(m): v for m, v in params.items()}}
+    figures["ms_per_cut"] = {str(m): [round(v, 4) for v in ms] for m, ms in per_cut.items()}
     return chosen, {**figures, "fractions": list(fractions), "slack": ROUND_TO_SLACK}
 
 
@@ -336,7 +338,9 @@ def _measure(model, timer, inputs, recipe, target, echo) -> LatencyTable:
     if not round_to or round_to == 1:
         return table
     exact = {f"exact-{f}": cut_to(model, f, 1, inputs) for f in ROUND_TO_FRACTIONS}  # off the lattice
-    return fit_off_lattice(table, exact, {name: whole(net) for name, net in exact.items()})
+    timed = notes.get("ms_per_cut", {}).get("1")  # round_to auto has timed these very networks
+    measured = dict(zip(exact, timed)) if timed else {name: whole(net) for name, net in exact.items()}
+    return fit_off_lattice(table, exact, measured)
 
 
 def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = False) -> Path | None:
@@ -349,8 +353,10 @@ def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = Fa
         return None
     path, lat = table_path(recipe), recipe.evolution.latency
     if path.is_file() and not force:
+        if lat.table is not None or lat.backend == "file":
+            return path  # the user's own table: a target of their choosing
         measured_on = _table_device(path)
-        if lat.table is not None or lat.backend == "file" or measured_on in (None, cpu_name()):
+        if measured_on in (None, cpu_name()):
             return path
         echo(f"the cached latency table was measured on {measured_on}, this machine is {cpu_name()}: measuring again.")
     if lat.backend == "file":

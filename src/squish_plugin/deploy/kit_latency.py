@@ -131,7 +131,7 @@ def latency_kit(
     """``({kit path: ONNX bytes}, plan)`` for the device: the chains of the grid and, timed
     whole, the ancestor and the ``round_to`` candidates (it cut to each of
     ``ROUND_TO_FRACTIONS`` of every width rounded up to each candidate multiple); the
-    ancestor and the chosen multiple's candidates calibrate the table."""
+    ancestor, the chosen multiple's candidates and the exact-width ones calibrate the table."""
     from .export import export_onnx
 
     inputs = torch.zeros(1, 3, size, size)
@@ -193,10 +193,13 @@ def parse_profile(text: str, source: str = "profile") -> dict[int, float]:
 
 def table_from_results(results_dir: str | Path, precision: str = "fp16") -> LatencyTable:
     """The latency table of the kit's ``precision`` runs in ``results_dir`` (the kit's
-    ``results`` folder brought back): every grid point from the chain profiles, the scale
-    and offset fitted on the whole networks, ``round_to`` chosen from the candidates' times
-    by the rule of :func:`~squish_plugin.deploy.latency.choose_round_to`."""
-    from .latency import fastest_multiple, off_lattice_from_splits
+    ``results`` folder brought back): every grid point from the chain profiles, ``round_to``
+    chosen from the candidates' times by the rule of
+    :func:`~squish_plugin.deploy.latency.choose_round_to`, and the whole-network terms fitted
+    (:func:`~squish_plugin.deploy.calibration.fit_splits`) on the ancestor, the chosen
+    multiple's candidates and the exact-width ones (off the lattice)."""
+    from .calibration import fit_splits
+    from .latency import fastest_multiple
     from .trtexec import parse_trtexec_output
 
     folder = Path(results_dir) / "latency"
@@ -222,17 +225,11 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     layers = {name: _grid(g, timed, round_to) for name, g in plan["layers"].items()}
     target = {"backend": "trtexec", "device": "the kit's device", "precision": precision, "batch": plan["batch"]}
     table = LatencyTable({**target, "input_size": plan["input_size"]}, layers, 1.0, round_to)
-    calib = {n: v for n, v in whole.items() if "/calib-" in n or f"/round{round_to}-" in n}
-    raw = np.array([_layer_sum(table, plan["whole"][n]["widths"]) for n in sorted(calib)])
-    y = np.array([calib[n] for n in sorted(calib)])
-    scale, offset = (float(v) for v in np.polyfit(raw, y, 1))
     notes = {"round_to_ms": {str(m): round(v, 4) for m, v in rounds.items()}, "timed_layers": len(timed)}
-    notes["calibration"] = {
-        n: {"layer_sum_ms": float(r), "measured_ms": float(m)} for n, r, m in zip(sorted(calib), raw, y)
-    }
-    table = LatencyTable(table.target, layers, scale, round_to, notes, offset)
-    exact = {n: plan["whole"][n]["widths"] for n in whole if "/round1-" in n and round_to > 1}  # off the lattice
-    return off_lattice_from_splits(table, {n: _split_sum(table, w) for n, w in exact.items()}, whole)
+    table = LatencyTable(table.target, layers, 1.0, round_to, notes)
+    calib = [n for n in whole if "/calib-" in n or f"/round{round_to}-" in n or ("/round1-" in n and round_to > 1)]
+    splits = {n: table.split_ms((k, *w) for k, w in sorted(plan["whole"][n]["widths"].items())) for n in calib}
+    return fit_splits(table, splits, whole)
 
 
 def _grid(g: dict[str, Any], timed: dict[tuple, float], round_to: int) -> LayerGrid:
@@ -248,19 +245,6 @@ def _grid(g: dict[str, Any], timed: dict[tuple, float], round_to: int) -> LayerG
     rows = tuple(tuple(timed[(key, a, b)] for b in couts) for a in cins)
     geo = (tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"]), tuple(g["in_hw"]))
     return LayerGrid(g["op"], *geo, cins, couts, rows)
-
-
-def _layer_sum(table: LatencyTable, widths: dict[str, list[int]]) -> float:
-    return sum(table.layer_ms(name, cin, cout) for name, (cin, cout) in widths.items())
-
-
-def _split_sum(table: LatencyTable, widths: dict[str, list[int]]) -> tuple[float, float]:
-    """The raw layer sums (on, off the table's lattice) of a network of ``widths``."""
-    on = off = 0.0
-    for name, (cin, cout) in widths.items():
-        ms = table.layer_ms(name, cin, cout)
-        on, off = (on, off + ms) if table.off_grid(name, cin, cout) else (on + ms, off)
-    return on, off
 
 
 def _read_plan(path: Path) -> dict[str, Any]:

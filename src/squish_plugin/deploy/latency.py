@@ -34,16 +34,16 @@ from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_width
 from ..synthesis.resources import round_up
 from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
 from .backends import MachineLoad, cpu_name
-from .timers import LayerTimer, _median_ms, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
+from .calibration import fit_whole
+from .timers import LayerTimer, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
 
 __all__ = [
     "ROUND_TO_CANDIDATES",
     "LayerTimer",
-    "calibrate",
+    "calibration_networks",
     "choose_round_to",
     "cut_to",
     "ensure_table",
-    "fit_off_lattice",
     "layer_macs",
     "measure_table",
     "onnxruntime_layer_timer",
@@ -51,6 +51,7 @@ __all__ = [
     "pytorch_layer_timer",
     "table_error",
     "target_of",
+    "time_networks",
     "with_widths",
 ]
 
@@ -59,6 +60,7 @@ ROUND_TO_FRACTIONS = (0.3, 0.45, 0.6, 0.75, 0.9)  # every prunable layer cut to 
 #: besides the ancestor, it cut to these fractions of every width (on the rounding lattice)
 #: calibrates the table's scale and offset against whole networks
 CALIBRATION_FRACTIONS = (0.75, 0.5, 0.3)
+RANDOM_NETWORKS = 8  # and this many networks of random widths, as the synthesis draws them
 ROUND_TO_SLACK = 0.03  # on a near tie (within 3% of the fastest) the smallest multiple wins: finer cuts
 
 
@@ -87,7 +89,7 @@ def measure_table(
 ) -> LatencyTable:
     """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths
     (:func:`layer_grids`), each distinct (geometry, cin, cout) once, into a
-    :class:`LatencyTable` (``scale`` 1; see :func:`calibrate`)."""
+    :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.calibration.fit_whole`)."""
     timed: dict[tuple, float] = {}
     layers = {}
     for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items():
@@ -122,76 +124,6 @@ def layer_grids(
         couts = grid_widths(geo["cout"], step, points) if free_out else (geo["cout"],)
         grids[name] = (geo, cins, couts)
     return grids
-
-
-def calibrate(table: LatencyTable, models: Mapping[str, nn.Module], measured_ms: Mapping[str, float]) -> LatencyTable:
-    """``table`` with ``scale`` and ``offset_ms`` fitted (least squares) so that
-    ``scale * the table's layer sum + offset_ms`` is each whole network's ``measured_ms``
-    on the target; one network fits the scale alone. The fit's residuals go to ``notes``."""
-    raw_table = replace(table, scale=1.0, offset_ms=0.0)
-    names = sorted(models)
-    raw = np.array([predict_ms(models[n], raw_table) for n in names])
-    y = np.array([float(measured_ms[n]) for n in names])
-    if not (raw > 0).all():
-        raise InvalidArgumentError("the latency table predicts 0 ms for a network: its timer returned no time.")
-    if len(names) == 1:
-        scale, offset = float(y[0] / raw[0]), 0.0
-    else:
-        scale, offset = (float(v) for v in np.polyfit(raw, y, 1))
-    if not scale > 0:
-        raise InvalidArgumentError(
-            "the whole networks' times do not grow with the table's: measure on an idle machine."
-        )
-    fitted = {
-        n: {
-            "layer_sum_ms": round(float(r), 4),
-            "measured_ms": round(float(m), 4),
-            "error": round(float((scale * r + offset) / m - 1), 4),
-        }
-        for n, r, m in zip(names, raw, y)
-    }
-    return replace(table, scale=scale, offset_ms=offset, notes={**dict(table.notes), "calibration": fitted})
-
-
-def fit_off_lattice(
-    table: LatencyTable, models: Mapping[str, nn.Module], measured_ms: Mapping[str, float]
-) -> LatencyTable:
-    """``table`` with ``off_lattice`` fitted on whole networks whose widths leave its lattice
-    (e.g. cut to exact fractions): the factor by which their off-lattice layers run slower than
-    the lattice's interpolation says, with ``scale`` and ``offset_ms`` as calibrated."""
-    splits = {}
-    for name in sorted(models):
-        latency = Surgeon(models[name], table.example_inputs()).resource_model("latency", table)
-        splits[name] = latency.split_ms([1.0] * latency.layers)
-    return off_lattice_from_splits(table, splits, measured_ms)
-
-
-def off_lattice_from_splits(
-    table: LatencyTable, splits: Mapping[str, tuple[float, float]], measured_ms: Mapping[str, float]
-) -> LatencyTable:
-    """:func:`fit_off_lattice` on each network's raw layer sums ``(on, off the lattice)``:
-    least squares of ``scale * (on + k * off) + offset_ms = measured``; residuals to ``notes``."""
-    names = sorted(splits)
-    target = {n: (float(measured_ms[n]) - table.offset_ms) / table.scale for n in names}
-    den = sum(splits[n][1] ** 2 for n in names)
-    if den == 0:
-        return table  # every network on the lattice: nothing to fit
-    k = sum(splits[n][1] * (target[n] - splits[n][0]) for n in names) / den
-    if not k > 0:
-        raise InvalidArgumentError(
-            "the off-lattice networks ran faster than the table allows: measure on an idle machine."
-        )
-    fitted = replace(table, off_lattice=float(k))
-    fit = {
-        n: {
-            "on_lattice_ms": round(on, 4),
-            "off_lattice_ms": round(off, 4),
-            "measured_ms": round(float(measured_ms[n]), 4),
-            "error": round(fitted.whole_ms(on + k * off) / float(measured_ms[n]) - 1, 4),
-        }
-        for n, (on, off) in sorted(splits.items())
-    }
-    return replace(fitted, notes={**dict(table.notes), "off_lattice_fit": fit})
 
 
 def choose_round_to(
@@ -278,24 +210,49 @@ def table_error(table: LatencyTable, models: Mapping[str, nn.Module], measured_m
 # --------------------------------------------------------------------------- a recipe's table
 
 
-def whole_network_ms(
-    model: nn.Module, backend: str, *, batch: int, threads: int, size: int = 224, runs: int = 10
-) -> float:
-    """Median ms per batch of the whole ``model`` on ``backend`` (ONNX Runtime: exported first)."""
+def time_networks(
+    models: Mapping[str, nn.Module], backend: str, *, batch: int, threads: int, size: int = 224, rounds: int = 5
+) -> dict[str, float]:
+    """Median ms per batch of each whole network on ``backend`` (ONNX Runtime: exported
+    first), timed in ``rounds`` interleaved rounds in one process, as ``benchmarks/speed_table.py``
+    times them: a machine that drifts drifts for all of them alike."""
     import tempfile
 
-    from .backends import onnxruntime_runner, pytorch_runner
-
-    if backend == "pytorch":
-        run, _ = pytorch_runner(model, batch=batch, size=size, threads=threads)
-        return _median_ms(run, 3, runs)
+    from .backends import bench_interleaved
     from .export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path, batch=batch, size=size)
-        run, _ = onnxruntime_runner(path, batch=batch, size=size, threads=threads)
-        return _median_ms(run, 3, runs)
+        targets: dict[str, Any] = {}
+        for i, name in enumerate(sorted(models)):
+            if backend == "pytorch":
+                targets[name] = models[name].eval()
+            else:
+                targets[name] = Path(tmp) / f"{i}.onnx"
+                export_onnx(models[name].eval(), targets[name], batch=batch, size=size)
+        kw = {"batch": batch, "size": size, "threads": threads, "rounds": rounds, "runs": 6}
+        results = bench_interleaved(targets, backend=backend, **kw)
+    return {r["model"]: float(r["latency_ms"]["median"]) for r in results}
+
+
+def calibration_networks(
+    model: nn.Module, round_to: int, example_inputs: torch.Tensor, *, count: int = RANDOM_NETWORKS, seed: int = 0
+) -> dict[str, nn.Module]:
+    """The whole networks a table is calibrated on: ``model``, it cut to
+    :data:`CALIBRATION_FRACTIONS` of every width on the ``round_to`` lattice and (when
+    ``round_to`` > 1) to :data:`ROUND_TO_FRACTIONS` exactly (off the lattice), and ``count``
+    networks of seeded random widths (each layer kept at 25-100%), alternately on and off
+    the lattice, as the synthesis draws them."""
+    nets = {"ancestor": model}
+    nets.update({f"cut-{f}": cut_to(model, f, round_to, example_inputs) for f in CALIBRATION_FRACTIONS})
+    if round_to > 1:
+        nets.update({f"exact-{f}": cut_to(model, f, 1, example_inputs) for f in ROUND_TO_FRACTIONS})
+    layers = Surgeon(model, example_inputs).layers
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        multiple = round_to if i % 2 == 0 else 1
+        widths = {layer.name: _cut(layer.width, float(rng.uniform(0.25, 1.0)), multiple) for layer in layers}
+        nets[f"random-{i}"] = with_widths(model, widths, example_inputs)
+    return nets
 
 
 def _table_device(path: Path) -> str | None:
@@ -323,24 +280,19 @@ def _recipe_model(recipe) -> nn.Module:
 
 def _measure(model, timer, inputs, recipe, target, echo) -> LatencyTable:
     lat, size = recipe.evolution.latency, recipe.data.eval_size
-    whole = lambda net: whole_network_ms(net, lat.backend, batch=lat.batch, threads=lat.threads, size=size)  # noqa: E731
+    many = lambda nets: time_networks(nets, lat.backend, batch=lat.batch, threads=lat.threads, size=size)  # noqa: E731
     round_to, notes = recipe.evolution.round_to, {}
     if round_to == "auto":
-        round_to, notes = choose_round_to(model, whole, example_inputs=inputs)
+        round_to, notes = choose_round_to(model, lambda net: many({"net": net})["net"], example_inputs=inputs)
         echo(f"round_to auto: {round_to} (ms per candidate: {notes['ms']})")
     echo(f"measuring the latency table on {lat.backend} ({lat.threads} threads, batch {lat.batch}) ...")
     extra = {"round_to_figures": notes} if notes else None
     table = measure_table(
         model, timer, example_inputs=inputs, step=round_to, target=target, round_to=round_to, notes=extra
     )
-    nets = {"ancestor": model, **{f"cut-{f}": cut_to(model, f, round_to or 1, inputs) for f in CALIBRATION_FRACTIONS}}
-    table = calibrate(table, nets, {name: whole(net) for name, net in nets.items()})
-    if not round_to or round_to == 1:
-        return table
-    exact = {f"exact-{f}": cut_to(model, f, 1, inputs) for f in ROUND_TO_FRACTIONS}  # off the lattice
-    timed = notes.get("ms_per_cut", {}).get("1")  # round_to auto has timed these very networks
-    measured = dict(zip(exact, timed)) if timed else {name: whole(net) for name, net in exact.items()}
-    return fit_off_lattice(table, exact, measured)
+    nets = calibration_networks(model, round_to or 1, inputs)
+    echo(f"timing {len(nets)} whole networks to calibrate it ...")
+    return fit_whole(table, nets, many(nets))
 
 
 def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = False) -> Path | None:
@@ -376,7 +328,7 @@ def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = Fa
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, table.to_dict())
-    fits = [*table.notes["calibration"].values(), *table.notes.get("off_lattice_fit", {}).values()]
+    fits = list(table.notes["calibration"].values())
     worst = max(abs(row["error"]) for row in fits)
     echo(
         f"latency table: {path} ({table.notes['timed_layers']} layer timings; whole = {table.scale:.3f} x sum "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,14 @@ class LatencyTable:
             raise InvalidArgumentError(f"the latency table has no layer '{name}': measure a table for this model.")
         return self.layers[name].lookup(cin, cout)
 
+    def split_ms(self, widths: Iterable[tuple[str, float, float]]) -> tuple[float, float]:
+        """The raw layer sums ``(on, off the lattice)`` of the layers ``(name, cin, cout)``."""
+        on = off = 0.0
+        for name, cin, cout in widths:
+            ms = self.layer_ms(name, cin, cout)
+            on, off = (on, off + ms) if self.off_grid(name, cin, cout) else (on + ms, off)
+        return on, off
+
 
 def load_table(path: str | os.PathLike) -> LatencyTable:
     """Read a latency table file (JSON; never executes anything)."""
@@ -297,12 +305,8 @@ class LatencyModel:
 
     def split_ms(self, fractions: Sequence[float]) -> tuple[float, float]:
         """The table's raw layer sums ``(on, off the lattice)`` of the concrete widths at ``fractions``."""
-        f, on, off = [float(v) for v in fractions], 0.0, 0.0
-        for t in self.terms:
-            cin, cout = t.cin(f), t.cout(f)
-            ms = self.table.layer_ms(t.name, cin, cout)
-            on, off = (on, off + ms) if self.table.off_grid(t.name, cin, cout) else (on + ms, off)
-        return on, off
+        f = [float(v) for v in fractions]
+        return self.table.split_ms((t.name, t.cin(f), t.cout(f)) for t in self.terms)
 
     def network_ms(self, fractions: Sequence[float]) -> float:
         """A concrete network's latency (integer widths): ``self(fractions)`` with its layers

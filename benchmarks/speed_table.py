@@ -1,7 +1,8 @@
 """Issue #16's speed table: params, MACs, images/s, speed-up and MAC ratio (both against the
 ancestor) and val top-1 of the ancestor and SquishedNets of each run, and of the baselines of
 a comparison at the same sizes (their networks rebuilt from the widths `compare` records: speed
-depends on the structure, not on the weights). ONNX Runtime CPU EP, fp32, interleaved rounds,
+depends on the structure, not on the weights; so is a run's generation whose checkpoint was
+not kept, from its lineage's widths). ONNX Runtime CPU EP, fp32, interleaved rounds,
 every network in one process; the CPU and the machine's load are recorded (measure on an
 idle machine, and compare figures from the same CPU only). With ``--latency-table``, each
 network's predicted ms per batch on that table and its error against the measured ms
@@ -75,7 +76,11 @@ def networks(args) -> tuple[dict, dict]:
         label, run = spec.split("=", 1)
         records = {r["generation"]: r for r in read_lineage(Path(run))}
         for name, gen in squishednet_models(Path(run)).items():
-            net = load_pruned(Path(run) / records[gen]["checkpoint"]).eval()
+            path = Path(run) / records[gen]["checkpoint"]
+            if path.is_file():
+                net = load_pruned(path).eval()
+            else:  # a checkpoint not kept: the structure from the widths the lineage records
+                net = with_widths(ancestor, records[gen]["widths"]).eval()
             ancestor = ancestor or (net if name == "ancestor" else None)
             key = "ancestor" if name == "ancestor" else f"{label} {name}"
             if key in nets:

@@ -271,6 +271,22 @@ def test_machine_load_counts_other_processes_only(monkeypatch):
         assert load.record()["busy"] is busy
 
 
+def test_machine_load_records_time_a_virtual_machines_host_stole(monkeypatch):
+    """/proc/stat's 8th column (steal) grew by 5 s: recorded as cores taken away."""
+    from squish_plugin.deploy import backends
+
+    steal_seconds = backends._steal_seconds
+
+    for stolen, expect in (([0.0, 5.0], True), ([2.0, 2.0], False)):
+        readings = iter(stolen)
+        monkeypatch.setattr(backends, "_steal_seconds", lambda r=readings: next(r))
+        with backends.MachineLoad() as load:
+            pass
+        assert (load.record()["stolen_cores"] > 0) is expect
+    monkeypatch.setattr(backends, "_cpu_ticks", lambda: [1, 0, 1, 5, 0, 0, 0, 300])
+    assert steal_seconds() == 300 / backends._CLOCK_TICKS
+
+
 def test_bench_warns_and_records_a_busy_machine(tmp_path, monkeypatch):
     from squish_plugin.deploy import backends
 

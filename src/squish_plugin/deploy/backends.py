@@ -84,15 +84,27 @@ BUSY_CORES = 0.5
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _busy_seconds() -> float | None:
-    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``), or None elsewhere."""
+def _cpu_ticks() -> list[int] | None:
     try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
+        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, IndexError, ValueError):
         return None
-    ticks = [int(v) for v in fields]
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``; stolen time, when
+    a virtual machine's host ran something else, included), or None elsewhere."""
+    ticks = _cpu_ticks()
+    if ticks is None:
+        return None
     idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
     return (sum(ticks[:8]) - idle) / _CLOCK_TICKS
+
+
+def _steal_seconds() -> float | None:
+    """CPU seconds a virtual machine's host gave to others while it wanted to run."""
+    ticks = _cpu_ticks()
+    return ticks[7] / _CLOCK_TICKS if ticks is not None and len(ticks) > 7 else None
 
 
 class MachineLoad:
@@ -100,11 +112,13 @@ class MachineLoad:
     busy time (``/proc/stat``) less this process's own CPU time, per second of wall time.
     ``record()`` says how busy the machine was (``busy`` when others held at least
     :data:`BUSY_CORES` cores on average, or where ``/proc/stat`` is missing, when the
-    1-minute load average before the run exceeded the cores)."""
+    1-minute load average before the run exceeded the cores) and, on a virtual machine,
+    how many cores its host took away meanwhile (``stolen_cores``, part of the others)."""
 
     def __enter__(self) -> MachineLoad:
         self.load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         self._wall, self._own, self._busy = time.perf_counter(), _own_cpu(), _busy_seconds()
+        self._steal = _steal_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -113,6 +127,8 @@ class MachineLoad:
         self.others = None
         if busy is not None and self._busy is not None:
             self.others = max(0.0, (busy - self._busy) - (_own_cpu() - self._own)) / wall
+        steal = _steal_seconds()
+        self.steal = None if steal is None or self._steal is None else max(0.0, steal - self._steal) / wall
 
     def record(self) -> dict[str, Any]:
         cores = os.cpu_count() or 1
@@ -122,7 +138,14 @@ class MachineLoad:
             busy = self.load_before is not None and self.load_before > cores
         others = None if self.others is None else round(self.others, 3)
         load = None if self.load_before is None else round(self.load_before, 2)
-        return {"cores": cores, "load_1min_before": load, "other_processes_cores": others, "busy": busy}
+        steal = None if getattr(self, "steal", None) is None else round(self.steal, 3)
+        return {
+            "cores": cores,
+            "load_1min_before": load,
+            "other_processes_cores": others,
+            "stolen_cores": steal,
+            "busy": busy,
+        }
 
 
 def _own_cpu() -> float:

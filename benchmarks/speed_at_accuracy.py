@@ -1,0 +1,92 @@
+"""Issue #16's G2: at equal validation top-1, how much faster the latency-aware networks run
+than the parameter-budget ones and the baselines'. Reads the JSON that
+``benchmarks/speed_table.py`` writes per seed. Each label's networks (with the ancestor, where
+every curve starts) form a curve of images/s against top-1; at each latency-aware SquishedNet's
+top-1 the other curves' images/s is read off by linear interpolation between the two networks
+whose top-1 brackets it (none outside a curve's range: no extrapolation), and the ratio is
+reported per seed and as mean +- sd over the seeds. Every figure comes from timings of one
+run (one process, interleaved rounds) per seed.
+
+Run:
+    python benchmarks/speed_at_accuracy.py benchmarks/results/speed/amd-seed-{0,1,2}.json
+        [--ours latency] [--against params nni] [--out FILE_STEM]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from squish_plugin.persistence import atomic_write_text, write_json_atomic
+
+
+def curves(rows: list[dict]) -> dict[str, list[tuple[float, float, str]]]:
+    """``{label: [(top-1, images/s, network), ...]}`` sorted by top-1, the ancestor in each."""
+    ancestor = next(r for r in rows if r["network"] == "ancestor")
+    out: dict[str, list] = {}
+    for r in rows:
+        if r["network"] != "ancestor" and r["top1"] == r["top1"]:  # NaN: a structure without a top-1
+            out.setdefault(r["network"].split(" ", 1)[0], []).append((r["top1"], r["images_per_second"], r["network"]))
+    for points in out.values():
+        points.append((ancestor["top1"], ancestor["images_per_second"], "ancestor"))
+        points.sort()
+    return out
+
+
+def at_top1(points: list[tuple[float, float, str]], top1: float) -> float | None:
+    """Images/s of a curve at ``top1`` (linear between its bracketing networks), or None."""
+    for (a, sa, _), (b, sb, _) in zip(points, points[1:]):
+        if a <= top1 <= b:
+            return sa if b == a else sa + (sb - sa) * (top1 - a) / (b - a)
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tables", nargs="+", help="speed_table.py JSON files, one per seed")
+    parser.add_argument("--ours", default="latency")
+    parser.add_argument("--against", nargs="+", default=["params", "nni"])
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    header = "| seed | network | top-1 (%) | images/s |" + "".join(f" {c} images/s | x {c} |" for c in args.against)
+    lines = [header, "|---|---|---:|---:|" + "---:|---:|" * len(args.against)]
+    found, ratios = [], {}
+    for path in args.tables:
+        data = json.loads(Path(path).read_text())
+        seed = data["args"]["seed"]
+        by_label = curves(data["rows"])
+        for top1, speed, name in by_label[args.ours]:
+            if name == "ancestor":
+                continue
+            row = {"seed": seed, "network": name, "top1": top1, "images_per_second": speed}
+            line = f"| {seed} | {name} | {top1:.2f} | {speed:.0f} |"
+            for other in args.against:
+                theirs = at_top1(by_label.get(other, []), top1)
+                row[other] = theirs
+                if theirs is None:
+                    line += " — | — |"
+                    continue
+                ratios.setdefault((name.split(" ", 1)[1], other), []).append(speed / theirs)
+                line += f" {theirs:.0f} | {speed / theirs:.2f} |"
+            found.append(row)
+            lines.append(line)
+    lines += ["", "| network | " + " | ".join(f"x {c} (mean +- sd, seeds)" for c in args.against) + " |"]
+    lines.append("|---|" + "---:|" * len(args.against))
+    for name in sorted({n for n, _ in ratios}):
+        cells = []
+        for other in args.against:
+            r = ratios.get((name, other), [])
+            sd = statistics.stdev(r) if len(r) > 1 else 0.0
+            cells.append(f"{statistics.mean(r):.2f} +- {sd:.2f} ({len(r)})" if r else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if args.out:
+        summary = {f"{n} x {o}": r for (n, o), r in sorted(ratios.items())}
+        write_json_atomic(f"{args.out}.json", {"rows": found, "ratios": summary, "args": vars(args)})
+        atomic_write_text(f"{args.out}.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,9 +3,11 @@ than the parameter-budget ones and the baselines'. Reads the JSON that
 ``benchmarks/speed_table.py`` writes per seed. Each label's networks (with the ancestor, where
 every curve starts) form a curve of images/s against top-1; at each latency-aware SquishedNet's
 top-1 the other curves' images/s is read off by linear interpolation between the two networks
-whose top-1 brackets it (none outside a curve's range: no extrapolation), and the ratio is
-reported per seed and as mean +- sd over the seeds. Every figure comes from timings of one
-run (one process, interleaved rounds) per seed.
+whose top-1 brackets it (outside a curve's range no extrapolation: its end network if that
+lies within 0.5 point, the issue's "equal top-1", else none), and the ratio is
+reported per seed and as mean +- sd over the seeds; then every network's images/s, speed-up
+and share of its MAC ratio, mean +- sd over the seeds. Every figure comes from timings of
+one run (one process, interleaved rounds) per seed.
 
 Run:
     python benchmarks/speed_at_accuracy.py benchmarks/results/speed/amd-seed-{0,1,2}.json
@@ -35,12 +37,43 @@ def curves(rows: list[dict]) -> dict[str, list[tuple[float, float, str]]]:
     return out
 
 
-def at_top1(points: list[tuple[float, float, str]], top1: float) -> float | None:
-    """Images/s of a curve at ``top1`` (linear between its bracketing networks), or None."""
+def at_top1(points: list[tuple[float, float, str]], top1: float, within: float = 0.5) -> float | None:
+    """Images/s of a curve at ``top1`` (linear between its bracketing networks; outside its
+    range, its end network if that lies ``within`` points), or None."""
     for (a, sa, _), (b, sb, _) in zip(points, points[1:]):
         if a <= top1 <= b:
             return sa if b == a else sa + (sb - sa) * (top1 - a) / (b - a)
-    return None
+    near = [(abs(t - top1), s) for t, s, _ in points if abs(t - top1) <= within]
+    return min(near)[1] if near else None
+
+
+def _mean_sd(values: list[float], digits: int) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def per_network(tables: list[str]) -> list[str]:
+    """Every network's images/s, speed-up, share of its MAC ratio and top-1, mean ± sd over
+    the seeds' tables (each seed's figures from its own one-run timings)."""
+    found: dict[str, list[dict]] = {}
+    for path in tables:
+        rows = json.loads(Path(path).read_text())["rows"]
+        base = next(r for r in rows if r["network"] == "ancestor")
+        for r in rows:
+            ratio = base["macs"] / r["macs"]
+            found.setdefault(r["network"], []).append({**r, "mac_ratio": ratio, "share": r["speed_up"] / ratio})
+    lines = [
+        "| network | seeds | params (mean) | images/s | speed-up | speed-up / MAC ratio | top-1 (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, rs in found.items():
+        top1 = [r["top1"] for r in rs if r["top1"] == r["top1"]]
+        lines.append(
+            f"| {name} | {len(rs)} | {statistics.mean(r['params'] for r in rs):,.0f} "
+            f"| {_mean_sd([r['images_per_second'] for r in rs], 0)} | {_mean_sd([r['speed_up'] for r in rs], 2)} "
+            f"| {_mean_sd([r['share'] for r in rs], 2)} | {_mean_sd(top1, 2) if top1 else '—'} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -57,7 +90,7 @@ def main() -> None:
         data = json.loads(Path(path).read_text())
         seed = data["args"]["seed"]
         by_label = curves(data["rows"])
-        for top1, speed, name in by_label[args.ours]:
+        for top1, speed, name in sorted(by_label[args.ours], key=lambda p: p[2]):
             if name == "ancestor":
                 continue
             row = {"seed": seed, "network": name, "top1": top1, "images_per_second": speed}
@@ -81,6 +114,7 @@ def main() -> None:
             sd = statistics.stdev(r) if len(r) > 1 else 0.0
             cells.append(f"{statistics.mean(r):.2f} +- {sd:.2f} ({len(r)})" if r else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", *per_network(args.tables)]
     print("\n".join(lines))
     if args.out:
         summary = {f"{n} x {o}": r for (n, o), r in sorted(ratios.items())}

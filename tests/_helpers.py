@@ -9,3 +9,18 @@ QUICK = {"evolution.generations": 2, "train.ancestor_epochs": 0.5, "train.epochs
 def set_args(overrides: dict[str, object]) -> list[str]:
     """``--set key=value`` for each override, in order."""
     return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+
+
+def smooth(geo, cin, cout):
+    """A fake layer timer: time grows with MACs and with the activations read and written."""
+    k, hw = geo["kernel"][0] * geo["kernel"][1], geo["in_hw"][0] * geo["in_hw"][1]
+    return 1e-7 * k * cin * cout * hw + 1e-5 * hw * (cin + cout)
+
+
+def blocked16(geo, cin, cout, slow):
+    """A fake target that computes in blocks of 16 channels (a cut width under 16 costs as
+    much as 16) and runs a layer ``slow`` times slower where a cut width leaves the
+    multiples of 16 (a layer's full widths, such as the image's 3 channels, run at full speed)."""
+    off = any(w % 16 and w != full for w, full in ((cin, geo["cin"]), (cout, geo["cout"])))
+    cin, cout = max(cin, min(16, geo["cin"])), max(cout, min(16, geo["cout"]))
+    return smooth(geo, cin, cout) * (slow if off else 1.0)

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from _helpers import blocked16, smooth
 from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
 from squish_plugin.deploy.calibration import fit_whole
 from squish_plugin.deploy.latency import (
@@ -26,12 +27,6 @@ from squish_plugin.deploy.latency import (
 from squish_plugin.errors import InvalidArgumentError
 from squish_plugin.synthesis.genetics import SynthesisConfig
 from squish_plugin.synthesis.latency import LatencyTable, LayerGrid, grid_widths, layer_geometry, load_table
-
-
-def smooth(geo, cin, cout):
-    """Time grows with MACs and with the activations read and written."""
-    k, hw = geo["kernel"][0] * geo["kernel"][1], geo["in_hw"][0] * geo["in_hw"][1]
-    return 1e-7 * k * cin * cout * hw + 1e-5 * hw * (cin + cout)
 
 
 def aligned16(geo, cin, cout):
@@ -177,12 +172,8 @@ def test_with_widths_keeps_the_named_widths_and_cut_to_rounds_up(ancestor):
 
 
 def blocked(geo, cin, cout):
-    """A backend that computes in blocks of 16 channels (a cut width under 16 costs as much as
-    16) and runs layers twice as slowly where a cut width leaves the multiples of 16 (the
-    layer's full widths, such as the image's 3 channels, run at full speed)."""
-    off = any(w % 16 and w != full for w, full in ((cin, geo["cin"]), (cout, geo["cout"])))
-    cin, cout = max(cin, min(16, geo["cin"])), max(cout, min(16, geo["cout"]))
-    return smooth(geo, cin, cout) * (2.0 if off else 1.0)
+    """A backend in blocks of 16 channels, twice as slow off its multiples (``blocked16``)."""
+    return blocked16(geo, cin, cout, slow=2.0)
 
 
 def test_one_fit_over_calibration_networks_recovers_scale_offset_and_off_lattice(ancestor):

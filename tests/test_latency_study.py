@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from _helpers import QUICK, set_args
+from _helpers import QUICK, blocked16, set_args
 from squish_plugin import squeezenet1_1_ancestor
 from squish_plugin.cli import app
 from squish_plugin.deploy import latency as deploy_latency
@@ -22,14 +22,9 @@ SIZE = 128  # quickstart's eval_size
 
 
 def aligned16(geo, cin, cout):
-    """Time ~ MACs + activations, computed in blocks of 16 channels (a cut width under 16
-    costs as much as 16), three times slower where a cut width leaves the multiples of 16
-    (a layer's full widths, such as the image's 3 channels, run at full speed)."""
-    off = any(w % 16 and w != full for w, full in ((cin, geo["cin"]), (cout, geo["cout"])))
-    cin, cout = max(cin, min(16, geo["cin"])), max(cout, min(16, geo["cout"]))
-    k, hw = geo["kernel"][0] * geo["kernel"][1], geo["in_hw"][0] * geo["in_hw"][1]
-    ms = 1e-7 * k * cin * cout * hw + 1e-5 * hw * (cin + cout)
-    return 3 * ms if off else ms
+    """Time ~ MACs + activations in blocks of 16 channels, three times slower off their
+    multiples (``blocked16``)."""
+    return blocked16(geo, cin, cout, slow=3.0)
 
 
 @pytest.fixture

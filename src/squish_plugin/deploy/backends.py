@@ -138,7 +138,7 @@ class MachineLoad:
             busy = self.load_before is not None and self.load_before > cores
         others = None if self.others is None else round(self.others, 3)
         load = None if self.load_before is None else round(self.load_before, 2)
-        steal = None if getattr(self, "steal", None) is None else round(self.steal, 3)
+        steal = None if self.steal is None else round(self.steal, 3)
         return {
             "cores": cores,
             "load_1min_before": load,

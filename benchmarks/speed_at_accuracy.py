@@ -52,12 +52,12 @@ def _mean_sd(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def per_network(tables: list[str]) -> list[str]:
+def per_network(tables: list[dict]) -> list[str]:
     """Every network's images/s, speed-up, share of its MAC ratio and top-1, mean ± sd over
     the seeds' tables (each seed's figures from its own one-run timings)."""
     found: dict[str, list[dict]] = {}
-    for path in tables:
-        rows = json.loads(Path(path).read_text())["rows"]
+    for data in tables:
+        rows = data["rows"]
         base = next(r for r in rows if r["network"] == "ancestor")
         for r in rows:
             ratio = base["macs"] / r["macs"]
@@ -86,8 +86,8 @@ def main() -> None:
     header = "| seed | network | top-1 (%) | images/s |" + "".join(f" {c} images/s | x {c} |" for c in args.against)
     lines = [header, "|---|---|---:|---:|" + "---:|---:|" * len(args.against)]
     found, ratios = [], {}
-    for path in args.tables:
-        data = json.loads(Path(path).read_text())
+    tables = [json.loads(Path(path).read_text()) for path in args.tables]
+    for data in tables:
         seed = data["args"]["seed"]
         by_label = curves(data["rows"])
         for top1, speed, name in sorted(by_label[args.ours], key=lambda p: p[2]):
@@ -114,7 +114,7 @@ def main() -> None:
             sd = statistics.stdev(r) if len(r) > 1 else 0.0
             cells.append(f"{statistics.mean(r):.2f} +- {sd:.2f} ({len(r)})" if r else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", *per_network(args.tables)]
+    lines += ["", *per_network(tables)]
     print("\n".join(lines))
     if args.out:
         summary = {f"{n} x {o}": r for (n, o), r in sorted(ratios.items())}

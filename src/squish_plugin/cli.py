@@ -55,7 +55,7 @@ def info() -> None:
         typer.echo(f"optional {module}: {state}")
 
 
-def _guard(action: Callable[[], T], resume_hint: Path | None = None) -> T:
+def _guard(action: Callable[[], T], resume_hint: Path | str | None = None) -> T:
     """Run ``action``; a library error becomes one line on stderr and exit code 2."""
     try:
         return action()
@@ -63,7 +63,9 @@ def _guard(action: Callable[[], T], resume_hint: Path | None = None) -> T:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        hint = f"; resume with: squish-plugin run --resume {resume_hint}" if resume_hint else ""
+        if isinstance(resume_hint, Path):
+            resume_hint = f"squish-plugin run --resume {resume_hint}"
+        hint = f"; resume with: {resume_hint}" if resume_hint else ""
         typer.echo(f"interrupted{hint}", err=True)
         raise typer.Exit(130) from None
 
@@ -135,6 +137,19 @@ def _latency_table(recipe) -> None:
         from .deploy.latency import ensure_table
 
         ensure_table(recipe, echo=typer.echo)
+
+
+@app.command()
+def finish(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory of `squish-plugin run`")],
+    set_: SetOption = None,
+) -> None:
+    """Finish a run's named networks (SquishedNet-1..k, squishednets.extra_params): a long
+    fine-tune with distillation from the ancestor, resumable per epoch; the report shows both."""
+    from .study import runner
+
+    hint = f"squish-plugin finish {run_dir}"
+    _guard(lambda: runner.finish_study(run_dir, set_ or []), resume_hint=hint)
 
 
 @app.command()

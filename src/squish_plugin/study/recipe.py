@@ -20,6 +20,7 @@ from ..errors import InvalidArgumentError
 
 __all__ = [
     "NAME_PATTERN",
+    "FinishSection",
     "OutputSection",
     "Recipe",
     "RecipeError",
@@ -174,6 +175,18 @@ class EvolutionSection(RecipeSection):
 class SquishedNetsSection(RecipeSection):
     sizes_mb: list[float] = [2.4, 2.0, 1.3, 0.95]
     rule: Literal["first_below", "pareto"] = "first_below"
+    extra_params: list[int] = Field(
+        [],
+        description="more named networks: the first offspring at or below each parameter count, named by its "
+        "reduction vs SqueezeNet v1.1 (123500 -> '10x'); finished like SquishedNet-1..k",
+    )
+
+    @field_validator("extra_params")
+    @classmethod
+    def _counts(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("must be positive parameter counts")
+        return sorted(set(v), reverse=True)
 
     @field_validator("sizes_mb")
     @classmethod
@@ -183,12 +196,35 @@ class SquishedNetsSection(RecipeSection):
         return v
 
 
+class FinishSection(RecipeSection):
+    """The finishing stage: after the generations, every named network fine-tuned for
+    ``epochs`` on one warm-up + cosine schedule, distilling from the ancestor."""
+
+    epochs: int = Field(0, ge=0, le=10000, description="finishing epochs per named network; 0: no finishing stage")
+    lr: float = Field(0.01, gt=0, le=10)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    warmup_steps: int = Field(20, ge=0)
+    full_size_epochs: int = Field(
+        0, ge=0, description="the last N epochs on whole train_size images instead of data.train_crop windows"
+    )
+    teacher: Literal["ancestor", "none"] = Field("ancestor", description="distil from the run's ancestor, or not")
+    alpha: float = Field(0.7, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _full_size_fits(self) -> FinishSection:
+        if self.full_size_epochs > self.epochs:
+            raise ValueError("finish.full_size_epochs must be at most finish.epochs")
+        return self
+
+
 class OutputSection(RecipeSection):
     dir: str = "runs"
 
 
 class Recipe(RecipeSection):
-    """A whole study: ancestor, data, training, evolution, naming, output."""
+    """A whole study: ancestor, data, training, evolution, naming, finishing, output."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     seed: int = Field(0, ge=0)
@@ -197,6 +233,7 @@ class Recipe(RecipeSection):
     train: TrainSection = TrainSection()
     evolution: EvolutionSection = EvolutionSection()
     squishednets: SquishedNetsSection = SquishedNetsSection()
+    finish: FinishSection = FinishSection()
     output: OutputSection = OutputSection()
 
     @model_validator(mode="after")

@@ -285,7 +285,7 @@ def _recipe_yaml(recipe: Mapping) -> str:
     return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False).rstrip()
 
 
-def _markdown(records, squishednets, recipe, label, ips, title, plots_ok) -> str:
+def _markdown(records, squishednets, recipe, label, ips, title, plots_ok, sections=()) -> str:
     by_gen = {r["generation"]: r for r in records}
     rules = sorted({str(n.get("rule", "unspecified")) for n in squishednets})
     targets = " / ".join(str(float(n["target_mb"])) for n in squishednets)
@@ -304,6 +304,7 @@ def _markdown(records, squishednets, recipe, label, ips, title, plots_ok) -> str
         "",
         f"Images/s: {label}." if label else "Images/s: not measured.",
         "",
+        *sections,
         "## Generations",
         "",
         *_generations_table(records, ips),
@@ -328,6 +329,7 @@ def write_report(
     recipe: Mapping[str, Any] | None = None,
     throughput: Mapping[str, Any] | None = None,
     title: str = "SquishedNets study",
+    sections: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``generations.csv``, ``generations.json``, ``report.md``,
     ``top1_vs_size.png`` and ``widths.png`` into ``run_dir``; return their paths
@@ -337,7 +339,8 @@ def write_report(
     ``squishednets`` is what :func:`select_squishednets` returns. ``throughput``
     is ``{"label": "ONNX Runtime CPU, batch 32", "values": {generation: images_per_s}}``
     (generation keys may be strings, as after a JSON round trip); generations it
-    leaves out show "—". Everything is rendered in memory first and each file is
+    leaves out show "—". ``sections`` are Markdown lines placed after Table 2 (the
+    finishing stage's tables). Everything is rendered in memory first and each file is
     replaced atomically, so a crash leaves the previous files whole.
 
     Example:
@@ -361,7 +364,10 @@ def write_report(
         "json": ("generations.json", (json.dumps(list(recs), indent=2, default=_jsonable) + "\n").encode()),
         **{key: (_PLOTS[key], data) for key, data in (pngs or {}).items()},
         # last, so that it never links to a plot that is not there yet
-        "report": ("report.md", _markdown(recs, squishednets, recipe, label, ips, title, pngs is not None).encode()),
+        "report": (
+            "report.md",
+            _markdown(recs, squishednets, recipe, label, ips, title, pngs is not None, sections).encode(),
+        ),
     }
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import InvalidArgumentError
 from ..models import squeezenet1_1_ancestor
@@ -28,16 +25,21 @@ from ..synthesis.genetics import SynthesisConfig
 from . import distributed
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
+from .finish_run import finish_networks, finished_sections, read_finished
 from .holdout import proxy_slice
 from .latency import resolved_round_to, run_table
-from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
+from .progress import StudyDisplay
+from .recipe import Recipe
 from .report import select_squishednets, write_report
+from .rundir import RECIPE_FILE, extend_generations, finish_recipe, new_run_dir, read_run_recipe, timestamped_dir
 from .selection import checked_ancestor, held_out, screen_by_finetune, strength_fn
 from .training import TrainSettings, evaluate, train
 
 __all__ = [
     "check_data",
     "data_problems",
+    "finish_recipe",
+    "finish_study",
     "load_data",
     "new_run_dir",
     "read_lineage",
@@ -49,7 +51,6 @@ __all__ = [
     "train_settings",
 ]
 
-RECIPE_FILE = "recipe.yaml"
 THROUGHPUT_FILE = "throughput.json"
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -78,50 +79,6 @@ def check_data(recipe: Recipe) -> None:
     problems = data_problems(recipe)
     if problems:
         raise InvalidArgumentError(problems[0])
-
-
-def timestamped_dir(parent: str | Path, name: str) -> Path:
-    """``<parent>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder (``-2``, ``-3``... when taken)."""
-    base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def new_run_dir(recipe: Recipe) -> Path:
-    """``<output.dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
-    return timestamped_dir(recipe.output.dir, recipe.name)
-
-
-def read_run_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:
-    """The resolved recipe a run directory was started with (for ``--resume``), with
-    ``overrides`` applied: only ``evolution.generations=N``, to extend the run."""
-    other = [item for item in overrides or [] if item.partition("=")[0].strip() != "evolution.generations"]
-    if other:
-        raise InvalidArgumentError(
-            "--resume continues a run as it was recorded; only --set evolution.generations=N "
-            f"(to extend a run) applies, not '{other[0]}'."
-        )
-    path = Path(run_dir) / RECIPE_FILE
-    if not path.is_file():
-        raise InvalidArgumentError(f"'{run_dir}' is not a run directory: it has no {RECIPE_FILE}.")
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict):
-        resolve_paths(data, Path(run_dir))  # a moved or committed run may hold relative paths
-        data = apply_overrides(data, overrides or [])
-    return validate_recipe(data, str(path))
-
-
-def _extend(run_dir: Path, generations: int) -> None:
-    """Record a resumed run's new generation count in its ``recipe.yaml``, leaving the
-    rest of the file (e.g. relative data paths of a committed run) as it was."""
-    path = Path(run_dir) / RECIPE_FILE
-    data = yaml.safe_load(path.read_text())
-    if data["evolution"].get("generations") != generations:
-        data["evolution"]["generations"] = generations
-        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def train_settings(recipe: Recipe) -> TrainSettings:
@@ -173,34 +130,6 @@ def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
     return squeezenet1_1_ancestor(num_classes, weights=m.weights, head=head, seed=recipe.seed)
 
 
-class _Display:
-    """rich progress: one bar for generations, one for the training steps of the
-    current network, and a one-line summary per generation."""
-
-    def __init__(self, console: Console, generations: int) -> None:
-        self.console = console
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        self.progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self.gen_task = self.progress.add_task("generations", total=generations + 1, info="")
-        self.step_task = self.progress.add_task("training", total=1, info="")
-
-    def on_step(self, step: int, total: int, loss: float) -> None:
-        self.progress.update(self.step_task, completed=step, total=total, info=f"loss {loss:.3f}")
-
-    def on_generation(self, record: dict[str, Any]) -> None:
-        self.progress.update(self.gen_task, completed=record["generation"] + 1)
-        self.console.print(
-            f"gen {record['generation']:2d} {record['params']:>9,} params {record['size_mb']:5.2f} MB "
-            f"{record['macs'] / 1e6:6.1f}M MACs  top-1 {record['top1']:5.1f}%  {record['train_seconds']:4.0f}s",
-            soft_wrap=True,
-        )
-
-
 def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
     """The recipe's training and validation splits, decoded (and cached) once."""
     d = recipe.data
@@ -221,7 +150,7 @@ def _open_run_dir(recipe: Recipe, run_dir: Path | None, resume: bool) -> Path:
     run only its new generation count)."""
     run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else str(new_run_dir(recipe))))
     if distributed.is_main() and resume:
-        _extend(run_dir, recipe.evolution.generations)
+        extend_generations(run_dir, recipe.evolution.generations)
     elif distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
@@ -344,7 +273,7 @@ def run_study(
     ancestor = _ancestor(recipe, train_all.classes)
     run_dir = _open_run_dir(recipe, run_dir, resume)
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-    display = _Display(console, recipe.evolution.generations)
+    display = StudyDisplay(console, recipe.evolution.generations)
     study = _Study(recipe, run_dir, train_all, val_split, display)
     with display.progress:
         lineage = evolve(
@@ -356,10 +285,29 @@ def run_study(
             seed=recipe.seed,
             resume=resume,
         )
+    finish_networks(run_dir, recipe, train_all, val_split, console)
     if distributed.is_main():
         rewrite_report(run_dir, recipe, lineage.records)
     console.print(f"report: {run_dir / 'report.md'}")
     return run_dir
+
+
+def finish_study(run_dir: Path, overrides: list[str] | None = None, *, console: Console | None = None) -> Path:
+    """The finishing stage on an existing run directory (``squish-plugin finish``): the
+    run's recipe with ``finish.*`` overrides (recorded in its ``recipe.yaml``), every named
+    network finished (resuming one cut short), the report rewritten; returns ``run_dir``."""
+    console = console or Console()
+    recipe = finish_recipe(Path(run_dir), overrides or [])
+    if recipe.finish.epochs == 0:
+        raise InvalidArgumentError(
+            f"the recipe of '{run_dir}' has finish.epochs 0 (no finishing stage); give e.g. --set finish.epochs=10."
+        )
+    torch.set_num_threads(recipe.train.threads)
+    train_all, val_split = load_data(recipe)
+    finish_networks(Path(run_dir), recipe, train_all, val_split, console)
+    rewrite_report(run_dir, recipe)
+    console.print(f"report: {Path(run_dir) / 'report.md'}")
+    return Path(run_dir)
 
 
 def squishednet_models(run_dir: Path) -> dict[str, int]:
@@ -385,7 +333,14 @@ def rewrite_report(run_dir: Path, recipe: Recipe | None = None, records: list[di
     if throughput:
         throughput = {"label": throughput["label"], "values": {int(k): v for k, v in throughput["values"].items()}}
     title = f"SquishedNets study: {recipe.name}"
+    sections = finished_sections(records, read_finished(run_dir))
     write_report(
-        run_dir, records, squishednets=squished, recipe=recipe.model_dump(), throughput=throughput, title=title
+        run_dir,
+        records,
+        squishednets=squished,
+        recipe=recipe.model_dump(),
+        throughput=throughput,
+        title=title,
+        sections=sections,
     )
     return Path(run_dir) / "report.md"

@@ -19,7 +19,7 @@ from torch import nn
 from . import distributed
 from .data import LoadedSplit, iterate_batches
 
-__all__ = ["TrainSettings", "evaluate", "train"]
+__all__ = ["TrainSettings", "evaluate", "steps_per_epoch", "train"]
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -86,20 +86,58 @@ class _Placement:
         self.deterministic = s.deterministic and device.type == "cuda"
         self.cudnn: _CudnnDeterminism | None = None
 
-    def __enter__(self) -> nn.Module:
+    def __enter__(self) -> _Placement:
         self.model.to(device=self.device, memory_format=self.fmt)
         self.model.train()
-        net: nn.Module = self.model
+        self.net: nn.Module = self.model
         if distributed.world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if self.teacher is not None:
             self.teacher.eval()
             self.teacher.to(device=self.device, memory_format=self.fmt)
         self.cudnn = _CudnnDeterminism(self.deterministic)
-        return net
+        return self
+
+    def steps(
+        self,
+        opt: torch.optim.Optimizer,
+        split: LoadedSplit,
+        s: TrainSettings,
+        generator: torch.Generator,
+        span: range,
+        total: int,
+        on_step: StepCallback | None,
+    ) -> dict[str, float]:
+        """Optimiser steps ``span`` of a schedule of ``total`` (warm-up, then cosine to 0 at
+        ``total``), passes over ``split`` drawn from ``generator`` until ``span`` ends; the
+        learning rate of step i is ``s.lr * schedule(i)``, so a later call continues the
+        same schedule (the finishing stage resumes epoch by epoch this way)."""
+        world = distributed.world_size()
+        shard = (distributed.rank(), world) if world > 1 else None
+        batches = {"train": True, "generator": generator, "channels_last": s.channels_last, "crop": s.crop}
+        step, running = span.start, 0.0
+        while step < span.stop:
+            for images, labels in iterate_batches(split, s.batch_size, **batches, shard=shard):
+                for group in opt.param_groups:
+                    group["lr"] = s.lr * _schedule(step, total, s.warmup_steps)
+                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                loss = _loss(self.net(images), labels, self.teacher, images, s)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if s.grad_clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+                opt.step()
+                step += 1
+                running = 0.9 * running + 0.1 * loss.item() if step > span.start + 1 else loss.item()
+                if on_step:
+                    on_step(step - span.start, len(span), running)
+                if step >= span.stop:
+                    break
+        return {"steps": step - span.start, "loss": running}
 
     def __exit__(self, *exc: object) -> None:
+        self.net = self.model  # drops the DistributedDataParallel wrapper
         if self.cudnn is not None:
             self.cudnn.restore()
         self.model.to(self.homes[0])
@@ -132,36 +170,17 @@ def train(
     wrapped in DistributedDataParallel, each rank takes its ``1/world`` part of every batch
     of ``settings.batch_size`` (the global batch, so steps and learning rate are those of
     one process), and every rank must call with the same ``seed``."""
-    total = math.ceil(epochs * math.ceil(len(split.labels) / settings.batch_size))
+    total = math.ceil(epochs * steps_per_epoch(split, settings))
     if total <= 0:
         return {"steps": 0, "loss": float("nan")}
-    device = distributed.device_for(settings.device)
-    world = distributed.world_size()
-    shard = (distributed.rank(), world) if world > 1 else None
-    step, running = 0, 0.0
-    with _Placement(model, teacher, device, settings) as net:
-        opt = _optimizer(model, settings)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, total, settings.warmup_steps))
+    with _Placement(model, teacher, distributed.device_for(settings.device), settings) as placed:
         gen = torch.Generator().manual_seed(seed)
-        batches = {"train": True, "generator": gen, "channels_last": settings.channels_last, "crop": settings.crop}
-        while step < total:
-            for images, labels in iterate_batches(split, settings.batch_size, **batches, shard=shard):
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                loss = _loss(net(images), labels, teacher, images, settings)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                opt.step()
-                sched.step()
-                step += 1
-                running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
-                if on_step:
-                    on_step(step, total, running)
-                if step >= total:
-                    break
-        del net
-    return {"steps": step, "loss": running}
+        return placed.steps(_optimizer(model, settings), split, settings, gen, range(total), total, on_step)
+
+
+def steps_per_epoch(split: LoadedSplit, settings: TrainSettings) -> int:
+    """Optimiser steps in one pass over ``split`` at ``settings.batch_size``."""
+    return math.ceil(len(split.labels) / settings.batch_size)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -1,0 +1,225 @@
+"""The finishing stage of a run directory: every named network (SquishedNet-1..k and the
+``squishednets.extra_params`` points) fine-tuned with distillation from the run's ancestor,
+resumable per epoch, recorded in ``finished.json`` with its checkpoint beside the others.
+
+Example:
+    >>> recs = [{"generation": g, "size_mb": s, "params": int(s * 250_000), "top1": 0.0}
+    ...         for g, s in [(0, 2.9), (1, 2.3), (2, 1.8), (3, 0.4)]]
+    >>> named_networks(recs, (2.4, 2.0), "first_below", [123_500])
+    {1: ['SquishedNet-1'], 2: ['SquishedNet-2'], 3: ['10x']}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..errors import InvalidArgumentError
+from ..persistence import load_pruned, save_pruned, write_json_atomic
+from ..synthesis.genetics import derive_seed
+from ..synthesis.surgery import model_stats
+from . import distributed
+from .data import LoadedSplit
+from .engine import read_lineage
+from .finishing import FinishSettings, finish
+from .recipe import Recipe
+from .report import SQUEEZENET1_1_PARAMS, select_squishednets
+from .selection import held_out
+from .training import evaluate
+
+__all__ = [
+    "FINISHED_FILE",
+    "finish_networks",
+    "finish_settings",
+    "finished_sections",
+    "named_networks",
+    "read_finished",
+]
+
+FINISHED_FILE = "finished.json"
+#: the seed stream of a finished network: derive_seed(run seed, FINISH_SEED_STREAM, generation)
+FINISH_SEED_STREAM = 5
+
+
+def extra_name(params: int) -> str:
+    """A parameter-count point named by its reduction vs SqueezeNet v1.1: 123,500 -> ``10x``."""
+    return f"{SQUEEZENET1_1_PARAMS / params:.3g}x"
+
+
+def named_networks(
+    records: Sequence[Mapping[str, Any]], sizes_mb: Sequence[float], rule: str, extra_params: Sequence[int] = ()
+) -> dict[int, list[str]]:
+    """``{generation: [names]}`` of the networks a run ships: SquishedNet-1..k (see
+    :func:`~squish_plugin.study.report.select_squishednets`) and, per ``extra_params``
+    count, the first offspring at or below it; targets a run never reached are left out."""
+    named: dict[int, list[str]] = {}
+    for entry in select_squishednets(records, sizes_mb, rule):
+        if entry["generation"] is not None:
+            named.setdefault(entry["generation"], []).append(entry["name"])
+    for target in extra_params:
+        below = [r["generation"] for r in records if r["generation"] > 0 and r["params"] <= target]
+        first = min(below, default=None)
+        if first is not None:
+            named.setdefault(first, []).append(extra_name(target))
+    return dict(sorted(named.items()))
+
+
+def finish_settings(recipe: Recipe, device: str | None = None) -> FinishSettings:
+    """The :class:`FinishSettings` of a recipe's ``finish`` section (batch size, windows,
+    memory format and device from ``train`` and ``data``)."""
+    f, t = recipe.finish, recipe.train
+    return FinishSettings(
+        epochs=f.epochs,
+        lr=f.lr,
+        optimizer=f.optimizer,
+        momentum=t.momentum,
+        weight_decay=f.weight_decay,
+        batch_size=t.batch_size,
+        warmup_steps=f.warmup_steps,
+        grad_clip=t.grad_clip,
+        crop=recipe.data.train_crop,
+        full_size_epochs=f.full_size_epochs,
+        alpha=f.alpha if f.teacher != "none" else 0.0,
+        temperature=f.temperature,
+        channels_last=t.channels_last,
+        device=device or t.device,
+        deterministic=t.deterministic,
+    )
+
+
+def read_finished(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``finished.json`` of a run, keyed by generation (as text); empty before finishing."""
+    path = Path(run_dir) / FINISHED_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _score(split: LoadedSplit | None, recipe: Recipe):
+    t = recipe.train
+    if split is None:
+        return None
+    return lambda m: {"holdout_top1": evaluate(m, split, batch_size=t.eval_batch_size, device=t.device)["top1"]}
+
+
+def finish_networks(
+    run_dir: Path, recipe: Recipe, train_all: LoadedSplit, val_split: LoadedSplit, console: Console
+) -> dict[str, dict[str, Any]]:
+    """Finish every named network of ``run_dir`` that ``finished.json`` does not hold yet
+    with the recipe's ``finish`` settings (a network finished with other settings is
+    finished again); return the file's entries."""
+    settings = finish_settings(recipe)
+    done = read_finished(run_dir)
+    if settings.epochs == 0:
+        return done
+    records = read_lineage(run_dir)
+    sq = recipe.squishednets
+    targets = named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params)
+    train_split, held = held_out(recipe, train_all, run_dir)
+    teacher = load_pruned(run_dir / records[0]["checkpoint"]) if recipe.finish.teacher == "ancestor" else None
+    for g, names in targets.items():
+        if done.get(str(g), {}).get("settings") == settings.fingerprint():
+            continue
+        data = (train_split, held, val_split, teacher)
+        done[str(g)] = _finish_one(run_dir, recipe, records[g], names, settings, data, console)
+        if distributed.is_main():
+            write_json_atomic(run_dir / FINISHED_FILE, done)
+    return done
+
+
+def _finish_one(run_dir, recipe, record, names, settings, data, console) -> dict[str, Any]:
+    train_split, held, val_split, teacher = data
+    g, t = record["generation"], recipe.train
+    source = run_dir / record["checkpoint"]
+    if not source.is_file():
+        raise InvalidArgumentError(
+            f"{' / '.join(names)} (generation {g}) cannot be finished: its checkpoint '{source}' is gone."
+        )
+    model = load_pruned(source)
+    state = run_dir / "checkpoints" / f"gen_{g:02d}-finish-state.pt"
+    label = " / ".join(names)
+    history = finish(
+        model,
+        train_split,
+        teacher=teacher,
+        settings=settings,
+        seed=derive_seed(recipe.seed, FINISH_SEED_STREAM, g),
+        state_path=state,
+        score=_score(held.split if held else None, recipe),
+        on_epoch=lambda r: console.print(
+            f"finish {label}: epoch {r['epoch']}/{settings.epochs}"
+            + (f"  held-out top-1 {r['holdout_top1']:.1f}%" if "holdout_top1" in r else "")
+            + f"  {r['seconds']:.0f}s"
+        ),
+    )
+    started = time.perf_counter()
+    metrics = evaluate(model, val_split, batch_size=t.eval_batch_size, device=t.device)
+    size = recipe.data.eval_size
+    stats = model_stats(model, torch.zeros(1, 3, size, size))
+    name = f"checkpoints/gen_{g:02d}-finished.pt"
+    if distributed.is_main():
+        save_pruned(model, run_dir / name)
+        state.unlink(missing_ok=True)  # the finished checkpoint replaces it
+    entry = {
+        "names": names,
+        "generation": g,
+        "params": stats["params"],
+        "size_mb": stats["size_mb"],
+        "macs": stats["macs"],
+        "epochs": settings.epochs,
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "holdout_top1": history[-1].get("holdout_top1"),
+        "selected": {"top1": record["top1"], "holdout_top1": record.get("holdout_top1")},
+        "train_seconds": round(sum(h["seconds"] for h in history), 3),
+        "eval_seconds": round(time.perf_counter() - started, 3),
+        "history": history,
+        "settings": settings.fingerprint(),
+        "checkpoint": name,
+    }
+    console.print(
+        f"finished {label}: top-1 {record['top1']:.1f}% at selection -> {metrics['top1']:.1f}% "
+        f"({settings.epochs} epochs, {entry['train_seconds']:.0f}s)"
+    )
+    return entry
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def finished_sections(records: Sequence[Mapping[str, Any]], finished: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The report's "Finished networks" and "Time per stage" sections (Markdown lines)."""
+    by_gen = {r["generation"]: r for r in records}
+    generations = sum(r["train_seconds"] + r.get("screen_seconds", 0.0) for r in records if r["generation"] > 0)
+    stages = [("ancestor (generation 0)", by_gen[0]["train_seconds"]), ("generations", generations)]
+    out = []
+    if finished:
+        out += [
+            "## Finished networks",
+            "",
+            "Each named network after the finishing stage (distillation from the ancestor, see the recipe's "
+            "`finish`), beside its figures at selection. Held-out: the slice of the training set that chose "
+            "everything; top-1: validation, only reported.",
+            "",
+            "| Model | Generation | Params | Size (MB) | Top-1 at selection (%) | Top-1 finished (%) "
+            "| Held-out at selection (%) | Held-out finished (%) | Finish epochs | Finish (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key in sorted(finished, key=int):
+            e = finished[key]
+            out.append(
+                f"| {' / '.join(e['names'])} | {e['generation']} | {e['params']:,} | {e['size_mb']:.2f} "
+                f"| {_fmt(e['selected']['top1'])} | {_fmt(e['top1'])} | {_fmt(e['selected']['holdout_top1'])} "
+                f"| {_fmt(e['holdout_top1'])} | {e['epochs']} | {e['train_seconds']:.0f} |"
+            )
+        out.append("")
+        stages.append(("finishing", sum(e["train_seconds"] for e in finished.values())))
+    out += ["## Time per stage", "", "| Stage | Training (s) |", "|---|---|"]
+    out += [f"| {name} | {seconds:,.0f} |" for name, seconds in stages]
+    out += [f"| total | {sum(s for _, s in stages):,.0f} |", "", "Training time only (evaluation aside).", ""]
+    return out

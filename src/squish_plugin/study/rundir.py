@@ -1,0 +1,83 @@
+"""A run directory's recipe: its name, the resolved ``recipe.yaml`` it was started with,
+and the few changes a later command may record there (more generations, finishing).
+
+Example:
+    >>> from squish_plugin.study.rundir import timestamped_dir
+    >>> timestamped_dir("runs", "demo").name.startswith("demo-")
+    True
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import InvalidArgumentError
+from ..persistence import atomic_write_text
+from .engine import read_lineage
+from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
+
+__all__ = ["RECIPE_FILE", "extend_generations", "finish_recipe", "new_run_dir", "read_run_recipe", "timestamped_dir"]
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def timestamped_dir(parent: str | Path, name: str) -> Path:
+    """``<parent>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder (``-2``, ``-3``... when taken)."""
+    base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    """``<output.dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
+    return timestamped_dir(recipe.output.dir, recipe.name)
+
+
+def read_run_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:
+    """The resolved recipe a run directory was started with (for ``--resume``), with
+    ``overrides`` applied: only ``evolution.generations=N``, to extend the run."""
+    other = [item for item in overrides or [] if item.partition("=")[0].strip() != "evolution.generations"]
+    if other:
+        raise InvalidArgumentError(
+            "--resume continues a run as it was recorded; only --set evolution.generations=N "
+            f"(to extend a run) applies, not '{other[0]}'."
+        )
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise InvalidArgumentError(f"'{run_dir}' is not a run directory: it has no {RECIPE_FILE}.")
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict):
+        resolve_paths(data, Path(run_dir))  # a moved or committed run may hold relative paths
+        data = apply_overrides(data, overrides or [])
+    return validate_recipe(data, str(path))
+
+
+def extend_generations(run_dir: Path, generations: int) -> None:
+    """Record a resumed run's new generation count in its ``recipe.yaml``, leaving the
+    rest of the file (e.g. relative data paths of a committed run) as it was."""
+    path = Path(run_dir) / RECIPE_FILE
+    data = yaml.safe_load(path.read_text())
+    if data["evolution"].get("generations") != generations:
+        data["evolution"]["generations"] = generations
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def finish_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
+    """A run's recipe with ``finish.*`` overrides applied and recorded in its ``recipe.yaml``."""
+    other = [item for item in overrides if not item.partition("=")[0].strip().startswith("finish.")]
+    if other:
+        raise InvalidArgumentError(f"finish takes only --set finish.<key>=value overrides, not '{other[0]}'.")
+    read_lineage(run_dir)  # a run directory with generations, else one sentence
+    recipe = read_run_recipe(run_dir)
+    if overrides:
+        data = apply_overrides(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), overrides)
+        checked = validate_recipe(apply_overrides(recipe.model_dump(), overrides), str(run_dir / RECIPE_FILE))
+        atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(data, sort_keys=False))
+        recipe = checked
+    return recipe

@@ -214,3 +214,47 @@ def test_nni_taylor_scores_channels_from_training_batches():
     assert not torch.equal(kept_weights(a), kept_weights(l1)) or widths(a) != widths(l1)
     with pytest.raises(InvalidArgumentError, match="needs training data"):
         prune_to(model, "nni-taylor", 400_000, PruneContext(example, None, seed=0))
+
+
+def test_compare_finishes_the_best_distilled_baseline_and_a_scratch_control(tmp_path, monkeypatch):
+    """With `finish` and `scratch`: the run's own networks are finished, the distilled
+    baseline with the best held-out top-1 at selection is finished with the same settings,
+    and the evolutionary widths are trained from random weights for the same total epochs;
+    finished.csv holds one row per method, seed and network in the issue's columns."""
+    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+    sets = {**QUICK, "train.distill.teacher": "ancestor", "data.holdout": 0.2, "finish.epochs": 1}
+    ran = runner.invoke(
+        app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args({**sets, "output.dir": tmp_path / "r"})]
+    )
+    assert ran.exit_code == 0, ran.output
+    run_dir = next((tmp_path / "r").iterdir())
+    spec = {
+        "name": "c",
+        "run": str(run_dir),
+        "methods": ["tp-magnitude", "nni-l1"],
+        "distill": "run",
+        "finish": True,
+        "scratch": True,
+        "extra_params": [600_000],
+        "finish_nets": ["SquishedNet-1", "2.06x"],
+        "output": {"dir": str(tmp_path / "cmp")},
+    }
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["compare", str(tmp_path / "compare.yaml")])
+    assert result.exit_code == 0, result.output
+    out = next((tmp_path / "cmp").iterdir())
+    results = json.loads((out / "results.json").read_text())
+    held = {k.split("@")[0]: sum(r["holdout_top1"] for r in v) for k, v in results.items() if "+kd" in k}
+    best = max(sorted(held), key=held.get)
+    rows = list(csv.DictReader((out / "finished.csv").open()))
+    assert list(rows[0]) == ["method", "seed", "net", "params", "macs", "epochs", "top1_128", "holdout_top1"]
+    by = {(r["method"], r["net"]): r for r in rows}
+    assert {m for m, _ in by} == {"ancestor", "evolutionary", best, "scratch"}
+    for net in ("SquishedNet-1", "2.06x"):
+        ours, theirs, scratch = by[("evolutionary", net)], by[(best, net)], by[("scratch", net)]
+        assert scratch["params"] == ours["params"]  # the same widths
+        assert abs(int(theirs["params"]) / int(ours["params"]) - 1) <= 0.02
+        assert float(theirs["epochs"]) == float(ours["epochs"])  # the same budget
+        assert float(scratch["epochs"]) == round(float(ours["epochs"]))
+    assert (out / "finished.png").stat().st_size > 0
+    assert "best distilled baseline" in result.output

@@ -137,7 +137,7 @@ def test_run_then_finish_command_finishes_every_named_network(tmp_path):
     again = json.loads((run / "finished.json").read_text())
     assert {e["epochs"] for e in again.values()} == {2}
     assert "epochs: 2" in (run / "recipe.yaml").read_text()
-    assert not list((run / "checkpoints").glob("*finish-state*"))  # replaced by the finished checkpoints
+    assert not list((run / "checkpoints").glob("*-state.pt"))  # replaced by the finished checkpoints
 
     result = cli.invoke(app, ["finish", str(run), "--set", "train.lr=0.1"])
     assert result.exit_code == 2 and "finish.<key>" in result.output

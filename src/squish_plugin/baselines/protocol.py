@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 
 from ..errors import InvalidArgumentError
-from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, write_json_atomic
+from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, save_pruned, write_json_atomic
 from ..study.data import LoadedSplit
 from ..study.engine import layer_widths, read_lineage
 from ..study.plots import render_comparison
@@ -34,6 +34,7 @@ from ..study.selection import held_out
 from ..study.training import evaluate, train
 from ..synthesis.genetics import derive_seed
 from ..synthesis.surgery import model_stats
+from .controls import finish_controls
 from .pruners import PruneContext, prune_to
 from .recipe import CompareRecipe
 
@@ -85,6 +86,7 @@ class _Setup:
     run_recipe: Recipe
     records: list[dict]
     train_split: LoadedSplit
+    held: LoadedSplit | None
     val_split: LoadedSplit
     epochs_per_generation: float
     gens: dict[int, str]
@@ -108,12 +110,15 @@ class _Setup:
 def _setup(run_dir: Path, recipe: CompareRecipe, train_all: LoadedSplit, val_split: LoadedSplit) -> _Setup:
     records, run_recipe = read_lineage(run_dir), read_run_recipe(run_dir)
     gens, _ = _targets(records, run_recipe, recipe.extra_params)
-    train_split, _held = held_out(run_recipe, train_all, run_dir)
+    train_split, held = held_out(run_recipe, train_all, run_dir)
     t, evo = run_recipe.train, run_recipe.evolution
     per_generation = t.epochs_per_generation
     if evo.selection == "finetune" and evo.offspring_per_generation > 1:  # the winner's screening steps
         per_generation += evo.screen_steps / max(1, math.ceil(len(train_split) / t.batch_size))
-    return _Setup(run_dir, run_recipe, records, train_split, val_split, per_generation, gens, recipe.tolerance)
+    held_split = held.split if held else None
+    return _Setup(
+        run_dir, run_recipe, records, train_split, held_split, val_split, per_generation, gens, recipe.tolerance
+    )
 
 
 def _label(method: str, distill: bool) -> str:
@@ -121,7 +126,10 @@ def _label(method: str, distill: bool) -> str:
     return f"{method}+kd" if distill else method
 
 
-def _baseline(method: str, ancestor, setup: _Setup, console, distill: bool) -> list[dict[str, Any]]:
+def _baseline(method: str, ancestor, setup: _Setup, console, distill: bool, keep: Path | None) -> list[dict[str, Any]]:
+    """One baseline on one run's schedule: a row per target generation (val top-1, and
+    held-out top-1 when the run holds a slice out); with ``keep``, the pruned network of
+    every target generation is saved there (``gen_XX.pt``) for the finishing stage."""
     run_recipe = setup.run_recipe
     settings = train_settings(run_recipe)
     size = run_recipe.data.eval_size
@@ -143,6 +151,10 @@ def _baseline(method: str, ancestor, setup: _Setup, console, distill: bool) -> l
             metrics = evaluate(model, setup.val_split, batch_size=run_recipe.train.eval_batch_size)
             stats = model_stats(model, example)
             row = _row(label, setup.seed, setup.gens[g], g, stats, metrics, setup.epochs(g))
+            if setup.held is not None:
+                row["holdout_top1"] = evaluate(model, setup.held, batch_size=run_recipe.train.eval_batch_size)["top1"]
+            if keep is not None:
+                save_pruned(model, keep / f"gen_{g:02d}.pt")
             rows.append({**row, "widths": layer_widths(model)})  # the structure: what its speed depends on
             console.print(
                 f"{label:16s} seed {setup.seed} {setup.gens[g]}  {stats['params']:>9,} params  "
@@ -282,8 +294,10 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     atomic_write_text(out / "compare.yaml", yaml.safe_dump(recipe.model_dump(), sort_keys=False))
     done = json.loads((out / RESULTS).read_text()) if (out / RESULTS).is_file() else {}
     train_all, val_split = load_data(recipes[0])
+    setups = []
     for run_dir in runs:
         setup = _setup(run_dir, recipe, train_all, val_split)
+        setups.append(setup)
         done[f"evolutionary@{setup.seed}"] = setup.ours()
         ancestor = load_pruned(run_dir / setup.records[0]["checkpoint"])
         for method in recipe.methods:
@@ -292,9 +306,12 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
                 if key in done:
                     continue
                 console.print(f"[bold]{key}[/]: generations 1..{max(setup.gens)} on the run's schedule")
-                done[key] = _baseline(method, ancestor, setup, console, distill)
+                keep = out / "checkpoints" / key if recipe.finish else None
+                done[key] = _baseline(method, ancestor, setup, console, distill, keep)
                 write_json_atomic(out / RESULTS, done)
     write_json_atomic(out / RESULTS, done)
     _write(out, recipe, [row for rows in done.values() for row in rows], runs, recipes[0].data.eval_size)
+    if recipe.finish or recipe.scratch:
+        finish_controls(out, recipe, setups, done, train_all, console)
     console.print(f"comparison: {out / 'comparison.md'}")
     return out

@@ -46,6 +46,21 @@ class CompareRecipe(RecipeSection):
     extra_params: list[int] = Field(
         [], description="more comparison points: the run's first generation at or below each parameter count"
     )
+    finish: bool = Field(
+        False,
+        description="give the best distilled baseline (chosen on the held-out slice, at selection) the runs' own "
+        "finishing stage (each run's `finish` section) at finish_nets; the runs' own networks are finished too",
+    )
+    scratch: bool = Field(
+        False,
+        description="the control of every pruning paper: the evolutionary widths at finish_nets from random "
+        "initialisation, trained for the same total epochs with the same distillation and schedule",
+    )
+    finish_nets: list[str] = Field(
+        ["SquishedNet-1", "SquishedNet-4", "10x"],
+        description="the named networks (SquishedNet-k, or an extra_params point by its name, e.g. '10x') "
+        "where the baseline and scratch are finished",
+    )
     output: OutputSection = OutputSection()
 
     @field_validator("extra_params")

@@ -141,7 +141,7 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     return {name: int(m.weight.shape[0]) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def _reinitialize(model: nn.Module, seed: int) -> None:
+def reinitialize(model: nn.Module, seed: int) -> None:
     """Fresh weights for every layer (the 're-initialised offspring' control)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -243,7 +243,7 @@ class _Evolution:
             synth_seed = derive_seed(self.seed, g, k)
             child = pruner.offspring(seed=synth_seed)
             if c.reinitialize:
-                _reinitialize(child, derive_seed(self.seed, g, k, 2))
+                reinitialize(child, derive_seed(self.seed, g, k, 2))
             children.append(
                 (synth_seed, child, GenerationContext(g, k, derive_seed(self.seed, g, k, 1), self.run_dir, parent))
             )

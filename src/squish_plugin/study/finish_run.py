@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from .training import evaluate
 
 __all__ = [
     "FINISHED_FILE",
+    "FinishData",
+    "finish_model",
     "finish_networks",
     "finish_settings",
     "finished_sections",
@@ -99,11 +102,28 @@ def read_finished(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _score(split: LoadedSplit | None, recipe: Recipe):
-    t = recipe.train
-    if split is None:
-        return None
-    return lambda m: {"holdout_top1": evaluate(m, split, batch_size=t.eval_batch_size, device=t.device)["top1"]}
+@dataclass(frozen=True)
+class FinishData:
+    """What finishing a network of a run needs: its recipe, training images (held-out
+    slice removed), held-out slice (scored after every epoch), val split (scored once, at
+    the end, only reported) and teacher (None: plain cross-entropy)."""
+
+    recipe: Recipe
+    train_split: LoadedSplit
+    held: LoadedSplit | None
+    val_split: LoadedSplit
+    teacher: torch.nn.Module | None
+
+    @classmethod
+    def of_run(cls, run_dir: Path, recipe: Recipe, train_all: LoadedSplit, val_split: LoadedSplit) -> FinishData:
+        train_split, held = held_out(recipe, train_all, run_dir)
+        records = read_lineage(run_dir)
+        teacher = load_pruned(run_dir / records[0]["checkpoint"]) if recipe.finish.teacher == "ancestor" else None
+        return cls(recipe, train_split, held.split if held else None, val_split, teacher)
+
+    def score(self, model: torch.nn.Module, split: LoadedSplit) -> dict[str, float]:
+        t = self.recipe.train
+        return evaluate(model, split, batch_size=t.eval_batch_size, channels_last=t.channels_last, device=t.device)
 
 
 def finish_networks(
@@ -118,38 +138,59 @@ def finish_networks(
         return done
     records = read_lineage(run_dir)
     sq = recipe.squishednets
-    targets = named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params)
-    train_split, held = held_out(recipe, train_all, run_dir)
-    teacher = load_pruned(run_dir / records[0]["checkpoint"]) if recipe.finish.teacher == "ancestor" else None
-    for g, names in targets.items():
-        if done.get(str(g), {}).get("settings") == settings.fingerprint():
+    data = FinishData.of_run(run_dir, recipe, train_all, val_split)
+    for g, names in named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params).items():
+        entry = done.get(str(g), {})
+        if entry.get("settings") == settings.fingerprint():  # finished already: at most a new name
+            entry["names"] = entry["names"] + [n for n in names if n not in entry["names"]]
             continue
-        data = (train_split, held, val_split, teacher)
-        done[str(g)] = _finish_one(run_dir, recipe, records[g], names, settings, data, console)
+        source = run_dir / records[g]["checkpoint"]
+        if not source.is_file():
+            raise InvalidArgumentError(
+                f"{' / '.join(names)} (generation {g}) cannot be finished: its checkpoint '{source}' is gone."
+            )
+        entry = finish_model(
+            load_pruned(source),
+            data,
+            settings,
+            seed=derive_seed(recipe.seed, FINISH_SEED_STREAM, g),
+            into=run_dir / "checkpoints" / f"gen_{g:02d}-finished.pt",
+            label=" / ".join(names),
+            console=console,
+        )
+        selected = {"top1": records[g]["top1"], "holdout_top1": records[g].get("holdout_top1")}
+        entry.update(names=names, generation=g, selected=selected, checkpoint=f"checkpoints/gen_{g:02d}-finished.pt")
+        done[str(g)] = entry
         if distributed.is_main():
             write_json_atomic(run_dir / FINISHED_FILE, done)
+    if distributed.is_main() and done:
+        write_json_atomic(run_dir / FINISHED_FILE, done)  # names added to networks finished before
     return done
 
 
-def _finish_one(run_dir, recipe, record, names, settings, data, console) -> dict[str, Any]:
-    train_split, held, val_split, teacher = data
-    g, t = record["generation"], recipe.train
-    source = run_dir / record["checkpoint"]
-    if not source.is_file():
-        raise InvalidArgumentError(
-            f"{' / '.join(names)} (generation {g}) cannot be finished: its checkpoint '{source}' is gone."
-        )
-    model = load_pruned(source)
-    state = run_dir / "checkpoints" / f"gen_{g:02d}-finish-state.pt"
-    label = " / ".join(names)
+def finish_model(
+    model: torch.nn.Module,
+    data: FinishData,
+    settings: FinishSettings,
+    *,
+    seed: int,
+    into: Path,
+    label: str,
+    console: Console,
+) -> dict[str, Any]:
+    """Finish ``model`` (resuming from ``<into>-state`` beside ``into``), save it to
+    ``into``, and return its figures: size, epochs, val and held-out top-1, seconds, the
+    per-epoch history and the settings."""
+    state = into.with_name(into.stem + "-state.pt")
+    held = data.held
     history = finish(
         model,
-        train_split,
-        teacher=teacher,
+        data.train_split,
+        teacher=data.teacher,
         settings=settings,
-        seed=derive_seed(recipe.seed, FINISH_SEED_STREAM, g),
+        seed=seed,
         state_path=state,
-        score=_score(held.split if held else None, recipe),
+        score=(lambda m: {"holdout_top1": data.score(m, held)["top1"]}) if held is not None else None,
         on_epoch=lambda r: console.print(
             f"finish {label}: epoch {r['epoch']}/{settings.epochs}"
             + (f"  held-out top-1 {r['holdout_top1']:.1f}%" if "holdout_top1" in r else "")
@@ -157,35 +198,26 @@ def _finish_one(run_dir, recipe, record, names, settings, data, console) -> dict
         ),
     )
     started = time.perf_counter()
-    metrics = evaluate(model, val_split, batch_size=t.eval_batch_size, device=t.device)
-    size = recipe.data.eval_size
+    metrics = data.score(model, data.val_split)
+    size = data.recipe.data.eval_size
     stats = model_stats(model, torch.zeros(1, 3, size, size))
-    name = f"checkpoints/gen_{g:02d}-finished.pt"
     if distributed.is_main():
-        save_pruned(model, run_dir / name)
+        save_pruned(model, into)
         state.unlink(missing_ok=True)  # the finished checkpoint replaces it
-    entry = {
-        "names": names,
-        "generation": g,
+    console.print(f"finished {label}: top-1 {metrics['top1']:.1f}% ({settings.epochs} epochs)")
+    return {
         "params": stats["params"],
         "size_mb": stats["size_mb"],
         "macs": stats["macs"],
         "epochs": settings.epochs,
         "top1": metrics["top1"],
         "top5": metrics["top5"],
-        "holdout_top1": history[-1].get("holdout_top1"),
-        "selected": {"top1": record["top1"], "holdout_top1": record.get("holdout_top1")},
+        "holdout_top1": history[-1].get("holdout_top1") if history else None,
         "train_seconds": round(sum(h["seconds"] for h in history), 3),
         "eval_seconds": round(time.perf_counter() - started, 3),
         "history": history,
         "settings": settings.fingerprint(),
-        "checkpoint": name,
     }
-    console.print(
-        f"finished {label}: top-1 {record['top1']:.1f}% at selection -> {metrics['top1']:.1f}% "
-        f"({settings.epochs} epochs, {entry['train_seconds']:.0f}s)"
-    )
-    return entry
 
 
 def _fmt(value: float | None) -> str:

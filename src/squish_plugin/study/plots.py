@@ -130,7 +130,9 @@ def _seed_means(rows: Sequence[Mapping]) -> list[tuple[float, float, float]]:
     return sorted(points)
 
 
-def render_comparison(rows: Sequence[Mapping]) -> bytes | None:
+def render_comparison(
+    rows: Sequence[Mapping], title: str = "Same sizes, same schedule, same training budget"
+) -> bytes | None:
     """Top-1 vs parameters, one line per method, mean over seeds with one standard
     deviation as error bars (PNG bytes), or ``None`` without matplotlib."""
     try:
@@ -156,7 +158,7 @@ def render_comparison(rows: Sequence[Mapping]) -> bytes | None:
     ax.invert_xaxis()
     ax.set_xlabel("parameters (thousands)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Same sizes, same schedule, same training budget")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     buf = io.BytesIO()

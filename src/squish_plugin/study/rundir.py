@@ -69,10 +69,14 @@ def extend_generations(run_dir: Path, generations: int) -> None:
 
 
 def finish_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
-    """A run's recipe with ``finish.*`` overrides applied and recorded in its ``recipe.yaml``."""
-    other = [item for item in overrides if not item.partition("=")[0].strip().startswith("finish.")]
+    """A run's recipe with ``finish.*`` (and ``squishednets.extra_params``: more named networks)
+    overrides applied and recorded in its ``recipe.yaml``."""
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    other = [k for k in keys if not k.startswith("finish.") and k != "squishednets.extra_params"]
     if other:
-        raise InvalidArgumentError(f"finish takes only --set finish.<key>=value overrides, not '{other[0]}'.")
+        raise InvalidArgumentError(
+            f"finish takes only --set finish.<key>=value and squishednets.extra_params overrides, not '{other[0]}'."
+        )
     read_lineage(run_dir)  # a run directory with generations, else one sentence
     recipe = read_run_recipe(run_dir)
     if overrides:

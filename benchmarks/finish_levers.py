@@ -37,6 +37,9 @@ VARIANTS = {
     "lr-0.02": {"lr": 0.02},
     "adamw-1e-3": {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01},
     "epochs-10": {"epochs": 10},
+    # the two that won alone, together; and two whole-image epochs instead of one
+    "kd-0.9+last-224": {"alpha": 0.9, "full_size_epochs": 1},
+    "last-224x2": {"full_size_epochs": 2},
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,20 +108,28 @@ def test_settings_out_of_range_are_named():
         FinishSettings(alpha=1.5)
 
 
-def _run(tmp_path, *extra: str) -> Path:
-    args = ["run", str(EXAMPLES / "quickstart.yaml"), *set_args({**QUICK, "output.dir": tmp_path / "runs"}), *extra]
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A 2-generation quickstart run whose recipe finishes its named networks for one epoch."""
+    tmp = tmp_path_factory.mktemp("finished")
+    sets = {**QUICK, "finish.epochs": 1, "squishednets.extra_params": "[600000]", "output.dir": tmp / "runs"}
+    args = ["run", str(EXAMPLES / "quickstart.yaml"), *set_args({**sets, "data.cache_dir": tmp / "cache"})]
     result = cli.invoke(app, args)
     assert result.exit_code == 0, result.output
-    (run,) = list((tmp_path / "runs").iterdir())
+    (run,) = list((tmp / "runs").iterdir())
     return run
 
 
-def test_run_then_finish_command_finishes_every_named_network(tmp_path):
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def test_run_then_finish_command_finishes_every_named_network(finished_run, tmp_path):
     """A recipe's finish section runs after the generations; `squish-plugin finish RUN_DIR`
     finishes again with new settings (recorded in recipe.yaml). Every named network gets a
     finished checkpoint beside its own, finished.json holds both figures and the time, and
     the report shows them with the time of each stage."""
-    run = _run(tmp_path, "--set", "finish.epochs=1", "--set", "squishednets.extra_params=[600000]")
+    run = _copy(finished_run, tmp_path)
     finished = json.loads((run / "finished.json").read_text())
     lineage = json.loads((run / "lineage.json").read_text())["records"]
     named = {n for e in finished.values() for n in e["names"]}
@@ -143,12 +152,13 @@ def test_run_then_finish_command_finishes_every_named_network(tmp_path):
     assert result.exit_code == 2 and "finish.<key>" in result.output
 
 
-def test_finish_names_what_it_cannot_do(tmp_path):
+def test_finish_names_what_it_cannot_do(finished_run, tmp_path):
     """No finishing epochs, or a named network whose checkpoint was deleted: one sentence, exit 2."""
-    run = _run(tmp_path)
-    result = cli.invoke(app, ["finish", str(run)])
+    run = _copy(finished_run, tmp_path)
+    result = cli.invoke(app, ["finish", str(run), "--set", "finish.epochs=0"])
     assert result.exit_code == 2 and "finish.epochs" in result.output
+    assert "epochs: 1" in (run / "recipe.yaml").read_text()  # a refused override is not recorded
     for path in (run / "checkpoints").glob("gen_01.pt"):
         path.unlink()
-    result = cli.invoke(app, ["finish", str(run), "--set", "finish.epochs=1"])
+    result = cli.invoke(app, ["finish", str(run), "--set", "finish.epochs=2"])
     assert result.exit_code == 2 and "gen_01.pt" in result.output and "Traceback" not in result.output

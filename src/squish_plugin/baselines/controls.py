@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from rich.console import Console
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, write_json_atomic
 from ..study.data import LoadedSplit
-from ..study.engine import reinitialize
+from ..study.engine import read_lineage, reinitialize
 from ..study.finish_run import (
     FINISH_SEED_STREAM,
     FinishData,
@@ -38,9 +39,10 @@ from ..study.finish_run import (
     read_finished,
 )
 from ..study.plots import render_comparison
+from ..study.rundir import read_run_recipe
 from ..synthesis.genetics import derive_seed
 
-__all__ = ["FINISHED", "FINISHED_CSV", "best_baseline", "finish_controls"]
+__all__ = ["FINISHED", "FINISHED_CSV", "best_baseline", "finish_controls", "finished_rows", "write_finished_table"]
 
 FINISHED = "finished.json"
 FINISHED_CSV = "finished.csv"
@@ -133,7 +135,8 @@ def finish_controls(
                 entry.update(method=method, seed=setup.seed, net=name, generation=g, total_epochs=round(total, 4))
                 finished[key] = entry
                 write_json_atomic(out / FINISHED, finished)
-    write_finished_table(out, setups, finished, recipe)
+    rows = finished_rows([s.run_dir for s in setups], finished)
+    write_finished_table(out / FINISHED_CSV, rows, setups[0].run_recipe.data.eval_size)
     return finished
 
 
@@ -153,22 +156,21 @@ def _scratch_model(setup, g: int):
     return model
 
 
-def _rows(setups: list, finished: dict[str, dict], recipe) -> list[dict[str, Any]]:
+def finished_rows(run_dirs: Sequence[Path], controls: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:
+    """One row per method, seed and network: each run's ancestor and finished networks
+    (its ``finished.json``), then the controls (a comparison's ``finished.json``)."""
     rows = []
-    for setup in setups:
-        first = setup.records[0]
-        rows.append(_csv_row("ancestor", setup.seed, "ancestor", first, setup.run_recipe.train.ancestor_epochs))
-        own = read_finished(setup.run_dir)
-        for entry in sorted(own.values(), key=lambda e: e["generation"]):
-            for name in entry["names"]:
-                epochs = setup.epochs(entry["generation"]) + entry["epochs"]
-                rows.append(_csv_row("evolutionary", setup.seed, name, entry, epochs))
-    for entry in sorted(finished.values(), key=lambda e: (e["method"], e["seed"], e["generation"])):
+    for run_dir in run_dirs:
+        recipe, records = read_run_recipe(run_dir), read_lineage(run_dir)
+        rows.append(_csv_row("ancestor", recipe.seed, "ancestor", records[0], recipe.train.ancestor_epochs))
+        for entry in sorted(read_finished(run_dir).values(), key=lambda e: e["generation"]):
+            rows += [_csv_row("evolutionary", recipe.seed, n, entry, entry["total_epochs"]) for n in entry["names"]]
+    for entry in sorted((controls or {}).values(), key=lambda e: (e["method"], e["seed"], e["generation"])):
         rows.append(_csv_row(entry["method"], entry["seed"], entry["net"], entry, entry["total_epochs"]))
     return rows
 
 
-def _csv_row(method: str, seed: int, net: str, entry: dict, epochs: float) -> dict[str, Any]:
+def _csv_row(method: str, seed: int, net: str, entry: Mapping[str, Any], epochs: float) -> dict[str, Any]:
     return {
         "method": method,
         "seed": seed,
@@ -181,21 +183,18 @@ def _csv_row(method: str, seed: int, net: str, entry: dict, epochs: float) -> di
     }
 
 
-def write_finished_table(out: Path, setups: list, finished: dict[str, dict], recipe) -> None:
-    """``finished.csv`` (``method,seed,net,params,macs,epochs,top1_<size>,holdout_top1``) and
-    ``finished.png`` (top-1 vs parameters, mean and sd over seeds)."""
-    rows = _rows(setups, finished, recipe)
-    size = setups[0].run_recipe.data.eval_size
+def write_finished_table(path: Path, rows: Sequence[Mapping[str, Any]], eval_size: int) -> None:
+    """``path`` (CSV: ``method,seed,net,params,macs,epochs,top1_<eval_size>,holdout_top1``) and
+    a plot beside it (same name, ``.png``: top-1 vs parameters, mean and sd over seeds)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "seed", "net", "params", "macs", "epochs", f"top1_{size}", "holdout_top1"])
+    writer.writerow(["method", "seed", "net", "params", "macs", "epochs", f"top1_{eval_size}", "holdout_top1"])
     for r in rows:
         held = "" if r["holdout_top1"] is None else f"{r['holdout_top1']:.2f}"
         fields = (r["method"], r["seed"], r["net"], r["params"], r["macs"], f"{r['epochs']:g}", f"{r['top1']:.2f}")
         writer.writerow([*fields, held])
-    atomic_write_text(out / FINISHED_CSV, buf.getvalue())
-    png = render_comparison(
-        [{**r, "squishednet": r["net"]} for r in rows if r["method"] != "ancestor"], title="After the finishing stage"
-    )
+    atomic_write_text(path, buf.getvalue())
+    curves = [{**r, "squishednet": r["net"]} for r in rows if r["method"] != "ancestor"]
+    png = render_comparison(curves, title="After the finishing stage")
     if png is not None:
-        atomic_write_bytes(out / "finished.png", png)
+        atomic_write_bytes(path.with_suffix(".png"), png)

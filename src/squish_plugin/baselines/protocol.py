@@ -26,6 +26,7 @@ from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, save_pruned, write_json_atomic
 from ..study.data import LoadedSplit
 from ..study.engine import layer_widths, read_lineage
+from ..study.finish_run import epochs_per_generation
 from ..study.plots import render_comparison
 from ..study.recipe import Recipe
 from ..study.report import select_squishednets
@@ -111,10 +112,7 @@ def _setup(run_dir: Path, recipe: CompareRecipe, train_all: LoadedSplit, val_spl
     records, run_recipe = read_lineage(run_dir), read_run_recipe(run_dir)
     gens, _ = _targets(records, run_recipe, recipe.extra_params)
     train_split, held = held_out(run_recipe, train_all, run_dir)
-    t, evo = run_recipe.train, run_recipe.evolution
-    per_generation = t.epochs_per_generation
-    if evo.selection == "finetune" and evo.offspring_per_generation > 1:  # the winner's screening steps
-        per_generation += evo.screen_steps / max(1, math.ceil(len(train_split) / t.batch_size))
+    per_generation = epochs_per_generation(run_recipe, len(train_split))  # the winner's screening steps included
     held_split = held.split if held else None
     return _Setup(
         run_dir, run_recipe, records, train_split, held_split, val_split, per_generation, gens, recipe.tolerance

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ __all__ = [
     "finish_networks",
     "finish_settings",
     "finished_sections",
+    "epochs_at",
+    "epochs_per_generation",
     "named_networks",
     "read_finished",
 ]
@@ -71,6 +74,21 @@ def named_networks(
         if first is not None:
             named.setdefault(first, []).append(extra_name(target))
     return dict(sorted(named.items()))
+
+
+def epochs_per_generation(recipe: Recipe, train_images: int) -> float:
+    """The epochs one generation's survivor has trained: ``train.epochs_per_generation``,
+    plus its screening steps under ``selection: finetune`` among several offspring."""
+    t, evo = recipe.train, recipe.evolution
+    per_generation = t.epochs_per_generation
+    if evo.selection == "finetune" and evo.offspring_per_generation > 1:
+        per_generation += evo.screen_steps / max(1, math.ceil(train_images / t.batch_size))
+    return per_generation
+
+
+def epochs_at(recipe: Recipe, generation: int, train_images: int) -> float:
+    """Every training epoch generation ``generation`` has seen since the pretrained weights."""
+    return round(recipe.train.ancestor_epochs + generation * epochs_per_generation(recipe, train_images), 4)
 
 
 def finish_settings(recipe: Recipe, device: str | None = None) -> FinishSettings:
@@ -159,7 +177,9 @@ def finish_networks(
             console=console,
         )
         selected = {"top1": records[g]["top1"], "holdout_top1": records[g].get("holdout_top1")}
-        entry.update(names=names, generation=g, selected=selected, checkpoint=f"checkpoints/gen_{g:02d}-finished.pt")
+        total = epochs_at(recipe, g, len(data.train_split)) + settings.epochs
+        entry.update(names=names, generation=g, selected=selected, total_epochs=round(total, 4))
+        entry["checkpoint"] = f"checkpoints/gen_{g:02d}-finished.pt"
         done[str(g)] = entry
         if distributed.is_main():
             write_json_atomic(run_dir / FINISHED_FILE, done)

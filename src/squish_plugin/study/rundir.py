@@ -80,8 +80,12 @@ def finish_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
     read_lineage(run_dir)  # a run directory with generations, else one sentence
     recipe = read_run_recipe(run_dir)
     if overrides:
+        recipe = validate_recipe(apply_overrides(recipe.model_dump(), overrides), str(run_dir / RECIPE_FILE))
+    if recipe.finish.epochs == 0:  # checked before anything is recorded
+        raise InvalidArgumentError(
+            f"the recipe of '{run_dir}' has finish.epochs 0 (no finishing stage); give e.g. --set finish.epochs=10."
+        )
+    if overrides:
         data = apply_overrides(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), overrides)
-        checked = validate_recipe(apply_overrides(recipe.model_dump(), overrides), str(run_dir / RECIPE_FILE))
         atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(data, sort_keys=False))
-        recipe = checked
     return recipe

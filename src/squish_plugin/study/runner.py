@@ -298,10 +298,6 @@ def finish_study(run_dir: Path, overrides: list[str] | None = None, *, console: 
     network finished (resuming one cut short), the report rewritten; returns ``run_dir``."""
     console = console or Console()
     recipe = finish_recipe(Path(run_dir), overrides or [])
-    if recipe.finish.epochs == 0:
-        raise InvalidArgumentError(
-            f"the recipe of '{run_dir}' has finish.epochs 0 (no finishing stage); give e.g. --set finish.epochs=10."
-        )
     torch.set_num_threads(recipe.train.threads)
     train_all, val_split = load_data(recipe)
     finish_networks(Path(run_dir), recipe, train_all, val_split, console)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue #25's protocol on the committed three-seed study, one heavy job at a time; every step
+# skips what is done and resumes what was cut short (per epoch), so run it again after a kill.
+#   bash benchmarks/finished_protocol.sh            # FINISH="finish.epochs=20 ..." overrides the finishing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin/squish-plugin}
+read -r -a FINISH <<< "${FINISH:-finish.epochs=20}"
+SETS=()
+for kv in "${FINISH[@]}" "squishednets.extra_params=[123500]"; do SETS+=(--set "$kv"); done
+for seed in 0 1 2; do
+  "$BIN" finish "benchmarks/results/imagenette-seeds/seed-$seed" "${SETS[@]}"
+done
+if [[ "${CONTROLS:-1}" == 1 ]]; then
+  "$BIN" compare examples/compare-finished.yaml --resume benchmarks/results/finished-compare
+fi

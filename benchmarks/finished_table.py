@@ -1,0 +1,58 @@
+"""Issue #25's table: ``benchmarks/results/finished.csv`` (and ``finished.png`` beside it) from
+the committed three-seed study's finished networks and, once the comparison has run, its
+controls (the best distilled baseline finished alike, and ``scratch``); prints the mean and
+standard deviation over seeds per method and network, and each one's gap to the ancestor.
+
+Run:  python benchmarks/finished_table.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from squish_plugin.baselines.controls import FINISHED, finished_rows, write_finished_table
+
+RESULTS = Path("benchmarks/results")
+RUNS = [RESULTS / "imagenette-seeds" / f"seed-{s}" for s in range(3)]
+ORDER = ["ancestor", "SquishedNet-1", "SquishedNet-2", "SquishedNet-3", "SquishedNet-4", "10x"]
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return mean, sd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, nargs="*", default=RUNS)
+    ap.add_argument("--controls", type=Path, default=RESULTS / "finished-compare")
+    ap.add_argument("--out", type=Path, default=RESULTS / "finished.csv")
+    args = ap.parse_args()
+    path = args.controls / FINISHED
+    controls = json.loads(path.read_text()) if path.is_file() else {}
+    rows = finished_rows(args.runs, controls)
+    write_finished_table(args.out, rows, 224)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["net"], r["method"]), []).append(r)
+    ancestor = _mean_sd([r["top1"] for r in groups.get(("ancestor", "ancestor"), [])] or [float("nan")])[0]
+    print("| network | method | seeds | params | epochs | val top-1 mean ± sd | vs ancestor | held-out mean ± sd |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for (net, method), members in sorted(groups.items(), key=lambda kv: (ORDER.index(kv[0][0]), kv[0][1])):
+        top1, sd = _mean_sd([m["top1"] for m in members])
+        held = [m["holdout_top1"] for m in members if m["holdout_top1"] is not None]
+        held_text = "{:.2f} ± {:.2f}".format(*_mean_sd(held)) if held else "—"
+        params = round(sum(m["params"] for m in members) / len(members))
+        epochs = sum(m["epochs"] for m in members) / len(members)
+        print(
+            f"| {net} | {method} | {len(members)} | {params:,} | {epochs:.1f} | {top1:.2f} ± {sd:.2f} "
+            f"| {top1 - ancestor:+.2f} | {held_text} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

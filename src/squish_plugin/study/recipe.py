@@ -290,7 +290,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return ``data`` with each ``a.b=c`` applied (values parsed as YAML scalars)."""
-    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False)) or {}  # a copy, in the order written
     for item in overrides:
         keys, value = _parse_override(item)
         node = data

@@ -204,6 +204,42 @@ def test_ignored_layers_are_left_alone():
     assert first.out_channels == 64 and model.classifier[1].out_channels == 10
 
 
+def test_a_container_in_ignored_layers_protects_every_layer_inside_it():
+    """`ignored_layers=[model.layer4]` protects the whole stage, as torch-pruning expands
+    containers to their submodules (issue #26); so across generations too."""
+    model = torchvision.models.resnet18(num_classes=10)
+    before = {n: m.out_channels for n, m in model.layer4.named_modules() if isinstance(m, nn.Conv2d)}
+    pruner = EvolutionarySynthesisPruner(model, env=0.5, ignored_layers=[model.layer4], example_inputs=SMALL)
+    pruner.step()
+    pruner.step()
+    after = {n: m.out_channels for n, m in model.layer4.named_modules() if isinstance(m, nn.Conv2d)}
+    assert after == before
+    assert model.layer1[0].conv1.out_channels < 64  # the rest is pruned
+
+
+def test_parameters_in_ignored_layers_are_accepted_as_torch_pruning_does():
+    """An nn.Parameter in ignored_layers is torch-pruning's ignored parameter, not an error;
+    what is neither a module nor a parameter of the model is named."""
+    model = torchvision.models.resnet18(num_classes=10)
+    pruner = EvolutionarySynthesisPruner(model, env=0.8, ignored_layers=[model.fc.bias], example_inputs=SMALL)
+    pruner.step()
+    assert pruner.offspring()(SMALL).shape == (1, 10)
+    with pytest.raises(InvalidArgumentError, match="not a submodule"):
+        EvolutionarySynthesisPruner(model, ignored_layers=[nn.Conv2d(3, 3, 1)], example_inputs=SMALL)
+    with pytest.raises(InvalidArgumentError, match="not one of the model's parameters"):
+        EvolutionarySynthesisPruner(model, ignored_layers=[nn.Parameter(torch.zeros(3))], example_inputs=SMALL)
+
+
+def test_the_dependency_graph_is_exposed_as_DG():
+    """torch-pruning users inspect groups on `pruner.DG`; it follows the model after a step."""
+    model = squeezenet1_1_ancestor(weights=None)
+    pruner = EvolutionarySynthesisPruner(model, env=0.7, example_inputs=SMALL)
+    assert isinstance(pruner.DG, tp.DependencyGraph)
+    first = pruner.DG
+    pruner.step()
+    assert pruner.DG is not first and pruner.DG.model is model
+
+
 def test_group_importance_is_pluggable():
     """A torch-pruning Importance scores the clusters instead of the filter L1."""
     model = squeezenet1_1_ancestor(weights="imagenet")

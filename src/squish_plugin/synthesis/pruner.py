@@ -47,7 +47,9 @@ class EvolutionarySynthesisPruner:
             mapping ``{layer name: one strength per output channel}`` measured on data
             (:func:`~squish_plugin.synthesis.strengths.data_strengths`: first-order
             Taylor or activation strengths).
-        ignored_layers: extra modules whose output channels must be left alone.
+        ignored_layers: modules whose output channels must be left alone, each with every
+            module inside it (``[model.layer4]`` protects the stage, as torch-pruning reads
+            it), and ``nn.Parameter``s torch-pruning must never cut.
         unwrapped_parameters: ``[(parameter, dim), ...]`` for parameters outside any
             Conv/Linear/BatchNorm (ConvNeXt's layer scale), passed to torch-pruning.
         latency_table: with ``config.resource == "latency"``, the per-layer latency
@@ -76,7 +78,7 @@ class EvolutionarySynthesisPruner:
         seed: int = 0,
         example_inputs: torch.Tensor | None = None,
         importance: str | Importance = "l1",
-        ignored_layers: Iterable[nn.Module] = (),
+        ignored_layers: Iterable[nn.Module | nn.Parameter] = (),
         unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
         latency_table: LatencyTable | None = None,
     ) -> None:
@@ -97,11 +99,21 @@ class EvolutionarySynthesisPruner:
         self.generation = 0
         self.latency_table = latency_table
         self._example_inputs = example_inputs
-        self._ignored = tuple(ignored_layers)
-        self._surgeon = Surgeon(model, example_inputs, self._ignored, unwrapped_parameters)
+        ignored = tuple(ignored_layers)
+        self._surgeon = Surgeon(model, example_inputs, ignored, unwrapped_parameters)
         # by name: pruning replaces parameter objects, the names stay
         names = {id(p): n for n, p in model.named_parameters()}
         self._unwrapped = [(names[id(p)], dim) for p, dim in self._surgeon.unwrapped_parameters or []]
+        modules = self._surgeon.names
+        self._ignored = [
+            ("param", names[id(i)]) if isinstance(i, nn.Parameter) else ("module", modules[i]) for i in ignored
+        ]
+
+    @property
+    def DG(self):  # noqa: N802 (torch-pruning's name)
+        """torch-pruning's ``DependencyGraph`` of the current model (as ``pruner.DG`` in
+        torch-pruning): inspect groups with ``pruner.DG.get_all_groups()``."""
+        return self._surgeon.graph
 
     # ----------------------------------------------------------------- genetics
 
@@ -182,10 +194,10 @@ class EvolutionarySynthesisPruner:
         Surgeon(child, self._example_inputs, self._mapped_ignored(child), self._unwrapped_of(child)).prune(plan)
         return child
 
-    def _mapped_ignored(self, other: nn.Module) -> list[nn.Module]:
-        names = self._surgeon.names
-        modules = dict(other.named_modules())
-        return [modules[names[m]] for m in self._ignored]
+    def _mapped_ignored(self, other: nn.Module) -> list[nn.Module | nn.Parameter]:
+        """``ignored_layers`` in ``other`` (the model after pruning, or a clone), by name."""
+        found = {"module": dict(other.named_modules()), "param": dict(other.named_parameters())}
+        return [found[kind][name] for kind, name in self._ignored]
 
     def _unwrapped_of(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
         """The unwrapped parameters in ``model`` (an empty list is torch-pruning's ``None``)."""
@@ -193,7 +205,8 @@ class EvolutionarySynthesisPruner:
         return [(params[name], dim) for name, dim in self._unwrapped]
 
     def _retrace(self) -> None:
-        self._surgeon = Surgeon(self.model, self._example_inputs, self._ignored, self._unwrapped_of(self.model))
+        ignored = self._mapped_ignored(self.model)
+        self._surgeon = Surgeon(self.model, self._example_inputs, ignored, self._unwrapped_of(self.model))
 
 
 def _given_strength(strengths: Mapping[str, torch.Tensor], layer: PrunableLayer) -> torch.Tensor:

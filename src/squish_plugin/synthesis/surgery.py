@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import InvalidArgumentError, UntraceableModelError
+from ._arguments import check_unwrapped, ignored_modules
 from .latency import LatencyTable, latency_model
 from .resources import ROOT_TYPES, ResourceModel, resource_model
 
@@ -152,9 +153,10 @@ def trace(
     example_inputs: torch.Tensor,
     ran: Iterable[nn.Module],
     unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
+    ignored_params: Sequence[nn.Parameter] = (),
 ) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``; every module in ``ran`` (the layers
-    the forward pass ran) must be in it."""
+    the forward pass ran) must be in it; ``ignored_params`` are never cut."""
     model_name = type(model).__name__
     _check_not_inference(model)
     try:
@@ -164,6 +166,7 @@ def trace(
                 example_inputs=example_inputs,
                 # a copy: torch-pruning appends what it detects to the list it is given
                 unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
+                ignored_params=list(ignored_params),
             )
     except Exception as exc:
         raise UntraceableModelError(f"torch-pruning cannot trace {model_name} ({_first_line(exc)}).") from None
@@ -220,20 +223,6 @@ def find_layers(
     return layers, grouped
 
 
-def _check_unwrapped(model: nn.Module, unwrapped: object) -> list[tuple[nn.Parameter, int]] | None:
-    if unwrapped is None:
-        return None
-    own = {id(p) for p in model.parameters()}
-    pairs = list(unwrapped) if isinstance(unwrapped, (list, tuple)) else None
-    if pairs is None or not all(
-        isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], nn.Parameter) and isinstance(x[1], int) for x in pairs
-    ):
-        raise InvalidArgumentError("unwrapped_parameters must be a list of (parameter, dim) pairs, as torch-pruning's.")
-    if any(id(p) not in own for p, _ in pairs):
-        raise InvalidArgumentError("every parameter in unwrapped_parameters must belong to the model.")
-    return pairs
-
-
 # --------------------------------------------------------------------------- the surgeon
 
 
@@ -243,8 +232,9 @@ class Surgeon:
     Args:
         model: the network (left untouched by construction).
         example_inputs: a tensor the model accepts; one 224x224 RGB image by default.
-        ignored_layers: modules whose output channels must never be pruned. The
-            classifier (the last Conv/Linear the forward pass runs) is always added.
+        ignored_layers: modules whose output channels must never be pruned, each with
+            every module inside it (as torch-pruning reads them), and parameters never to
+            cut; the classifier (the last Conv/Linear the forward pass runs) is always added.
         unwrapped_parameters: ``[(parameter, pruning dim), ...]`` for parameters that
             belong to no Conv/Linear/BatchNorm (e.g. ConvNeXt's layer scale), as
             torch-pruning takes them; ``None`` lets torch-pruning guess (and warn).
@@ -254,7 +244,7 @@ class Surgeon:
         self,
         model: nn.Module,
         example_inputs: torch.Tensor | None = None,
-        ignored_layers: Iterable[nn.Module] = (),
+        ignored_layers: Iterable[nn.Module | nn.Parameter] = (),
         unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -269,13 +259,13 @@ class Surgeon:
             with torch.inference_mode(False):
                 example_inputs = example_inputs.clone()
         self.example_inputs = example_inputs
-        self.unwrapped_parameters = _check_unwrapped(model, unwrapped_parameters)
-        self.ignored = list(ignored_layers)
+        self.unwrapped_parameters = check_unwrapped(model, unwrapped_parameters)
         self.names = {m: n for n, m in model.named_modules()}
-        if any(module not in self.names for module in self.ignored):
-            raise InvalidArgumentError("every module in ignored_layers must belong to the model.")
+        self.ignored, self.ignored_params = ignored_modules(model, self.names, ignored_layers)
         self.output_shapes, self.classifier = probe(model, self.example_inputs)
-        self.graph = trace(model, self.example_inputs, self.output_shapes, self.unwrapped_parameters)
+        self.graph = trace(
+            model, self.example_inputs, self.output_shapes, self.unwrapped_parameters, self.ignored_params
+        )
         self.layers, self.grouped = find_layers(model, self.graph, set(self.ignored) | {self.classifier})
         if not self.layers:
             hint = f" ({len(self.grouped)} left whole: grouped convolutions)" if self.grouped else ""

@@ -230,6 +230,16 @@ def test_parameters_in_ignored_layers_are_accepted_as_torch_pruning_does():
         EvolutionarySynthesisPruner(model, ignored_layers=[nn.Parameter(torch.zeros(3))], example_inputs=SMALL)
 
 
+def test_torch_pruning_positional_order_is_accepted():
+    """`EvolutionarySynthesisPruner(model, example_inputs, importance)` works as torch-pruning's
+    pruners do (issue #26); a number in example_inputs' place names the keyword to write."""
+    model = squeezenet1_1_ancestor(weights=None)
+    pruner = EvolutionarySynthesisPruner(model, SMALL, tp.importance.GroupMagnitudeImportance(p=1), env=0.8)
+    assert pruner.offspring()(SMALL).shape == (1, 10)
+    with pytest.raises(InvalidArgumentError, match=r"env=0\.9"):
+        EvolutionarySynthesisPruner(model, 0.9)
+
+
 def test_the_dependency_graph_is_exposed_as_DG():
     """torch-pruning users inspect groups on `pruner.DG`; it follows the model after a step."""
     model = squeezenet1_1_ancestor(weights=None)

@@ -30,7 +30,6 @@ from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, wr
 from ..study.data import LoadedSplit
 from ..study.engine import read_lineage, reinitialize
 from ..study.finish_run import (
-    FINISH_SEED_STREAM,
     FinishData,
     finish_model,
     finish_networks,
@@ -40,14 +39,12 @@ from ..study.finish_run import (
 )
 from ..study.plots import render_comparison
 from ..study.rundir import read_run_recipe
-from ..synthesis.genetics import derive_seed
+from ..synthesis.genetics import FINISH_STREAM, SCRATCH_STREAM, derive_seed
 
 __all__ = ["FINISHED", "FINISHED_CSV", "best_baseline", "finish_controls", "finished_rows", "write_finished_table"]
 
 FINISHED = "finished.json"
 FINISHED_CSV = "finished.csv"
-#: the seed stream of a scratch control's initial weights: derive_seed(run seed, SCRATCH_STREAM, generation)
-SCRATCH_STREAM = 6
 
 
 def best_baseline(done: dict[str, list[dict]], gens_by_seed: dict[int, list[int]]) -> str:
@@ -128,7 +125,7 @@ def finish_controls(
                 if finished.get(key, {}).get("settings") == how.fingerprint():
                     continue
                 into = out / "checkpoints" / f"{method}@{setup.seed}" / f"gen_{g:02d}-finished.pt"
-                seed = derive_seed(setup.seed, FINISH_SEED_STREAM, g)
+                seed = derive_seed(setup.seed, FINISH_STREAM, g)
                 model = _scratch_model(setup, g) if method == "scratch" else _baseline_model(out, method, setup.seed, g)
                 entry = finish_model(model, data, how, seed=seed, into=into, label=key, console=console)
                 total = how.epochs if method == "scratch" else setup.epochs(g) + how.epochs

@@ -33,7 +33,7 @@ from ..study.report import select_squishednets
 from ..study.runner import load_data, read_run_recipe, timestamped_dir, train_settings
 from ..study.selection import held_out
 from ..study.training import evaluate, train
-from ..synthesis.genetics import derive_seed
+from ..synthesis.genetics import TRAIN_STREAM, derive_seed
 from ..synthesis.surgery import model_stats
 from .controls import finish_controls
 from .pruners import PruneContext, prune_to
@@ -137,7 +137,7 @@ def _baseline(method: str, ancestor, setup: _Setup, console, distill: bool, keep
     label = _label(method, distill)
     frozen_ancestor = copy.deepcopy(ancestor) if kind == "ancestor" else None
     for g in range(1, max(setup.gens) + 1):
-        seed = derive_seed(run_recipe.seed, g, 0, 1)  # the run's training seed of generation g
+        seed = derive_seed(run_recipe.seed, g, 0, TRAIN_STREAM)  # the run's training seed of generation g
         ctx = PruneContext(example, setup.train_split, seed, run_recipe.train.batch_size)
         parent = model
         model = prune_to(model, method, setup.records[g]["params"], ctx, tolerance=setup.tolerance)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidArgumentError
 from ..persistence import load_pruned, save_pruned, write_json_atomic
-from ..synthesis.genetics import SynthesisConfig, derive_seed
+from ..synthesis.genetics import REINIT_STREAM, SCREEN_RNG_STREAM, TRAIN_STREAM, SynthesisConfig, derive_seed
 from ..synthesis.latency import LatencyTable
 from ..synthesis.pruner import EvolutionarySynthesisPruner
 from ..synthesis.surgery import model_stats, predict_ms
@@ -221,7 +221,7 @@ class _Evolution:
             self.config.on_generation(record)
 
     def ancestor(self, model: nn.Module) -> nn.Module:
-        ctx = GenerationContext(0, 0, derive_seed(self.seed, 0, 0, 1), self.run_dir)
+        ctx = GenerationContext(0, 0, derive_seed(self.seed, 0, 0, TRAIN_STREAM), self.run_dir)
         record = self.measure(model, ctx)
         self.commit(0, model, {"seed": self.seed, "parent": None, **record})
         return model
@@ -243,9 +243,13 @@ class _Evolution:
             synth_seed = derive_seed(self.seed, g, k)
             child = pruner.offspring(seed=synth_seed)
             if c.reinitialize:
-                reinitialize(child, derive_seed(self.seed, g, k, 2))
+                reinitialize(child, derive_seed(self.seed, g, k, REINIT_STREAM))
             children.append(
-                (synth_seed, child, GenerationContext(g, k, derive_seed(self.seed, g, k, 1), self.run_dir, parent))
+                (
+                    synth_seed,
+                    child,
+                    GenerationContext(g, k, derive_seed(self.seed, g, k, TRAIN_STREAM), self.run_dir, parent),
+                )
             )
         return children
 
@@ -259,7 +263,7 @@ class _Evolution:
         for synth_seed, child, ctx in children:
             child.eval()
             with torch.random.fork_rng(devices=[]):  # a screen that trains (dropout) replays on resume
-                torch.manual_seed(derive_seed(ctx.seed, 4))
+                torch.manual_seed(derive_seed(ctx.seed, SCREEN_RNG_STREAM))
                 score = float(screen(child, ctx))
             screened.append({"seed": synth_seed, "screen": score, "params": sum(p.numel() for p in child.parameters())})
         pick = max(range(len(children)), key=lambda i: (screened[i]["screen"], -i))

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from ..errors import InvalidArgumentError
 from ..persistence import load_pruned, save_pruned, write_json_atomic
-from ..synthesis.genetics import derive_seed
+from ..synthesis.genetics import FINISH_STREAM, derive_seed
 from ..synthesis.surgery import model_stats
 from . import distributed
 from .data import LoadedSplit
@@ -49,8 +49,6 @@ __all__ = [
 ]
 
 FINISHED_FILE = "finished.json"
-#: the seed stream of a finished network: derive_seed(run seed, FINISH_SEED_STREAM, generation)
-FINISH_SEED_STREAM = 5
 
 
 def extra_name(params: int) -> str:
@@ -171,7 +169,7 @@ def finish_networks(
             load_pruned(source),
             data,
             settings,
-            seed=derive_seed(recipe.seed, FINISH_SEED_STREAM, g),
+            seed=derive_seed(recipe.seed, FINISH_STREAM, g),
             into=run_dir / "checkpoints" / f"gen_{g:02d}-finished.pt",
             label=" / ".join(names),
             console=console,

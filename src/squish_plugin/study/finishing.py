@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidArgumentError
 from ..persistence import atomic_save
-from ..synthesis.genetics import derive_seed
+from ..synthesis.genetics import EPOCH_STREAM, derive_seed
 from . import distributed
 from .data import LoadedSplit
 from .training import TrainSettings, _optimizer, _Placement, steps_per_epoch
@@ -39,8 +39,6 @@ from .training import TrainSettings, _optimizer, _Placement, steps_per_epoch
 __all__ = ["FINISH_STATE_FORMAT", "FinishSettings", "finish"]
 
 FINISH_STATE_FORMAT = "squish-plugin/finish-state-v1"
-#: the seed stream of the finishing stage's batch order: derive_seed(seed, FINISH_STREAM, epoch)
-FINISH_STREAM = 7
 Score = Callable[[nn.Module], dict[str, float]]
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -146,8 +144,8 @@ def finish(
     e.g. held-out top-1 — never score on the data you report).
 
     The schedule is one warm-up + cosine over all epochs; epoch ``e`` draws its batch
-    order from ``derive_seed(seed, FINISH_STREAM, e)`` and its dropout from
-    ``derive_seed(seed, FINISH_STREAM, e, 1)`` alone. With ``state_path`` the
+    order from ``derive_seed(seed, EPOCH_STREAM, e)`` and its dropout from
+    ``derive_seed(seed, EPOCH_STREAM, e, 1)`` alone. With ``state_path`` the
     weights, the optimiser's state and the history are written there (atomically) after
     every epoch, and a call with the same settings and seed continues from the last
     complete epoch and ends with the same weights as one that was never interrupted.
@@ -172,10 +170,10 @@ def finish(
         for epoch in range(first, settings.epochs):
             full = epoch >= settings.epochs - settings.full_size_epochs
             started = time.perf_counter()
-            gen = torch.Generator().manual_seed(derive_seed(seed, FINISH_STREAM, epoch))
+            gen = torch.Generator().manual_seed(derive_seed(seed, EPOCH_STREAM, epoch))
             span = range(epoch * per_epoch, (epoch + 1) * per_epoch)
             with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: seeded per epoch
-                torch.manual_seed(derive_seed(seed, FINISH_STREAM, epoch, 1))
+                torch.manual_seed(derive_seed(seed, EPOCH_STREAM, epoch, 1))
                 out = placed.steps(opt, split, settings.train_settings(full_size=full), gen, span, total, on_step)
             record = {"epoch": epoch + 1, "loss": out["loss"], "full_size": full}
             record["seconds"] = round(time.perf_counter() - started, 3)

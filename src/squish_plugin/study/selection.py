@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..persistence import write_json_atomic
-from ..synthesis.genetics import derive_seed
+from ..synthesis.genetics import SCREEN_STREAM, derive_seed
 from ..synthesis.strengths import data_strengths
 from . import distributed
 from .data import LoadedSplit, iterate_batches, load_split
@@ -120,7 +120,7 @@ def screen_by_finetune(
     epochs = recipe.evolution.screen_steps / per_epoch
 
     def fitness(child: nn.Module, ctx) -> float:
-        fine_tune(child, ctx, derive_seed(ctx.seed, 3), epochs)
+        fine_tune(child, ctx, derive_seed(ctx.seed, SCREEN_STREAM), epochs)
         return score(child)["top1"]
 
     return fitness

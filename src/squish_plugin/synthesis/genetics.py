@@ -73,7 +73,8 @@ class SynthesisConfig:
             pruner: :mod:`squish_plugin.synthesis.latency`).
         min_channels: every prunable layer keeps at least this many clusters (>= 1).
         round_to: if set, kept counts are rounded *up* to a multiple of it
-            (capped at the layer's width), e.g. 8 for TensorRT-friendly widths; a
+            (capped at the layer's width), e.g. 8 for TensorRT-friendly widths. Note:
+            torch-pruning's ``round_to`` of the same name rounds kept channels *down*; a
             latency table's ``round_to`` is the multiple measured fastest on its target.
             With ``size_tolerance`` the repaired draw meets the budget with the rounding.
         temperature: ``T`` of the encoding ``exp((s/z - 1) / T)``; the paper's is 1.
@@ -208,8 +209,21 @@ def synthesis_probabilities(
     return [torch.clamp(multiplier * p, max=1.0) for p in encodings]
 
 
+#: The seed streams, one room for all of them. ``derive_seed(seed, g, k)`` draws offspring
+#: ``k`` of generation ``g`` (the pruner's ``step()`` draws generation ``g`` as ``k = 0``); the
+#: streams below extend that key, or stand alone behind a tag no generation reaches (>= 10,000).
+TRAIN_STREAM = 1  #: derive_seed(seed, g, k, TRAIN_STREAM): its data order (the ancestor's: g = k = 0)
+REINIT_STREAM = 2  #: derive_seed(seed, g, k, REINIT_STREAM): its fresh weights (``reinitialize``)
+SCREEN_STREAM = 3  #: derive_seed(training seed, SCREEN_STREAM): selection's short fine-tune
+SCREEN_RNG_STREAM = 4  #: derive_seed(training seed, SCREEN_RNG_STREAM): the global RNG while screening
+FINISH_STREAM = 10_001  #: derive_seed(run seed, FINISH_STREAM, g): the finishing of generation g's network
+EPOCH_STREAM = 10_002  #: derive_seed(finishing seed, EPOCH_STREAM, e[, 1]): epoch e's batch order (its dropout)
+SCRATCH_STREAM = 10_003  #: derive_seed(run seed, SCRATCH_STREAM, g): a scratch control's first weights
+
+
 def derive_seed(seed: int, *stream: int) -> int:
-    """A 63-bit seed for ``(seed, *stream)`` that is the same in every process."""
+    """A 63-bit seed for ``(seed, *stream)`` that is the same in every process (the
+    streams are named above)."""
     if not _is_int(seed) or seed < 0:
         raise InvalidArgumentError(f"seed must be an integer >= 0, got {seed!r}.")
     state = np.random.SeedSequence([int(seed), *map(int, stream)]).generate_state(2, np.uint32)

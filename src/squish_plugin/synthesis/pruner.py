@@ -33,6 +33,9 @@ class EvolutionarySynthesisPruner:
     everything coupled to it (Fire's expand concat, the next squeeze's inputs,
     residual adds, BatchNorm). The classifier's outputs are never pruned.
 
+    The positional order is torch-pruning's (``model, example_inputs, importance``);
+    everything else is keyword-only.
+
     Args:
         model: any CNN torch-pruning can trace.
         env: environmental factor in (0, 1]; overrides ``config.env``.
@@ -72,16 +75,21 @@ class EvolutionarySynthesisPruner:
     def __init__(
         self,
         model: nn.Module,
-        env: float | None = None,
-        *,
-        config: SynthesisConfig | None = None,
-        seed: int = 0,
         example_inputs: torch.Tensor | None = None,
         importance: str | Importance = "l1",
+        *,
+        env: float | None = None,
+        config: SynthesisConfig | None = None,
+        seed: int = 0,
         ignored_layers: Iterable[nn.Module | nn.Parameter] = (),
         unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
         latency_table: LatencyTable | None = None,
     ) -> None:
+        if isinstance(example_inputs, (int, float)) and not isinstance(example_inputs, bool):
+            raise InvalidArgumentError(
+                "the second positional argument is example_inputs, as in torch-pruning's pruners; "
+                f"give the environmental factor by name: EvolutionarySynthesisPruner(model, env={example_inputs!r})."
+            )
         config = config or SynthesisConfig()
         if env is not None:
             config = replace(config, env=env)

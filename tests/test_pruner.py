@@ -240,6 +240,29 @@ def test_torch_pruning_positional_order_is_accepted():
         EvolutionarySynthesisPruner(model, 0.9)
 
 
+def test_a_chain_of_steps_is_the_lineage_evolve_draws_from_the_same_seed(tmp_path):
+    """step() draws generation g from the key evolve() gives offspring 0 of generation g,
+    so without training between generations the two give the same widths (issue #26)."""
+    from squish_plugin import evolve
+    from squish_plugin.study.engine import layer_widths
+
+    model = squeezenet1_1_ancestor(weights="imagenet")
+    lineage = evolve(
+        copy.deepcopy(model),
+        train_fn=lambda m, ctx: None,
+        eval_fn=lambda m: {"top1": 0.0, "top5": 0.0},
+        run_dir=tmp_path,
+        generations=2,
+        env=0.8,
+        seed=5,
+        example_inputs=SMALL,
+    )
+    pruner = EvolutionarySynthesisPruner(model, SMALL, env=0.8, seed=5)
+    for record in lineage.records[1:]:
+        pruner.step()
+        assert layer_widths(model) == record["widths"]
+
+
 def test_the_dependency_graph_is_exposed_as_DG():
     """torch-pruning users inspect groups on `pruner.DG`; it follows the model after a step."""
     model = squeezenet1_1_ancestor(weights=None)

@@ -127,8 +127,8 @@ class EvolutionarySynthesisPruner(_NNIPruner):
 
     def _generate_sparsity(self, metrics: dict[str, dict[str, torch.Tensor]]) -> Masks:
         active = [layer for layer in self._surgeon.layers if layer.name in metrics]
-        seed = derive_seed(self.seed, self.generation)
         self.generation += 1
+        seed = derive_seed(self.seed, self.generation, 0)  # as the torch-pruning face and evolve()
         probabilities = [metrics[layer.name]["weight"] for layer in active]
         keep = draw(probabilities, seed, self.synthesis.min_channels, self.synthesis.round_to, self.synthesis.max_drop)
         return self._masks_for(active, keep)

@@ -42,8 +42,12 @@ class EvolutionarySynthesisPruner:
         config: a :class:`~squish_plugin.synthesis.genetics.SynthesisConfig` (mode, resource,
             floors, rounding, temperature). Default: ``mode="budget"`` on parameters,
             so each generation keeps about ``env`` of its parent's parameters.
-        seed: the seed of generation ``g`` is derived from ``(seed, g)``; the same
-            seed gives the same lineage in any process.
+        seed: generation ``g`` is drawn from ``derive_seed(seed, g, 0)``, the key
+            :func:`~squish_plugin.study.engine.evolve` gives its first offspring of
+            generation ``g``: a chain of ``step()`` from a seed is the lineage ``evolve``
+            draws from that seed with one offspring per generation and no training between
+            generations (training changes the strengths, hence the draws). The same seed
+            gives the same lineage in any process.
         example_inputs: a batch the model accepts; one 224x224 RGB image by default.
         importance: cluster strength: ``"l1"`` (the filter's L1 norm, the default),
             ``"l2"``, a torch-pruning ``Importance`` (a callable on a group), or a
@@ -158,8 +162,8 @@ class EvolutionarySynthesisPruner:
     def sample(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         """Draw the next offspring's keep-masks, ``{layer name: bool mask}``,
         without touching the model."""
-        if seed is None:
-            seed = derive_seed(self.seed, self.generation)
+        if seed is None:  # evolve()'s key for offspring 0 of the next generation
+            seed = derive_seed(self.seed, self.generation + 1, 0)
         c, resource = self.config, self._resource()
         probabilities = synthesis_probabilities(self.strengths(), c, resource)
         masks = draw(probabilities, seed, c.min_channels, c.round_to, c.max_drop, budget_of(c, resource))

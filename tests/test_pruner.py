@@ -263,6 +263,38 @@ def test_a_chain_of_steps_is_the_lineage_evolve_draws_from_the_same_seed(tmp_pat
         assert layer_widths(model) == record["widths"]
 
 
+class _TwoInputs(nn.Module):
+    """A model with two image inputs (as multi-input and detection models take them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3), nn.Conv2d(3, 16, 3)
+        self.c, self.fc = nn.Conv2d(16, 32, 3), nn.Linear(32, 10)
+
+    def forward(self, x, y):
+        h = torch.relu(self.c(torch.relu(self.a(x) + self.b(y))))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["tuple", "list", "dict", "forward_fn"])
+def test_example_inputs_as_torch_pruning_takes_them(how):
+    """A tuple or list (positional), a dict (keyword) or a forward_fn runs a multi-input
+    model, as torch-pruning's example_inputs do (issue #26)."""
+    x, y = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    inputs = {"tuple": (x, y), "list": [x, y], "dict": {"x": x, "y": y}, "forward_fn": {"first": x, "second": y}}
+    forward_fn = (lambda m, inp: m(inp["first"], inp["second"])) if how == "forward_fn" else None
+    model = _TwoInputs()
+    pruner = EvolutionarySynthesisPruner(model, inputs[how], env=0.5, forward_fn=forward_fn)
+    pruner.step()
+    assert model.a.out_channels == model.b.out_channels < 16  # coupled by the sum, cut together
+    assert model(x, y).shape == (2, 10)
+
+
+def test_example_inputs_of_another_kind_are_named():
+    with pytest.raises(InvalidArgumentError, match="tuple or list of inputs, or a dict"):
+        EvolutionarySynthesisPruner(_TwoInputs(), "images", env=0.5)
+
+
 def test_the_dependency_graph_is_exposed_as_DG():
     """torch-pruning users inspect groups on `pruner.DG`; it follows the model after a step."""
     model = squeezenet1_1_ancestor(weights=None)

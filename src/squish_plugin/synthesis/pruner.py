@@ -48,7 +48,11 @@ class EvolutionarySynthesisPruner:
             draws from that seed with one offspring per generation and no training between
             generations (training changes the strengths, hence the draws). The same seed
             gives the same lineage in any process.
-        example_inputs: a batch the model accepts; one 224x224 RGB image by default.
+        example_inputs: what the model accepts, as torch-pruning takes it: a tensor, a
+            tuple or list of positional inputs (detection models: a list of images), or a
+            dict of keyword inputs; one 224x224 RGB image by default.
+        forward_fn: ``forward_fn(model, example_inputs)`` runs the model, as in
+            torch-pruning, for models called another way.
         importance: cluster strength: ``"l1"`` (the filter's L1 norm, the default),
             ``"l2"``, a torch-pruning ``Importance`` (a callable on a group), or a
             mapping ``{layer name: one strength per output channel}`` measured on data
@@ -79,7 +83,7 @@ class EvolutionarySynthesisPruner:
     def __init__(
         self,
         model: nn.Module,
-        example_inputs: torch.Tensor | None = None,
+        example_inputs: object = None,
         importance: str | Importance = "l1",
         *,
         env: float | None = None,
@@ -88,6 +92,7 @@ class EvolutionarySynthesisPruner:
         ignored_layers: Iterable[nn.Module | nn.Parameter] = (),
         unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
         latency_table: LatencyTable | None = None,
+        forward_fn: Callable[[nn.Module, object], object] | None = None,
     ) -> None:
         if isinstance(example_inputs, (int, float)) and not isinstance(example_inputs, bool):
             raise InvalidArgumentError(
@@ -112,7 +117,8 @@ class EvolutionarySynthesisPruner:
         self.latency_table = latency_table
         self._example_inputs = example_inputs
         ignored = tuple(ignored_layers)
-        self._surgeon = Surgeon(model, example_inputs, ignored, unwrapped_parameters)
+        self._forward_fn = forward_fn
+        self._surgeon = Surgeon(model, example_inputs, ignored, unwrapped_parameters, forward_fn)
         # by name: pruning replaces parameter objects, the names stay
         names = {id(p): n for n, p in model.named_parameters()}
         self._unwrapped = [(names[id(p)], dim) for p, dim in self._surgeon.unwrapped_parameters or []]
@@ -203,7 +209,8 @@ class EvolutionarySynthesisPruner:
         stay as they are. ``seed`` defaults to the next generation's seed."""
         plan = self.sample(seed)
         child = clone_model(self.model)
-        Surgeon(child, self._example_inputs, self._mapped_ignored(child), self._unwrapped_of(child)).prune(plan)
+        ignored, unwrapped = self._mapped_ignored(child), self._unwrapped_of(child)
+        Surgeon(child, self._example_inputs, ignored, unwrapped, self._forward_fn).prune(plan)
         return child
 
     def _mapped_ignored(self, other: nn.Module) -> list[nn.Module | nn.Parameter]:
@@ -218,7 +225,9 @@ class EvolutionarySynthesisPruner:
 
     def _retrace(self) -> None:
         ignored = self._mapped_ignored(self.model)
-        self._surgeon = Surgeon(self.model, self._example_inputs, ignored, self._unwrapped_of(self.model))
+        self._surgeon = Surgeon(
+            self.model, self._example_inputs, ignored, self._unwrapped_of(self.model), self._forward_fn
+        )
 
 
 def _given_strength(strengths: Mapping[str, torch.Tensor], layer: PrunableLayer) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import InvalidArgumentError, UntraceableModelError
-from ._arguments import check_unwrapped, ignored_modules
+from ._arguments import batch_size, check_inputs, check_unwrapped, describe_inputs, ignored_modules, run_model
 from .latency import LatencyTable, latency_model
 from .resources import ROOT_TYPES, ResourceModel, resource_model
 
@@ -115,15 +115,17 @@ def model_stats(model: nn.Module, example_inputs: torch.Tensor | None = None) ->
     params = sum(p.numel() for p in model.parameters())
     with EvalMode(model):
         macs = count_macs(model, example_inputs)
-    return {"params": params, "size_mb": params * 4 / 1e6, "macs": macs // max(int(example_inputs.shape[0]), 1)}
+    return {"params": params, "size_mb": params * 4 / 1e6, "macs": macs // batch_size(example_inputs)}
 
 
 # --------------------------------------------------------------------------- tracing
 
 
-def probe(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn.Module, tuple[int, ...]], nn.Module]:
-    """One forward pass with hooks: the output shape of every Conv/Linear that runs, and
-    the classifier (the last one to run)."""
+def probe(
+    model: nn.Module, example_inputs: object, forward_fn: Callable | None = None
+) -> tuple[dict[nn.Module, tuple[int, ...]], nn.Module]:
+    """One forward pass with hooks (``forward_fn(model, example_inputs)`` when given): the
+    output shape of every Conv/Linear that runs, and the classifier (the last one to run)."""
     shapes: dict[nn.Module, tuple[int, ...]] = {}
     order: list[nn.Module] = []
 
@@ -135,10 +137,11 @@ def probe(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn.Modul
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
     try:
         with EvalMode(model), torch.no_grad():
-            model(example_inputs)
+            run_model(model, example_inputs, forward_fn)
     except Exception as exc:  # the user's model raised: report, don't crash
+        how = "forward_fn on example_inputs" if forward_fn else "the model on example_inputs"
         raise InvalidArgumentError(
-            f"example_inputs of shape {tuple(example_inputs.shape)} do not fit the model ({_first_line(exc)})."
+            f"running {how} {describe_inputs(example_inputs)} failed ({_first_line(exc)})."
         ) from None
     finally:
         for h in handles:
@@ -154,6 +157,7 @@ def trace(
     ran: Iterable[nn.Module],
     unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
     ignored_params: Sequence[nn.Parameter] = (),
+    forward_fn: Callable | None = None,
 ) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``; every module in ``ran`` (the layers
     the forward pass ran) must be in it; ``ignored_params`` are never cut."""
@@ -167,6 +171,7 @@ def trace(
                 # a copy: torch-pruning appends what it detects to the list it is given
                 unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
                 ignored_params=list(ignored_params),
+                forward_fn=forward_fn,
             )
     except Exception as exc:
         raise UntraceableModelError(f"torch-pruning cannot trace {model_name} ({_first_line(exc)}).") from None
@@ -231,13 +236,16 @@ class Surgeon:
 
     Args:
         model: the network (left untouched by construction).
-        example_inputs: a tensor the model accepts; one 224x224 RGB image by default.
+        example_inputs: what the model accepts, as torch-pruning takes it: a tensor, a tuple or
+            list of positional inputs, or a dict of keyword inputs; one 224x224 RGB image by default.
         ignored_layers: modules whose output channels must never be pruned, each with
             every module inside it (as torch-pruning reads them), and parameters never to
             cut; the classifier (the last Conv/Linear the forward pass runs) is always added.
         unwrapped_parameters: ``[(parameter, pruning dim), ...]`` for parameters that
             belong to no Conv/Linear/BatchNorm (e.g. ConvNeXt's layer scale), as
             torch-pruning takes them; ``None`` lets torch-pruning guess (and warn).
+        forward_fn: ``forward_fn(model, example_inputs)`` runs the model (torch-pruning's),
+            for models whose forward takes inputs another way.
     """
 
     def __init__(
@@ -246,25 +254,22 @@ class Surgeon:
         example_inputs: torch.Tensor | None = None,
         ignored_layers: Iterable[nn.Module | nn.Parameter] = (),
         unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
+        forward_fn: Callable | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
         example_inputs = default_example_inputs() if example_inputs is None else example_inputs
-        if not isinstance(example_inputs, torch.Tensor):
-            raise InvalidArgumentError(
-                f"example_inputs must be a torch.Tensor batch, got {type(example_inputs).__name__}."
-            )
-        if example_inputs.is_inference():  # made inside inference_mode: a normal copy can be traced
-            with torch.inference_mode(False):
-                example_inputs = example_inputs.clone()
-        self.example_inputs = example_inputs
+        self.example_inputs = check_inputs(example_inputs)
+        if forward_fn is not None and not callable(forward_fn):
+            raise InvalidArgumentError(f"forward_fn must be callable(model, example_inputs), got {forward_fn!r}.")
+        self.forward_fn = forward_fn
         self.unwrapped_parameters = check_unwrapped(model, unwrapped_parameters)
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored, self.ignored_params = ignored_modules(model, self.names, ignored_layers)
-        self.output_shapes, self.classifier = probe(model, self.example_inputs)
+        self.output_shapes, self.classifier = probe(model, self.example_inputs, forward_fn)
         self.graph = trace(
-            model, self.example_inputs, self.output_shapes, self.unwrapped_parameters, self.ignored_params
+            model, self.example_inputs, self.output_shapes, self.unwrapped_parameters, self.ignored_params, forward_fn
         )
         self.layers, self.grouped = find_layers(model, self.graph, set(self.ignored) | {self.classifier})
         if not self.layers:
@@ -300,7 +305,7 @@ class Surgeon:
             if table is None:
                 raise InvalidArgumentError('resource="latency" needs a latency table (latency_table=...).')
             return latency_model(self.model, table, *self.couplings(), self.example_inputs, len(self.layers))
-        batch = max(int(self.example_inputs.shape[0]), 1)
+        batch = batch_size(self.example_inputs)
         return resource_model(self.model, *self.couplings(), self.output_shapes, batch, resource)
 
     # ----------------------------------------------------------------- removing channels

@@ -257,3 +257,57 @@ def test_apply_masks_and_the_nni_pruner_work_under_no_grad():
         small = apply_masks(model, masks, X1)
     assert sum(p.numel() for p in small.parameters()) < 727_626
     assert all(p.requires_grad for p in small.parameters())
+
+
+def _kept(masks: dict) -> float:
+    """The fraction of the masked weights kept."""
+    total = sum(t["weight"].numel() for t in masks.values())
+    return sum(float(t["weight"].sum()) for t in masks.values()) / total
+
+
+def _nni_quickstart(model, config_list, *args, **kwargs):
+    pruner = EvolutionarySynthesisPruner(model, config_list, *args, example_inputs=X1, **kwargs)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    return pruner, masks
+
+
+def test_sparse_ratio_sets_env_when_env_is_not_given():
+    """NNI's quick start with our pruner swapped in: sparse_ratio 0.3 / 0.5 / 0.8 keep less
+    and less, as NNI's L1 does (issue #26: they gave identical masks before)."""
+    kept = []
+    for ratio in (0.3, 0.5, 0.8):
+        config = [{"op_types": ["Conv2d"], "exclude_op_names": ["conv1"], "sparse_ratio": ratio}]
+        pruner, masks = _nni_quickstart(_model("resnet18"), config)
+        assert pruner.synthesis.env == pytest.approx(1 - ratio)
+        kept.append(_kept(masks))
+    assert kept[0] > kept[1] > kept[2]
+
+
+def test_nni_settings_are_honoured_or_refused_in_one_sentence():
+    """max_sparse_ratio is max_drop, global_group_id one global multiplier, NNI 2's sparsity a
+    ratio; sparse_threshold, another granularity and mixed ratios are refused in one
+    sentence; evaluator comes third positionally, as in NNI."""
+    base = {"op_types": ["Conv2d"], "exclude_op_names": ["conv1"]}
+    pruner, _ = _nni_quickstart(_model("resnet18"), [{**base, "sparse_ratio": 0.5, "max_sparse_ratio": 0.6}], None)
+    assert pruner.synthesis.max_drop == 0.6
+    pruner, _ = _nni_quickstart(_model("resnet18"), [{**base, "sparse_ratio": 0.5, "global_group_id": 0}])
+    assert pruner.synthesis.starvation == "global"
+    pruner, _ = _nni_quickstart(_model("resnet18"), [{"op_types": ["Conv2d"], "sparsity": 0.4}])
+    assert pruner.synthesis.env == pytest.approx(0.6)
+    for bad, says in (
+        ([{**base, "sparse_threshold": 0.1}], "sparse_threshold"),
+        ([{**base, "sparse_ratio": 0.5, "granularity": "in_channel"}], "granularity"),
+        ([{**base, "sparse_ratio": 0.5}, {"op_names": ["fc"], "sparse_ratio": 0.3}], "different sparse ratios"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=says):
+            EvolutionarySynthesisPruner(_model("resnet18"), bad, example_inputs=X1)
+
+
+def test_a_partial_selection_keeps_env_of_what_it_selects():
+    """op_names naming one layer: the budget is that layer's, so env 0.5 keeps about half of
+    its 64 channels (it kept 2 when the whole network's budget fell on it)."""
+    config = [{"op_names": ["layer1.0.conv1"]}]
+    _, masks = _nni_quickstart(_model("resnet18"), config, env=0.5)
+    kept = int(masks["layer1.0.conv1"]["weight"].flatten(1).any(1).sum())
+    assert 20 <= kept <= 44

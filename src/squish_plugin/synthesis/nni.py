@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import InvalidArgumentError, MissingExtraError
 from .genetics import SynthesisConfig, cluster_strength, derive_seed, draw, synthesis_probabilities
 from .latency import LatencyTable
+from .resources import SelectedPart
 from .surgery import EvalMode, PrunableLayer, Surgeon, clone_model
 
 try:
@@ -40,11 +41,65 @@ __all__ = ["EvolutionarySynthesisPruner", "apply_masks", "masks_to_plan"]
 Masks = dict[str, dict[str, torch.Tensor]]
 
 
-def _with_ratio(config_list: list[dict], env: float) -> list[dict]:
-    """NNI activates only targets with a sparsity setting; ours comes from ``env``."""
+#: the keys by which NNI 3 (and NNI 2, which NNI 3 still reads) set a fraction to remove
+RATIO_KEYS = ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity")
+GRANULARITIES = (None, "default", "out_channel")
+
+
+def _one(config_list: list[dict], keys: tuple[str, ...], what: str) -> Any:
+    """The one value the entries give for ``keys`` (None when none does); different values
+    are refused, since one generation has one setting."""
+    values = sorted({c[k] for c in config_list for k in keys if k in c and not c.get("exclude")}, key=str)
+    if len(values) > 1:
+        raise InvalidArgumentError(
+            f"config_list asks for different {what} ({', '.join(map(str, values))}); evolutionary synthesis "
+            "draws one generation with one setting: give one value (or env=...)."
+        )
+    return values[0] if values else None
+
+
+def synthesis_settings(config_list: list[dict], config: SynthesisConfig, env: float | None) -> SynthesisConfig:
+    """The synthesis an NNI ``config_list`` asks for: ``env = 1 - sparse_ratio`` (or NNI 2's
+    ``sparsity``) when ``env`` is not given, ``max_sparse_ratio`` as ``max_drop``, a
+    ``global_group_id`` (or NNI 2's ``total_sparsity``) as one global multiplier; what the
+    synthesis cannot honour (``sparse_threshold``, another granularity) is refused."""
     if not isinstance(config_list, list) or not all(isinstance(c, dict) for c in config_list):
         raise InvalidArgumentError("config_list must be a list of dicts (NNI's config_list format).")
-    return [c if "sparse_ratio" in c else {**c, "sparse_ratio": round(1.0 - env, 6)} for c in config_list]
+    for i, c in enumerate(config_list):
+        if "sparse_threshold" in c:
+            raise InvalidArgumentError(
+                f"config_list[{i}] sets sparse_threshold; evolutionary synthesis removes a fraction of each "
+                "generation (env), not the weights under a threshold: give sparse_ratio or env instead."
+            )
+        if c.get("granularity") not in GRANULARITIES:
+            raise InvalidArgumentError(
+                f"config_list[{i}] asks for granularity {c['granularity']!r}; evolutionary synthesis removes whole "
+                "output channels: use 'out_channel' (or 'default')."
+            )
+    ratio = _one(config_list, RATIO_KEYS, "sparse ratios")
+    if env is None and ratio is not None:
+        if not 0 <= ratio < 1:
+            raise InvalidArgumentError(f"sparse_ratio must lie in [0, 1), got {ratio!r}.")
+        env = 1.0 - ratio
+    if env is not None:
+        config = replace(config, env=env)
+    max_drop = _one(config_list, ("max_sparse_ratio", "max_sparsity_per_layer"), "max_sparse_ratio values")
+    if max_drop is not None:
+        config = replace(config, max_drop=max_drop)
+    if _one(config_list, ("global_group_id",), "global_group_id values") is not None or any(
+        "total_sparsity" in c for c in config_list
+    ):
+        config = replace(config, starvation="global")  # one multiplier over the group: NNI's global pruning
+    return config
+
+
+def _with_ratio(config_list: list[dict], env: float) -> list[dict]:
+    """NNI activates only targets with a sparsity setting; an entry without one (and not an
+    NNI 2 ``exclude``) gets ``1 - env``, which our draw, not NNI, acts on."""
+    ratio = round(1.0 - env, 6)
+    return [
+        c if c.get("exclude") or any(k in c for k in RATIO_KEYS) else {**c, "sparse_ratio": ratio} for c in config_list
+    ]
 
 
 class EvolutionarySynthesisPruner(_NNIPruner):
@@ -52,9 +107,13 @@ class EvolutionarySynthesisPruner(_NNIPruner):
     collect weights -> synaptic probabilities ``P_synth`` -> stochastic draw -> masks.
 
     Only the Conv/Linear layers the ``config_list`` selects are synthesised (their
-    coupled BatchNorm too when the config selects BatchNorm2d); ``sparse_ratio`` is
-    ignored, the environmental factor ``env`` decides. Deterministic: layers are
-    drawn in model order from seeds derived from ``(seed, generation)``.
+    coupled BatchNorm too when the config selects BatchNorm2d), and the budget is theirs:
+    a generation keeps ``env`` of what the selected layers own. Without ``env``, a uniform
+    ``sparse_ratio`` (or NNI 2's ``sparsity``) sets ``env = 1 - sparse_ratio``;
+    ``max_sparse_ratio`` is ``max_drop``; a ``global_group_id`` starves with one global
+    multiplier; ``sparse_threshold`` and granularities other than ``out_channel`` are
+    refused in one sentence. Positional arguments follow NNI's (``model, config_list,
+    evaluator``). Deterministic: generation ``g`` is drawn from ``derive_seed(seed, g, 0)``.
 
     Args:
         model: the network (NNI wraps it until ``unwrap_model()``).
@@ -68,18 +127,16 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         self,
         model: nn.Module,
         config_list: list[dict],
+        evaluator: Any = None,
+        existed_wrappers: Any = None,
         *,
         env: float | None = None,
         config: SynthesisConfig | None = None,
         seed: int = 0,
         example_inputs: torch.Tensor | None = None,
-        evaluator: Any = None,
-        existed_wrappers: Any = None,
         latency_table: LatencyTable | None = None,
     ) -> None:
-        config = config or SynthesisConfig()
-        if env is not None:
-            config = replace(config, env=env)
+        config = synthesis_settings(config_list, config or SynthesisConfig(), env)
         derive_seed(seed)
         self.synthesis = config
         self.seed = seed
@@ -87,7 +144,13 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         # trace and describe the network before NNI wraps its modules
         self._surgeon = Surgeon(model, example_inputs)
         self._resource = self._surgeon.resource_model(config.resource, latency_table)
-        super().__init__(model, _with_ratio(config_list, config.env), evaluator, existed_wrappers)
+        try:
+            super().__init__(model, _with_ratio(config_list, config.env), evaluator, existed_wrappers)
+        except Exception as exc:  # NNI's schema check: one sentence, not its traceback
+            if type(exc).__name__ != "SchemaError":
+                raise
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise InvalidArgumentError(f"config_list is not one NNI accepts ({first}).") from None
 
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:
         """Draw one offspring's masks: ``(model, {module: {"weight"|"bias": mask}})``."""
@@ -121,7 +184,8 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         strengths = [cluster_strength(data[layer.name]["weight"]) for _, layer in active]
         resource = None
         if self.synthesis.mode == "budget":
-            resource = self._resource.restrict([i for i, _ in active], len(self._surgeon.layers))
+            restricted = self._resource.restrict([i for i, _ in active], len(self._surgeon.layers))
+            resource = SelectedPart(restricted, len(active))  # the budget of what the config selects
         probs = synthesis_probabilities(strengths, self.synthesis, resource) if active else []
         return {layer.name: {"weight": p} for (_, layer), p in zip(active, probs)}
 

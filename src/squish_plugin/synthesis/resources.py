@@ -28,6 +28,7 @@ from ..errors import InvalidArgumentError
 __all__ = [
     "COST_EXPONENT",
     "LinearForm",
+    "SelectedPart",
     "ResourceModel",
     "ResourceTerm",
     "active_index",
@@ -103,6 +104,24 @@ class ResourceModel:
         # plain floats: this runs inside a bisection, tensors would be 10x slower
         values = [float(f) for f in fractions]
         return float(sum(term(values) for term in self.terms))
+
+
+@dataclass(frozen=True)
+class SelectedPart:
+    """What the ``layers`` free layers of a (restricted) resource or latency model account
+    for: its value less its value with all of them at 0, the rest held as they are. A budget
+    of ``env`` times it keeps ``env`` of what a partial selection (NNI's ``op_names``) owns,
+    not ``env`` of the whole network cut out of the selection alone."""
+
+    model: Callable[[Sequence[float]], float]
+    layers: int
+    floor: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "floor", float(self.model([0.0] * self.layers)))
+
+    def __call__(self, fractions: torch.Tensor | Sequence[float]) -> float:
+        return self.model(fractions) - self.floor
 
 
 def active_index(active: Sequence[int], size: int) -> dict[int, int]:

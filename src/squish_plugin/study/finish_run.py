@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -93,23 +93,11 @@ def finish_settings(recipe: Recipe, device: str | None = None) -> FinishSettings
     """The :class:`FinishSettings` of a recipe's ``finish`` section (batch size, windows,
     memory format and device from ``train`` and ``data``)."""
     f, t = recipe.finish, recipe.train
-    return FinishSettings(
-        epochs=f.epochs,
-        lr=f.lr,
-        optimizer=f.optimizer,
-        momentum=t.momentum,
-        weight_decay=f.weight_decay,
-        batch_size=t.batch_size,
-        warmup_steps=f.warmup_steps,
-        grad_clip=t.grad_clip,
-        crop=recipe.data.train_crop,
-        full_size_epochs=f.full_size_epochs,
-        alpha=f.alpha if f.teacher != "none" else 0.0,
-        temperature=f.temperature,
-        channels_last=t.channels_last,
-        device=device or t.device,
-        deterministic=t.deterministic,
-    )
+    names = {field.name for field in fields(FinishSettings)}
+    shared = {k: getattr(t, k) for k in names & set(type(t).model_fields)}  # the finish section's win below
+    shared.update({k: getattr(f, k) for k in names & set(type(f).model_fields)})
+    alpha = f.alpha if f.teacher != "none" else 0.0
+    return FinishSettings(**{**shared, "crop": recipe.data.train_crop, "alpha": alpha, "device": device or t.device})
 
 
 def read_finished(run_dir: str | Path) -> dict[str, dict[str, Any]]:

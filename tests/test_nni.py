@@ -7,6 +7,7 @@ import importlib
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -133,8 +134,9 @@ def test_different_seeds_different_masks():
     ],
 )
 def test_builtin_nni_masks_apply_physically(pruner_name, name):
-    """NNI's own pruners' masks become a physically smaller, equivalent network
-    (on resnet18 their conv-only masks are propagated to BatchNorm, as ModelSpeedup does)."""
+    """NNI's own pruners' masks become a physically smaller network (equivalent on
+    SqueezeNet; on resnet18 their conv-only masks leave BatchNorm shifts that are dropped,
+    as ModelSpeedup drops them, with a warning that states the difference)."""
     from nni.compression import pruning
 
     model = _model(name)
@@ -145,7 +147,11 @@ def test_builtin_nni_masks_apply_physically(pruner_name, name):
     _, masks = pruner.compress()
     pruner.unwrap_model()
     before = sum(p.numel() for p in model.parameters())
-    small = apply_masks(copy.deepcopy(model), masks, X1)
+    if name == "resnet18":  # conv-only masks: the BatchNorm shifts of removed channels are dropped, and said so
+        with pytest.warns(UserWarning, match="BatchNorms"):
+            small = apply_masks(copy.deepcopy(model), masks, X1)
+    else:
+        small = apply_masks(copy.deepcopy(model), masks, X1)
     assert sum(p.numel() for p in small.parameters()) < 0.6 * before
     assert small(X).shape == (4, 10)
 
@@ -311,3 +317,57 @@ def test_a_partial_selection_keeps_env_of_what_it_selects():
     _, masks = _nni_quickstart(_model("resnet18"), config, env=0.5)
     kept = int(masks["layer1.0.conv1"]["weight"].flatten(1).any(1).sum())
     assert 20 <= kept <= 44
+
+
+def _nni_l1(model, exclude):
+    from nni.compression import pruning
+
+    pruner = pruning.L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "exclude_op_names": exclude}])
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    return masks
+
+
+def test_apply_masks_never_cuts_a_layer_the_masks_leave_alone():
+    """Excluded layers keep their channels (issue #26: resnet18's stem went 64 -> 47 with
+    conv1 excluded); one masked layer coupled to unmasked ones removes nothing, and the
+    result computes what the masked model computes."""
+    model = _model("resnet18")
+    masks = _nni_l1(copy.deepcopy(model), ["conv1", "fc"])
+    with pytest.warns(UserWarning):
+        small = apply_masks(copy.deepcopy(model), masks, X1)
+    assert small.conv1.out_channels == 64 and small.layer1[0].conv2.out_channels == 64
+    one = {"layer1.0.conv2": masks["layer1.0.conv2"]}
+    small = apply_masks(copy.deepcopy(model), one, X1)
+    assert [small.conv1.out_channels, small.layer1[0].conv2.out_channels, small.layer1[1].conv2.out_channels] == [
+        64
+    ] * 3
+    assert torch.allclose(small.eval()(X), _masked(model, one).eval()(X), atol=1e-5)
+
+
+def test_dropped_batchnorm_shifts_are_stated_refused_when_strict_and_exact_when_masked():
+    """Conv-only masks on resnet18: the difference to the user's masked model is stated; with
+    strict=True it is refused and the model keeps its masks whole; with the BatchNorms masked
+    alike the removal is exact and silent."""
+    model = _model("resnet18")
+    masks = _nni_l1(copy.deepcopy(model), ["fc"])
+    masked = _masked(model, masks).eval()
+    with pytest.warns(UserWarning, match="of their range"):
+        small = apply_masks(copy.deepcopy(model), masks, X1)
+    assert (small.eval()(X1) - masked(X1)).abs().max() > 1e-4
+    whole = copy.deepcopy(model)
+    with pytest.raises(InvalidArgumentError, match="strict"):
+        apply_masks(whole, masks, X1, strict=True)
+    assert whole.conv1.out_channels == 64 and torch.allclose(whole.eval()(X), masked(X), atol=1e-5)
+    modules = dict(model.named_modules())
+    both = dict(masks)
+    for name, targets in masks.items():
+        bn = name.replace("conv", "bn") if "conv" in name else name.replace("downsample.0", "downsample.1")
+        if bn != name and bn in modules:
+            keep = targets["weight"].flatten(1).any(1).float()
+            both[bn] = {"weight": keep, "bias": keep}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact = apply_masks(copy.deepcopy(model), both, X1)
+    assert sum(p.numel() for p in exact.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
+    assert torch.allclose(exact.eval()(X), _masked(model, both).eval()(X), atol=1e-4)

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -26,8 +27,8 @@ from torch import nn
 from ..errors import InvalidArgumentError, MissingExtraError
 from .genetics import SynthesisConfig, cluster_strength, derive_seed, draw, synthesis_probabilities
 from .latency import LatencyTable
-from .resources import SelectedPart
-from .surgery import EvalMode, PrunableLayer, Surgeon, clone_model
+from .resources import ROOT_TYPES, SelectedPart
+from .surgery import EvalMode, PrunableLayer, Surgeon, _restore, clone_model
 
 try:
     from nni.compression.base.compressor import Pruner as _NNIPruner
@@ -221,28 +222,41 @@ class EvolutionarySynthesisPruner(_NNIPruner):
 
 
 def masks_to_plan(surgeon: Surgeon, masks: Masks) -> dict[str, torch.Tensor]:
-    """Keep-masks per prunable layer: a channel goes only where every masked
-    out-channel member of its group (coupled convs, BatchNorm) has it fully zero;
-    channels masked in some members only stay, with their zeros."""
+    """Keep-masks per prunable layer: a channel goes only where *every* Conv/Linear output
+    member of its group -- masked or not: a layer the config excluded keeps its channels --
+    is zero once the masks apply (weight row and bias). Normalisation members follow the
+    layers they belong to (see :func:`apply_masks` for what their shifts do)."""
     plan = {}
     for layer in surgeon.layers:
         group = surgeon.group(layer)
         keep = torch.zeros(layer.width, dtype=torch.bool)
-        seen = False
         for i, (dep, idxs) in enumerate(group):
-            name = surgeon.names.get(dep.target.module)
-            mask = masks.get(name, {}).get("weight") if name else None
-            if mask is None or not surgeon.is_out(dep):
+            module = dep.target.module
+            if not surgeon.is_out(dep) or not isinstance(module, ROOT_TYPES):
                 continue
-            seen = True
-            alive = mask.detach().flatten(1).ne(0).any(1) if mask.dim() > 1 else mask.detach().ne(0)
+            alive = _alive_channels(module, masks.get(surgeon.names.get(module), {}))
             keep[torch.as_tensor(group[i].root_idxs)] |= alive[torch.as_tensor(idxs)]
-        if not seen:
-            keep[:] = True
-        elif not keep.any():
+        if not keep.any():
             keep[0] = True  # a layer cannot vanish: one channel stays, masked to zero
         plan[layer.name] = keep
     return plan
+
+
+@torch.no_grad()
+def _alive_channels(module: nn.Module, masks: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
+    """Per output channel of a Conv/Linear: whether its weight row or bias is non-zero once
+    ``masks`` apply."""
+    alive = None
+    for name in ("weight", "bias"):
+        param = getattr(module, name, None)
+        if not isinstance(param, torch.Tensor):
+            continue
+        value = param.detach() * masks[name].to(param.dtype) if masks.get(name) is not None else param.detach()
+        if name == "weight" and getattr(module, "transposed", False):
+            value = value.transpose(0, 1)
+        row = value.flatten(1).ne(0).any(1) if value.dim() > 1 else value.ne(0)
+        alive = row if alive is None else alive | row
+    return alive
 
 
 def _pairs(model: nn.Module, masks: Masks) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -271,13 +285,27 @@ def apply_masks(
     example_inputs: torch.Tensor | None = None,
     *,
     tolerance: float = 1e-4,
+    strict: bool = False,
 ) -> nn.Module:
-    """Apply NNI masks ``{module: {"weight"|"bias": mask}}`` and remove the fully
-    masked output channels physically through torch-pruning (in place; returns the
-    model). Channels removed from a conv are removed from its coupled BatchNorm and
-    consumers too, as NNI's ``ModelSpeedup`` does. The result is checked against the
-    masked model (masks propagated along the dependency graph) on ``example_inputs``;
-    a difference above ``tolerance`` raises.
+    """Apply NNI masks ``{module: {"weight"|"bias": mask}}`` and remove physically, through
+    torch-pruning, the output channels that every Conv/Linear of their group has zero
+    (in place; returns the model); their BatchNorms and consumers lose them too. A layer the
+    masks leave alone is never cut, and elementwise zeros stay as zeros.
+
+    The result is compared with *your* masked model on ``example_inputs``. A removed
+    channel whose BatchNorm still adds a shift (its bias, or its running mean, left unmasked)
+    fed that constant on in the masked model; NNI's ``ModelSpeedup`` drops it, and so does
+    this function, with a warning that states the difference (max absolute, and as a share
+    of the output's range) and names the BatchNorms. Mask their bias too to remove such
+    channels exactly, or pass ``strict=True`` to refuse (the model keeps its masks, whole).
+
+    Example:
+        >>> import torchvision
+        >>> model = torchvision.models.squeezenet1_1(num_classes=10).eval()
+        >>> masks = {"features.0": {"weight": torch.ones(64, 3, 3, 3), "bias": torch.ones(64)}}
+        >>> masks["features.0"]["weight"][:8] = 0; masks["features.0"]["bias"][:8] = 0
+        >>> apply_masks(model, masks, torch.zeros(1, 3, 64, 64)).features[0].out_channels
+        56
     """
     pairs = _pairs(model, masks)
     surgeon = Surgeon(model, example_inputs)
@@ -285,15 +313,45 @@ def apply_masks(
     with torch.no_grad():
         for param, mask in pairs:
             param.mul_(mask.to(param.dtype))
-    reference = clone_model(model)
-    Surgeon(reference, surgeon.example_inputs).zero(plan)
+    reference = clone_model(model).eval()  # the user's masked model, as the masks make it
+    shifted = _shifted_norms(surgeon, plan)
     surgeon.prune(plan)
-    reference.eval()
     with EvalMode(model), torch.no_grad():
-        diff = (model(surgeon.example_inputs) - reference(surgeon.example_inputs)).abs().max().item()
+        want = reference(surgeon.example_inputs)
+        diff = (model(surgeon.example_inputs) - want).abs().max().item()
     if diff > tolerance:
-        raise InvalidArgumentError(
-            f"the physically pruned model differs from the masked one by {diff:.2e} (> {tolerance}); "
-            "the masks are not channel-structured along the dependency graph."
+        share = diff / max((want.max() - want.min()).item(), 1e-12)
+        where = ", ".join(shifted[:3]) + (f" and {len(shifted) - 3} more" if len(shifted) > 3 else "")
+        message = (
+            f"removing the masked channels changes the outputs by {diff:.2e} ({share:.1%} of their range) "
+            f"against the masked model: the shifts of BatchNorms {where or '(none found)'} on removed channels "
+            "were dropped, as NNI's ModelSpeedup drops them; mask those BatchNorms' bias too to remove them exactly."
         )
+        if strict:
+            _restore(model, reference)
+            raise InvalidArgumentError(message + " (strict: the model keeps its masks, whole)")
+        warnings.warn(message, stacklevel=2)
     return model
+
+
+def _shifted_norms(surgeon: Surgeon, plan: Mapping[str, torch.Tensor]) -> list[str]:
+    """The BatchNorms that add a non-zero shift on a channel the plan removes."""
+    names = []
+    for group in surgeon.drop_groups(plan):  # a preview: nothing is pruned between the groups
+        for dep, idxs in group:
+            module = dep.target.module
+            if not surgeon.is_out(dep) or not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                continue
+            if bool(_norm_shift(module)[torch.as_tensor(idxs)].ne(0).any()):
+                names.append(surgeon.names[module])
+    return sorted(set(names))
+
+
+@torch.no_grad()
+def _norm_shift(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """What a BatchNorm adds to a channel whose input is zero (eval mode)."""
+    weight = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
+    bias = bn.bias.detach() if bn.bias is not None else torch.zeros(bn.num_features)
+    if bn.running_mean is None:
+        return bias
+    return bias - bn.running_mean * weight / torch.sqrt(bn.running_var + bn.eps)

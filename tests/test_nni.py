@@ -371,3 +371,39 @@ def test_dropped_batchnorm_shifts_are_stated_refused_when_strict_and_exact_when_
         exact = apply_masks(copy.deepcopy(model), both, X1)
     assert sum(p.numel() for p in exact.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
     assert torch.allclose(exact.eval()(X), _masked(model, both).eval()(X), atol=1e-4)
+
+
+class _QuickStartNet(torch.nn.Module):
+    """The model of NNI 3's pruning quick start (MNIST, 1 x 28 x 28)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 6, 5, 1), torch.nn.Conv2d(6, 16, 5, 1)
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(256, 120), torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = torch.flatten(F.max_pool2d(F.relu(self.conv2(x)), 2), 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def test_nni_quick_start_with_our_pruner_and_apply_masks():
+    """NNI 3's quick start, our pruner swapped in for L1NormPruner and apply_masks for
+    ModelSpeedup, end to end (the README's NNI section): the masks keep about half of the
+    selected layers, and the smaller network computes what the masked one computes. Without
+    example_inputs the error says what to pass."""
+    torch.manual_seed(0)
+    model = _QuickStartNet().eval()
+    config_list = [{"op_types": ["Linear", "Conv2d"], "exclude_op_names": ["fc3"], "sparse_ratio": 0.5}]
+    with pytest.raises(InvalidArgumentError, match=r"example_inputs=.*torch.zeros\(1, 1, 28, 28\)"):
+        EvolutionarySynthesisPruner(model, config_list)
+    dummy = torch.rand(3, 1, 28, 28)
+    pruner = EvolutionarySynthesisPruner(model, config_list, example_inputs=dummy)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    masked = _masked(model, masks).eval()
+    before = sum(p.numel() for p in model.parameters())
+    small = apply_masks(model, masks, dummy)
+    assert sum(p.numel() for p in small.parameters()) < 0.75 * before
+    assert small.fc3.out_features == 10
+    assert torch.allclose(small(dummy), masked(dummy), atol=1e-5)

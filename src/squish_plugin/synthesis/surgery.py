@@ -34,9 +34,15 @@ __all__ = [
 ]
 
 
-def default_example_inputs() -> torch.Tensor:
-    """One 224x224 RGB image, the input torchvision classifiers expect."""
-    return torch.zeros(1, 3, 224, 224)
+def default_example_inputs(model: nn.Module | None = None) -> torch.Tensor:
+    """One 224x224 RGB image, the input torchvision classifiers expect; for a ``model``
+    whose first layer takes another number of channels (a greyscale LeNet's 1), that many
+    (a first Linear: one vector of its ``in_features``)."""
+    first = next((m for m in model.modules() if isinstance(m, ROOT_TYPES)), None) if model is not None else None
+    if isinstance(first, nn.Linear):
+        return torch.zeros(1, first.in_features)
+    channels = first.in_channels if isinstance(first, nn.Conv2d) else 3
+    return torch.zeros(1, channels, 224, 224)
 
 
 @dataclass(frozen=True)
@@ -122,10 +128,11 @@ def model_stats(model: nn.Module, example_inputs: torch.Tensor | None = None) ->
 
 
 def probe(
-    model: nn.Module, example_inputs: object, forward_fn: Callable | None = None
+    model: nn.Module, example_inputs: object, forward_fn: Callable | None = None, *, guessed: bool = False
 ) -> tuple[dict[nn.Module, tuple[int, ...]], nn.Module]:
     """One forward pass with hooks (``forward_fn(model, example_inputs)`` when given): the
-    output shape of every Conv/Linear that runs, and the classifier (the last one to run)."""
+    output shape of every Conv/Linear that runs, and the classifier (the last one to run).
+    ``guessed``: the inputs were inferred, not given (the error then says what to pass)."""
     shapes: dict[nn.Module, tuple[int, ...]] = {}
     order: list[nn.Module] = []
 
@@ -139,6 +146,14 @@ def probe(
         with EvalMode(model), torch.no_grad():
             run_model(model, example_inputs, forward_fn)
     except Exception as exc:  # the user's model raised: report, don't crash
+        if guessed:
+            shape = tuple(example_inputs.shape)
+            hint = f"torch.zeros(1, {shape[1]}, 28, 28) for 28x28 images" if len(shape) == 4 else "torch.zeros(1, ...)"
+            raise InvalidArgumentError(
+                f"example_inputs were not given and the guess from the model's first layer, one input of shape "
+                f"{shape}, does not fit it ({_first_line(exc)}); pass example_inputs=, a batch of your inputs, "
+                f"e.g. {hint}."
+            ) from None
         how = "forward_fn on example_inputs" if forward_fn else "the model on example_inputs"
         raise InvalidArgumentError(
             f"running {how} {describe_inputs(example_inputs)} failed ({_first_line(exc)})."
@@ -259,15 +274,15 @@ class Surgeon:
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
-        example_inputs = default_example_inputs() if example_inputs is None else example_inputs
-        self.example_inputs = check_inputs(example_inputs)
+        guessed = example_inputs is None
+        self.example_inputs = check_inputs(default_example_inputs(model) if guessed else example_inputs)
         if forward_fn is not None and not callable(forward_fn):
             raise InvalidArgumentError(f"forward_fn must be callable(model, example_inputs), got {forward_fn!r}.")
         self.forward_fn = forward_fn
         self.unwrapped_parameters = check_unwrapped(model, unwrapped_parameters)
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored, self.ignored_params = ignored_modules(model, self.names, ignored_layers)
-        self.output_shapes, self.classifier = probe(model, self.example_inputs, forward_fn)
+        self.output_shapes, self.classifier = probe(model, self.example_inputs, forward_fn, guessed=guessed)
         self.graph = trace(
             model, self.example_inputs, self.output_shapes, self.unwrapped_parameters, self.ignored_params, forward_fn
         )

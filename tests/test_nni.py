@@ -407,3 +407,36 @@ def test_nni_quick_start_with_our_pruner_and_apply_masks():
     assert sum(p.numel() for p in small.parameters()) < 0.75 * before
     assert small.fc3.out_features == 10
     assert torch.allclose(small(dummy), masked(dummy), atol=1e-5)
+
+
+def test_size_tolerance_importance_and_unwrapped_parameters_reach_the_nni_draw():
+    """config.size_tolerance repairs the NNI face's draw to the budget, importance changes
+    the strengths, unwrapped_parameters reaches the surgery; a torch-pruning Importance is
+    refused in one sentence (issue #26)."""
+    import torch_pruning as tp
+
+    from squish_plugin import SynthesisConfig
+
+    config = [{"op_types": ["Conv2d"], "exclude_op_names": ["classifier.1"]}]
+
+    def kept(**kw):
+        pruner = EvolutionarySynthesisPruner(_model("squeezenet1_1"), config, example_inputs=X1, env=0.7, **kw)
+        _, masks = pruner.compress()
+        pruner.unwrap_model()
+        return apply_masks(_model("squeezenet1_1"), masks, X1)
+
+    params = [
+        sum(p.numel() for p in kept(seed=s, config=SynthesisConfig(size_tolerance=0.005)).parameters())
+        for s in range(3)
+    ]
+    full = sum(p.numel() for p in _model("squeezenet1_1").parameters())
+    assert all(abs(p / (0.7 * full) - 1) <= 0.02 for p in params)
+    l1, l2 = kept(importance="l1"), kept(importance="l2")
+    assert [m.out_channels for m in l1.modules() if isinstance(m, torch.nn.Conv2d)] != [
+        m.out_channels for m in l2.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
+    assert kept(unwrapped_parameters=[]).features[0].out_channels < 64
+    with pytest.raises(InvalidArgumentError, match="torch-pruning Importances"):
+        EvolutionarySynthesisPruner(
+            _model("squeezenet1_1"), config, example_inputs=X1, importance=tp.importance.GroupMagnitudeImportance()
+        )

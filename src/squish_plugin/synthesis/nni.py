@@ -17,15 +17,16 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from ..errors import InvalidArgumentError, MissingExtraError
-from .genetics import SynthesisConfig, cluster_strength, derive_seed, draw, synthesis_probabilities
+from .genetics import SynthesisConfig, budget_of, cluster_strength, derive_seed, draw, synthesis_probabilities
 from .latency import LatencyTable
 from .resources import ROOT_TYPES, SelectedPart
 from .surgery import EvalMode, PrunableLayer, Surgeon, _restore, clone_model
@@ -103,6 +104,19 @@ def _with_ratio(config_list: list[dict], env: float) -> list[dict]:
     ]
 
 
+def _check_importance(importance: object) -> str | Callable[[torch.Tensor], torch.Tensor]:
+    """The NNI face scores clusters from their weights (NNI's collected data)."""
+    if importance in ("l1", "l2"):
+        return importance
+    if callable(importance) and not isinstance(importance, tp.importance.Importance):
+        return importance
+    raise InvalidArgumentError(
+        "the NNI face scores clusters from their weights: importance must be 'l1', 'l2' or a callable on a "
+        "weight tensor; torch-pruning Importances (which score groups) work with "
+        f"squish_plugin.EvolutionarySynthesisPruner; got {importance!r}."
+    )
+
+
 class EvolutionarySynthesisPruner(_NNIPruner):
     """SquishedNets' evolutionary synthesis behind NNI's three-stage template:
     collect weights -> synaptic probabilities ``P_synth`` -> stochastic draw -> masks.
@@ -119,7 +133,10 @@ class EvolutionarySynthesisPruner(_NNIPruner):
     Args:
         model: the network (NNI wraps it until ``unwrap_model()``).
         config_list: NNI config list (``op_types``, ``op_names``, ``exclude_op_names``...).
-        env, config, seed, example_inputs: as in the torch-pruning face.
+        env, config, seed, example_inputs, unwrapped_parameters: as in the torch-pruning face
+            (``config.size_tolerance`` repairs every draw to the budget).
+        importance: ``"l1"`` (the paper's), ``"l2"`` or a callable on a weight tensor giving
+            one strength per output channel.
         evaluator: optional NNI evaluator (unused by the one-shot draw).
         latency_table: the target's table when ``config.resource == "latency"``.
     """
@@ -136,14 +153,18 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         seed: int = 0,
         example_inputs: torch.Tensor | None = None,
         latency_table: LatencyTable | None = None,
+        importance: str | Callable[[torch.Tensor], torch.Tensor] = "l1",
+        unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
     ) -> None:
         config = synthesis_settings(config_list, config or SynthesisConfig(), env)
         derive_seed(seed)
         self.synthesis = config
         self.seed = seed
         self.generation = 0
+        self.importance = _check_importance(importance)
+        self._budget_resource = None
         # trace and describe the network before NNI wraps its modules
-        self._surgeon = Surgeon(model, example_inputs)
+        self._surgeon = Surgeon(model, example_inputs, unwrapped_parameters=unwrapped_parameters)
         self._resource = self._surgeon.resource_model(config.resource, latency_table)
         try:
             super().__init__(model, _with_ratio(config_list, config.env), evaluator, existed_wrappers)
@@ -182,11 +203,12 @@ class EvolutionarySynthesisPruner(_NNIPruner):
 
     def _calculate_metrics(self, data: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
         active = self._active_layers(data)
-        strengths = [cluster_strength(data[layer.name]["weight"]) for _, layer in active]
+        strengths = [cluster_strength(data[layer.name]["weight"], self.importance) for _, layer in active]
         resource = None
         if self.synthesis.mode == "budget":
             restricted = self._resource.restrict([i for i, _ in active], len(self._surgeon.layers))
             resource = SelectedPart(restricted, len(active))  # the budget of what the config selects
+        self._budget_resource = resource  # size_tolerance repairs the draw to it
         probs = synthesis_probabilities(strengths, self.synthesis, resource) if active else []
         return {layer.name: {"weight": p} for (_, layer), p in zip(active, probs)}
 
@@ -195,7 +217,9 @@ class EvolutionarySynthesisPruner(_NNIPruner):
         self.generation += 1
         seed = derive_seed(self.seed, self.generation, 0)  # as the torch-pruning face and evolve()
         probabilities = [metrics[layer.name]["weight"] for layer in active]
-        keep = draw(probabilities, seed, self.synthesis.min_channels, self.synthesis.round_to, self.synthesis.max_drop)
+        c = self.synthesis
+        budget = budget_of(c, self._budget_resource) if active else None
+        keep = draw(probabilities, seed, c.min_channels, c.round_to, c.max_drop, budget)
         return self._masks_for(active, keep)
 
     def _masks_for(self, active: list[PrunableLayer], keep: list[torch.Tensor]) -> Masks:

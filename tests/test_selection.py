@@ -171,3 +171,33 @@ def test_report_shows_the_held_out_column_only_for_runs_that_held_out(tmp_path):
     write_report(tmp_path / "b", [{**record, "holdout_top1": 61.25}], squishednets=[], recipe={}, title="t")
     text = (tmp_path / "b" / "report.md").read_text()
     assert "Held-out top-1 (%)" in text and "| 61.25 |" in text
+
+
+def test_kl_fitness_scores_offspring_by_their_distance_from_the_ancestor(tmp_path):
+    """`evolution.fitness: kl` (issue #25): selection scores each screened offspring by minus
+    its mean KL divergence from the ancestor on the held-out images; the winner is the one
+    closest to the ancestor."""
+    from squish_plugin.persistence import load_pruned
+    from squish_plugin.study.data import load_split
+    from squish_plugin.study.training import mean_kl
+
+    sets = {
+        **QUICK,
+        "evolution.generations": 1,
+        "data.holdout": 0.1,
+        "evolution.offspring_per_generation": 2,
+        "evolution.selection": "finetune",
+        "evolution.screen_steps": 1,
+        "evolution.fitness": "kl",
+        "output.dir": tmp_path / "runs",
+    }
+    result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args(sets)])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    child = json.loads((run / "lineage.json").read_text())["records"][1]
+    scores = [s["screen"] for s in child["screened"]]
+    assert all(s < 0 for s in scores) and child["seed"] == child["screened"][scores.index(max(scores))]["seed"]
+    ancestor = load_pruned(run / "checkpoints" / "gen_00.pt")
+    split = load_split(EXAMPLES / "data" / "imagenette-mini", "val", 64)
+    assert mean_kl(ancestor, ancestor, split) == 0.0
+    assert mean_kl(load_pruned(run / "checkpoints" / "gen_01.pt"), ancestor, split) > 0.0

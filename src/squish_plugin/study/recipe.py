@@ -165,6 +165,11 @@ class EvolutionSection(RecipeSection):
         "a fixed slice of training images; never val): after training all of them ('trained'), before training "
         "('proxy': only the winner trains), or after screen_steps of training each ('finetune': the winner goes on)",
     )
+    fitness: Literal["top1", "kl"] = Field(
+        "top1",
+        description="what selection scores on the held-out images: top-1, or minus the mean KL divergence "
+        "from the ancestor's outputs ('kl': a graded score, less noisy on a few hundred images)",
+    )
     screen_steps: int = Field(30, ge=1, le=100000)
     proxy_images: int = Field(
         512, ge=16, le=100000, description="selection scores at most this many held-out (or training) images"
@@ -214,7 +219,7 @@ class FinishSection(RecipeSection):
 
     @model_validator(mode="after")
     def _full_size_fits(self) -> FinishSection:
-        if self.full_size_epochs > self.epochs:
+        if self.epochs and self.full_size_epochs > self.epochs:  # epochs 0 turns the stage off, whatever the rest
             raise ValueError("finish.full_size_epochs must be at most finish.epochs")
         return self
 

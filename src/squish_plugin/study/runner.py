@@ -33,7 +33,7 @@ from .recipe import Recipe
 from .report import select_squishednets, write_report
 from .rundir import RECIPE_FILE, extend_generations, finish_recipe, new_run_dir, read_run_recipe, timestamped_dir
 from .selection import checked_ancestor, held_out, screen_by_finetune, strength_fn
-from .training import TrainSettings, evaluate, train
+from .training import TrainSettings, evaluate, mean_kl, train
 
 __all__ = [
     "check_data",
@@ -101,6 +101,10 @@ class Teacher:
             return None
         if self.kind == "parent":
             return ctx.parent
+        return self.ancestor()
+
+    def ancestor(self) -> torch.nn.Module:
+        """The run's trained ancestor (generation 0), loaded once."""
         if self._ancestor is None:
             self._ancestor = load_pruned(self.run_dir / "checkpoints" / "gen_00.pt")
         return self._ancestor
@@ -162,6 +166,26 @@ def _scorer(recipe: Recipe, split: LoadedSplit) -> Callable[[torch.nn.Module], d
     return lambda model: evaluate(
         model, split, batch_size=t.eval_batch_size, channels_last=t.channels_last, device=t.device
     )
+
+
+def fitness_of(recipe: Recipe, split: LoadedSplit, teacher: Teacher) -> Callable[[torch.nn.Module], float]:
+    """Selection's fitness on ``split`` (held-out images): top-1 (``evolution.fitness: top1``),
+    or minus the mean KL divergence from the ancestor's outputs (``kl``: less noisy on a few
+    hundred images, as DarwinLM's)."""
+    t = recipe.train
+    if recipe.evolution.fitness == "kl":
+        return lambda model: (
+            -mean_kl(
+                model,
+                teacher.ancestor(),
+                split,
+                batch_size=t.eval_batch_size,
+                channels_last=t.channels_last,
+                device=t.device,
+            )
+        )
+    score = _scorer(recipe, split)
+    return lambda model: score(model)["top1"]
 
 
 def evolution_config(
@@ -239,14 +263,14 @@ class _Study:
         recipe = self.recipe
         # selection scores (at most) proxy_images images: of the held-out slice, or else of the training set
         pool = self.held.split if self.held else self.train_split
-        select = _scorer(recipe, proxy_slice(pool, recipe.evolution.proxy_images))
+        select = fitness_of(recipe, proxy_slice(pool, recipe.evolution.proxy_images), Teacher("ancestor", self.run_dir))
         screen = screen_by_finetune(
             recipe, self.train_split, select, lambda child, ctx, seed, epochs: self.fit(child, ctx, epochs, seed)
         )
         strengths = strength_fn(recipe, self.train_split)
         return evolution_config(
             recipe,
-            lambda model, ctx: select(model)["top1"],
+            lambda model, ctx: select(model),
             self.display.on_generation,
             screen_fn=screen,
             strength_fn=strengths,

@@ -111,16 +111,20 @@ def strength_fn(recipe: Recipe, train_split: LoadedSplit) -> Callable[[nn.Module
 
 
 def screen_by_finetune(
-    recipe: Recipe, train_split: LoadedSplit, score: Score, fine_tune: Callable[[nn.Module, Any, int, float], Any]
+    recipe: Recipe,
+    train_split: LoadedSplit,
+    score: Callable[[nn.Module], float],
+    fine_tune: Callable[[nn.Module, Any, int, float], Any],
 ) -> Callable:
     """The cheap fitness of ``selection: finetune``: ``screen_steps`` training steps of
-    the offspring in place (``fine_tune(child, ctx, seed, epochs)``), then its top-1 on the
-    held-out slice (``score``). The winner keeps those steps and trains on."""
+    the offspring in place (``fine_tune(child, ctx, seed, epochs)``), then its fitness on
+    the held-out slice (``score``: top-1, or minus the KL to the ancestor). The winner keeps
+    those steps and trains on."""
     per_epoch = max(1, math.ceil(len(train_split) / recipe.train.batch_size))
     epochs = recipe.evolution.screen_steps / per_epoch
 
     def fitness(child: nn.Module, ctx) -> float:
         fine_tune(child, ctx, derive_seed(ctx.seed, SCREEN_STREAM), epochs)
-        return score(child)["top1"]
+        return score(child)
 
     return fitness

@@ -19,7 +19,7 @@ from torch import nn
 from . import distributed
 from .data import LoadedSplit, iterate_batches
 
-__all__ = ["TrainSettings", "evaluate", "steps_per_epoch", "train"]
+__all__ = ["TrainSettings", "evaluate", "mean_kl", "steps_per_epoch", "train"]
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -199,6 +199,39 @@ def _loss(
         soft = F.log_softmax(teacher(images) / s.distill_temperature, dim=1)
     kl = F.kl_div(F.log_softmax(logits / s.distill_temperature, dim=1), soft, reduction="batchmean", log_target=True)
     return (1 - s.distill_alpha) * ce + s.distill_alpha * s.distill_temperature**2 * kl
+
+
+@torch.no_grad()
+def mean_kl(
+    model: nn.Module,
+    teacher: nn.Module,
+    split: LoadedSplit,
+    *,
+    batch_size: int = 64,
+    channels_last: bool = True,
+    device: str = "cpu",
+) -> float:
+    """Mean KL divergence ``KL(teacher || model)`` of the softmax outputs over ``split``
+    (nats per image, no augmentation): how far ``model`` strays from ``teacher``."""
+    target = distributed.device_for(device)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    homes = (_device_of(model), _device_of(teacher))
+    model.eval()
+    teacher.eval()
+    model.to(device=target, memory_format=fmt)
+    teacher.to(device=target, memory_format=fmt)
+    total, count = 0.0, 0
+    try:
+        for images, _ in iterate_batches(split, batch_size, train=False, channels_last=channels_last):
+            images = images.to(target, non_blocking=True)
+            log_p = F.log_softmax(teacher(images), dim=1)
+            log_q = F.log_softmax(model(images), dim=1)
+            total += float(F.kl_div(log_q, log_p, reduction="sum", log_target=True))
+            count += len(images)
+    finally:
+        model.to(homes[0])
+        teacher.to(homes[1])
+    return total / max(count, 1)
 
 
 @torch.no_grad()

@@ -201,3 +201,17 @@ def test_kl_fitness_scores_offspring_by_their_distance_from_the_ancestor(tmp_pat
     split = load_split(EXAMPLES / "data" / "imagenette-mini", "val", 64)
     assert mean_kl(ancestor, ancestor, split) == 0.0
     assert mean_kl(load_pruned(run / "checkpoints" / "gen_01.pt"), ancestor, split) > 0.0
+
+
+def test_epoch_growth_trains_cheaper_offspring_longer_and_records_it(tmp_path):
+    """`train.epoch_growth: macs` (issue #25): generation g trains epochs_per_generation x
+    (ancestor MACs / its MACs) epochs, recorded in its lineage record (which compare's
+    baselines then follow)."""
+    sets = {**QUICK, "train.epoch_growth": "macs", "output.dir": tmp_path / "runs"}
+    result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args(sets)])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    recs = json.loads((run / "lineage.json").read_text())["records"]
+    for rec in recs[1:]:
+        assert rec["epochs"] == round(0.5 * recs[0]["macs"] / rec["macs"], 4)
+    assert recs[2]["epochs"] > recs[1]["epochs"] > 0.5

@@ -26,7 +26,7 @@ from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, save_pruned, write_json_atomic
 from ..study.data import LoadedSplit
 from ..study.engine import layer_widths, read_lineage
-from ..study.finish_run import epochs_per_generation
+from ..study.finish_run import epochs_at, epochs_of
 from ..study.plots import render_comparison
 from ..study.recipe import Recipe
 from ..study.report import select_squishednets
@@ -89,7 +89,6 @@ class _Setup:
     train_split: LoadedSplit
     held: LoadedSplit | None
     val_split: LoadedSplit
-    epochs_per_generation: float
     gens: dict[int, str]
     tolerance: float
 
@@ -98,7 +97,12 @@ class _Setup:
         return self.run_recipe.seed
 
     def epochs(self, g: int) -> float:
-        return round(self.run_recipe.train.ancestor_epochs + g * self.epochs_per_generation, 4)
+        """Every epoch the run's generation ``g`` has trained (screening steps included)."""
+        return epochs_at(self.run_recipe, self.records, g, len(self.train_split))
+
+    def epochs_of(self, g: int) -> float:
+        """The epochs generation ``g`` of the run trained (what a baseline trains there)."""
+        return epochs_of(self.run_recipe, self.records[g], len(self.train_split))
 
     def ours(self) -> list[dict[str, Any]]:
         by_gen = {r["generation"]: r for r in self.records}
@@ -112,11 +116,8 @@ def _setup(run_dir: Path, recipe: CompareRecipe, train_all: LoadedSplit, val_spl
     records, run_recipe = read_lineage(run_dir), read_run_recipe(run_dir)
     gens, _ = _targets(records, run_recipe, recipe.extra_params)
     train_split, held = held_out(run_recipe, train_all, run_dir)
-    per_generation = epochs_per_generation(run_recipe, len(train_split))  # the winner's screening steps included
     held_split = held.split if held else None
-    return _Setup(
-        run_dir, run_recipe, records, train_split, held_split, val_split, per_generation, gens, recipe.tolerance
-    )
+    return _Setup(run_dir, run_recipe, records, train_split, held_split, val_split, gens, recipe.tolerance)
 
 
 def _label(method: str, distill: bool) -> str:
@@ -144,7 +145,7 @@ def _baseline(method: str, ancestor, setup: _Setup, console, distill: bool, keep
         teacher = {"ancestor": frozen_ancestor, "parent": parent}.get(kind)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            train(model, setup.train_split, settings, epochs=setup.epochs_per_generation, seed=seed, teacher=teacher)
+            train(model, setup.train_split, settings, epochs=setup.epochs_of(g), seed=seed, teacher=teacher)
         if g in setup.gens:
             metrics = evaluate(model, setup.val_split, batch_size=run_recipe.train.eval_batch_size)
             stats = model_stats(model, example)

@@ -184,19 +184,21 @@ class _Evolution:
     def measure(self, model: nn.Module, ctx: GenerationContext) -> dict[str, Any]:
         what = "the ancestor" if ctx.generation == 0 else f"offspring {ctx.candidate} of generation {ctx.generation}"
         before = distributed.check_replicas(model, what)  # torchrun: every rank holds the same network
-        start = time.perf_counter()
+        start, trained = time.perf_counter(), None
         if ctx.generation > 0 or self.config.train_ancestor:
             model.train()
             # layers such as Dropout draw from the global RNG: seed it from ctx.seed
             # for the call and restore it afterwards, so resume replays the same run
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
-                self.train_fn(model, ctx)
+                trained = self.train_fn(model, ctx)
         seconds = time.perf_counter() - start
         model.eval()
         metrics = dict(self.eval_fn(model))
         stats = model_stats(model, self.config.example_inputs)
         record = {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": layer_widths(model)}
+        if isinstance(trained, Mapping):  # what train_fn chose to record, e.g. its epochs
+            record.update(trained)
         if self.config.latency_table is not None:
             record["latency_ms"] = round(predict_ms(model, self.config.latency_table, self.config.example_inputs), 4)
         if before is not None:
@@ -306,11 +308,12 @@ def evolve(
 
     Per generation: synthesise ``offspring_per_generation`` children of the parent
     (one, as in the paper), train each with ``train_fn(child, ctx)`` (inherited
-    weights), evaluate with ``eval_fn(child) -> {"top1": ..., ...}``, keep the child
-    with the best ``fitness_fn(child, ctx)`` (never ``eval_fn``'s figures), write its
-    checkpoint and the lineage atomically. Generation 0 is the ancestor, trained
-    too unless ``train_ancestor=False``. ``config`` is an :class:`EvolutionConfig`;
-    its fields may also be given as keywords (``generations=3, env=0.8, ...``), and a
+    weights; a dict it returns, e.g. ``{"epochs": 1.5}``, is recorded too), evaluate
+    with ``eval_fn(child) -> {"top1": ..., ...}``, keep the child with the best
+    ``fitness_fn(child, ctx)`` (never ``eval_fn``'s figures), write its checkpoint and
+    the lineage atomically. Generation 0 is the ancestor, trained too unless
+    ``train_ancestor=False``. ``config`` is an :class:`EvolutionConfig`; its fields may
+    also be given as keywords (``generations=3, env=0.8, ...``), and a
     :class:`SynthesisConfig` as ``config`` sets the synthesis alone (the older form).
 
     ``resume=True`` continues a run in ``run_dir`` from its last complete generation;

@@ -43,7 +43,7 @@ __all__ = [
     "finish_settings",
     "finished_sections",
     "epochs_at",
-    "epochs_per_generation",
+    "epochs_of",
     "named_networks",
     "read_finished",
 ]
@@ -74,19 +74,22 @@ def named_networks(
     return dict(sorted(named.items()))
 
 
-def epochs_per_generation(recipe: Recipe, train_images: int) -> float:
-    """The epochs one generation's survivor has trained: ``train.epochs_per_generation``,
-    plus its screening steps under ``selection: finetune`` among several offspring."""
+def epochs_of(recipe: Recipe, record: Mapping[str, Any], train_images: int) -> float:
+    """The epochs one generation's survivor trained: its record's ``epochs`` (what
+    ``train.epoch_growth`` gave it; ``train.epochs_per_generation`` in runs from before they
+    were recorded), plus its screening steps under ``selection: finetune`` among several."""
     t, evo = recipe.train, recipe.evolution
-    per_generation = t.epochs_per_generation
+    epochs = record.get("epochs", t.epochs_per_generation)
     if evo.selection == "finetune" and evo.offspring_per_generation > 1:
-        per_generation += evo.screen_steps / max(1, math.ceil(train_images / t.batch_size))
-    return per_generation
+        epochs += evo.screen_steps / max(1, math.ceil(train_images / t.batch_size))
+    return epochs
 
 
-def epochs_at(recipe: Recipe, generation: int, train_images: int) -> float:
+def epochs_at(recipe: Recipe, records: Sequence[Mapping[str, Any]], generation: int, train_images: int) -> float:
     """Every training epoch generation ``generation`` has seen since the pretrained weights."""
-    return round(recipe.train.ancestor_epochs + generation * epochs_per_generation(recipe, train_images), 4)
+    by_gen = {r["generation"]: r for r in records}
+    trained = sum(epochs_of(recipe, by_gen[g], train_images) for g in range(1, generation + 1))
+    return round(recipe.train.ancestor_epochs + trained, 4)
 
 
 def finish_settings(recipe: Recipe, device: str | None = None) -> FinishSettings:
@@ -163,7 +166,7 @@ def finish_networks(
             console=console,
         )
         selected = {"top1": records[g]["top1"], "holdout_top1": records[g].get("holdout_top1")}
-        total = epochs_at(recipe, g, len(data.train_split)) + settings.epochs
+        total = epochs_at(recipe, records, g, len(data.train_split)) + settings.epochs
         entry.update(names=names, generation=g, selected=selected, total_epochs=round(total, 4))
         entry["checkpoint"] = f"checkpoints/gen_{g:02d}-finished.pt"
         done[str(g)] = entry

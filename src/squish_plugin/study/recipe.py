@@ -104,6 +104,11 @@ class TrainSection(RecipeSection):
         "one there, else the untrained ancestor is generation 0 (and the teacher)",
     )
     epochs_per_generation: float = Field(1, ge=0)
+    epoch_growth: Literal["none", "macs"] = Field(
+        "none",
+        description="'macs': each generation trains epochs_per_generation x (ancestor MACs / its MACs) epochs, "
+        "about the time of the first: cheaper offspring train longer",
+    )
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(5.0, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)

@@ -22,6 +22,7 @@ from ..errors import InvalidArgumentError
 from ..models import squeezenet1_1_ancestor
 from ..persistence import atomic_write_text, load_pruned
 from ..synthesis.genetics import SynthesisConfig
+from ..synthesis.surgery import model_stats
 from . import distributed
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
@@ -245,12 +246,25 @@ class _Study:
         t = self.recipe.train
         self.display.progress.update(self.display.step_task, description=f"training gen {ctx.generation}")
         if ctx.generation > 0:
-            return self.fit(model, ctx, t.epochs_per_generation, ctx.seed)
+            epochs = self.generation_epochs(model)
+            self.fit(model, ctx, epochs, ctx.seed)
+            return {"epochs": epochs}
         settings = replace(self.settings, lr=t.ancestor_lr or t.lr)
         check = self.held_score if t.ancestor_must_improve else None
         checked_ancestor(
             model, lambda: self.fit(model, ctx, t.ancestor_epochs, ctx.seed, settings), check, self.run_dir
         )
+
+    def generation_epochs(self, model: torch.nn.Module) -> float:
+        """``train.epochs_per_generation``; with ``train.epoch_growth: macs`` scaled by the
+        ancestor's MACs over this offspring's, so that every generation costs about the time
+        of the first (cheaper networks train longer)."""
+        t = self.recipe.train
+        if t.epoch_growth == "none":
+            return t.epochs_per_generation
+        size = self.recipe.data.eval_size
+        ancestor = read_lineage(self.run_dir)[0]["macs"]
+        return round(t.epochs_per_generation * ancestor / model_stats(model, torch.zeros(1, 3, size, size))["macs"], 4)
 
     def eval_fn(self, model: torch.nn.Module) -> dict[str, float]:
         metrics = dict(self.val_score(model))

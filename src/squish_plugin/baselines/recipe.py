@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from ..study.recipe import (
     NAME_PATTERN,
     OutputSection,
+    ParameterCounts,
     RecipeError,
     RecipeSection,
     apply_overrides,
@@ -43,7 +44,7 @@ class CompareRecipe(RecipeSection):
         "rows named '<method>+kd'), or each method both ways ('both')",
     )
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads (default: the run's train.threads)")
-    extra_params: list[int] = Field(
+    extra_params: ParameterCounts = Field(
         [], description="more comparison points: the run's first generation at or below each parameter count"
     )
     finish: bool = Field(
@@ -62,13 +63,6 @@ class CompareRecipe(RecipeSection):
         "where the baseline and scratch are finished",
     )
     output: OutputSection = OutputSection()
-
-    @field_validator("extra_params")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError("must be positive parameter counts")
-        return sorted(set(v), reverse=True)
 
     def run_dirs(self) -> list[Path]:
         """The compared runs, one per seed."""

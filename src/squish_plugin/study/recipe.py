@@ -11,10 +11,10 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InvalidArgumentError
 
@@ -22,6 +22,7 @@ __all__ = [
     "NAME_PATTERN",
     "FinishSection",
     "OutputSection",
+    "ParameterCounts",
     "Recipe",
     "RecipeError",
     "RecipeSection",
@@ -36,6 +37,16 @@ __all__ = [
 
 #: what a recipe's ``name`` may be: it names the run folders.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def _parameter_counts(v: list[int]) -> list[int]:
+    if any(x < 1 for x in v):
+        raise ValueError("must be positive parameter counts")
+    return sorted(set(v), reverse=True)
+
+
+#: parameter counts (``extra_params``): positive, each once, largest first
+ParameterCounts = Annotated[list[int], AfterValidator(_parameter_counts)]
 
 
 class RecipeError(InvalidArgumentError):
@@ -185,18 +196,11 @@ class EvolutionSection(RecipeSection):
 class SquishedNetsSection(RecipeSection):
     sizes_mb: list[float] = [2.4, 2.0, 1.3, 0.95]
     rule: Literal["first_below", "pareto"] = "first_below"
-    extra_params: list[int] = Field(
+    extra_params: ParameterCounts = Field(
         [],
         description="more named networks: the first offspring at or below each parameter count, named by its "
         "reduction vs SqueezeNet v1.1 (123500 -> '10x'); finished like SquishedNet-1..k",
     )
-
-    @field_validator("extra_params")
-    @classmethod
-    def _counts(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError("must be positive parameter counts")
-        return sorted(set(v), reverse=True)
 
     @field_validator("sizes_mb")
     @classmethod

@@ -85,7 +85,7 @@ def _nets(setup, recipe) -> dict[str, int]:
     return {n: by_name[n] for n in recipe.finish_nets}
 
 
-def _own_finishing(setup, recipe, train_all: LoadedSplit, console: Console) -> None:
+def _own_finishing(setup, recipe, train_all: LoadedSplit, data: FinishData, console: Console) -> None:
     """The run's own named networks (and the comparison's extra points) finished, resumably."""
     run_recipe = setup.run_recipe
     if run_recipe.finish.epochs == 0:
@@ -96,7 +96,7 @@ def _own_finishing(setup, recipe, train_all: LoadedSplit, console: Console) -> N
     extra = sorted(set(run_recipe.squishednets.extra_params) | set(recipe.extra_params), reverse=True)
     named = run_recipe.squishednets.model_copy(update={"extra_params": extra})
     widened = run_recipe.model_copy(update={"squishednets": named})
-    finish_networks(setup.run_dir, widened, train_all, setup.val_split, console)
+    finish_networks(setup.run_dir, widened, train_all, setup.val_split, console, data=data)
 
 
 def finish_controls(
@@ -106,15 +106,19 @@ def finish_controls(
     and return ``finished.json``'s entries."""
     finished = json.loads((out / FINISHED).read_text()) if (out / FINISHED).is_file() else {}
     nets = {s.seed: _nets(s, recipe) for s in setups}
+    datas = {  # the splits compare cut already, and each run's ancestor as the teacher
+        s.seed: FinishData.of_splits(s.run_dir, s.run_recipe, s.train_split, s.held, s.val_split, s.records)
+        for s in setups
+    }
     for setup in setups:
-        _own_finishing(setup, recipe, train_all, console)
+        _own_finishing(setup, recipe, train_all, datas[setup.seed], console)
     best = best_baseline(done, {seed: sorted(set(n.values())) for seed, n in nets.items()}) if recipe.finish else None
     if best:
         console.print(
             f"best distilled baseline on the held-out slice: [bold]{best}[/] (finished at {recipe.finish_nets})"
         )
     for setup in setups:
-        data = FinishData.of_run(setup.run_dir, setup.run_recipe, train_all, setup.val_split)
+        data = datas[setup.seed]
         settings = finish_settings(setup.run_recipe)
         for name, g in nets[setup.seed].items():
             jobs = [(best, settings)] if best else []

@@ -26,7 +26,7 @@ from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, save_pruned, write_json_atomic
 from ..study.data import LoadedSplit
 from ..study.engine import layer_widths, read_lineage
-from ..study.finish_run import epochs_at, epochs_of
+from ..study.finish_run import epochs_at, epochs_of, first_at_most
 from ..study.plots import render_comparison
 from ..study.recipe import Recipe
 from ..study.report import select_squishednets
@@ -51,7 +51,7 @@ def _targets(records: list[dict], run_recipe, extra_params: list[int] = ()) -> t
     named = select_squishednets(records, run_recipe.squishednets.sizes_mb, run_recipe.squishednets.rule)
     gens = {e["generation"]: e["name"] for e in named if e["generation"] is not None}
     for target in extra_params:  # e.g. 123,500 = 10x fewer parameters than SqueezeNet v1.1
-        first = next((r["generation"] for r in records if r["generation"] > 0 and r["params"] <= target), None)
+        first = first_at_most(records, target)
         if first is None:
             raise InvalidArgumentError(
                 f"the run never gets to <= {target:,} parameters (extra_params); run more generations."

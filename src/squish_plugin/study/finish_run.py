@@ -67,11 +67,15 @@ def named_networks(
         if entry["generation"] is not None:
             named.setdefault(entry["generation"], []).append(entry["name"])
     for target in extra_params:
-        below = [r["generation"] for r in records if r["generation"] > 0 and r["params"] <= target]
-        first = min(below, default=None)
+        first = first_at_most(records, target)
         if first is not None:
             named.setdefault(first, []).append(extra_name(target))
     return dict(sorted(named.items()))
+
+
+def first_at_most(records: Sequence[Mapping[str, Any]], params: int) -> int | None:
+    """The first offspring generation with at most ``params`` parameters (None: never reached)."""
+    return min((r["generation"] for r in records if r["generation"] > 0 and r["params"] <= params), default=None)
 
 
 def epochs_of(recipe: Recipe, record: Mapping[str, Any], train_images: int) -> float:
@@ -122,11 +126,32 @@ class FinishData:
     teacher: torch.nn.Module | None
 
     @classmethod
-    def of_run(cls, run_dir: Path, recipe: Recipe, train_all: LoadedSplit, val_split: LoadedSplit) -> FinishData:
+    def of_run(
+        cls,
+        run_dir: Path,
+        recipe: Recipe,
+        train_all: LoadedSplit,
+        val_split: LoadedSplit,
+        records: Sequence[Mapping[str, Any]] | None = None,
+    ) -> FinishData:
+        """From all the training images: the run's held-out slice is cut out (and decoded as val)."""
         train_split, held = held_out(recipe, train_all, run_dir)
-        records = read_lineage(run_dir)
+        return cls.of_splits(run_dir, recipe, train_split, held.split if held else None, val_split, records)
+
+    @classmethod
+    def of_splits(
+        cls,
+        run_dir: Path,
+        recipe: Recipe,
+        train_split: LoadedSplit,
+        held: LoadedSplit | None,
+        val_split: LoadedSplit,
+        records: Sequence[Mapping[str, Any]] | None = None,
+    ) -> FinishData:
+        """From splits already cut (compare's), with the run's ancestor as the teacher."""
+        records = records if records is not None else read_lineage(run_dir)
         teacher = load_pruned(run_dir / records[0]["checkpoint"]) if recipe.finish.teacher == "ancestor" else None
-        return cls(recipe, train_split, held.split if held else None, val_split, teacher)
+        return cls(recipe, train_split, held, val_split, teacher)
 
     def score(self, model: torch.nn.Module, split: LoadedSplit) -> dict[str, float]:
         t = self.recipe.train
@@ -134,22 +159,31 @@ class FinishData:
 
 
 def finish_networks(
-    run_dir: Path, recipe: Recipe, train_all: LoadedSplit, val_split: LoadedSplit, console: Console
+    run_dir: Path,
+    recipe: Recipe,
+    train_all: LoadedSplit,
+    val_split: LoadedSplit,
+    console: Console,
+    *,
+    data: FinishData | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Finish every named network of ``run_dir`` that ``finished.json`` does not hold yet
     with the recipe's ``finish`` settings (a network finished with other settings is
-    finished again); return the file's entries."""
+    finished again); return the file's entries. ``data``: the splits and teacher when the
+    caller has them already (``train_all`` is then not cut again)."""
     settings = finish_settings(recipe)
     done = read_finished(run_dir)
     if settings.epochs == 0:
         return done
     records = read_lineage(run_dir)
     sq = recipe.squishednets
-    data = FinishData.of_run(run_dir, recipe, train_all, val_split)
+    data = data or FinishData.of_run(run_dir, recipe, train_all, val_split, records)
+    renamed = False
     for g, names in named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params).items():
         entry = done.get(str(g), {})
         if entry.get("settings") == settings.fingerprint():  # finished already: at most a new name
-            entry["names"] = entry["names"] + [n for n in names if n not in entry["names"]]
+            new = [n for n in names if n not in entry["names"]]
+            entry["names"], renamed = entry["names"] + new, renamed or bool(new)
             continue
         source = run_dir / records[g]["checkpoint"]
         if not source.is_file():
@@ -172,7 +206,7 @@ def finish_networks(
         done[str(g)] = entry
         if distributed.is_main():
             write_json_atomic(run_dir / FINISHED_FILE, done)
-    if distributed.is_main() and done:
+    if distributed.is_main() and renamed:
         write_json_atomic(run_dir / FINISHED_FILE, done)  # names added to networks finished before
     return done
 

@@ -453,7 +453,7 @@ def test_grouped_convolutions_keep_their_width_and_the_rest_is_pruned():
     model = _tv("regnet_x_400mf")
     pruner = EvolutionarySynthesisPruner(model, env=0.7, example_inputs=SMALL, seed=1)
     child = pruner.offspring()
-    assert pruner._surgeon.grouped and _params(child) < _params(model)
+    assert pruner.surgeon.grouped and _params(child) < _params(model)
     before = {n: m.in_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
     after = {n: m.in_channels for n, m in child.named_modules() if n in before}
     assert after == before

@@ -118,32 +118,49 @@ class EvolutionarySynthesisPruner:
         self._example_inputs = example_inputs
         ignored = tuple(ignored_layers)
         self._forward_fn = forward_fn
-        self._surgeon = Surgeon(model, example_inputs, ignored, unwrapped_parameters, forward_fn)
+        self._traced: Surgeon | None = Surgeon(model, example_inputs, ignored, unwrapped_parameters, forward_fn)
         # by name: pruning replaces parameter objects, the names stay
         names = {id(p): n for n, p in model.named_parameters()}
-        self._unwrapped = [(names[id(p)], dim) for p, dim in self._surgeon.unwrapped_parameters or []]
-        modules = self._surgeon.names
+        self._unwrapped = [(names[id(p)], dim) for p, dim in self._traced.unwrapped_parameters or []]
+        modules = self._traced.names
         self._ignored = [
             ("param", names[id(i)]) if isinstance(i, nn.Parameter) else ("module", modules[i]) for i in ignored
         ]
 
     @property
+    def surgeon(self) -> Surgeon:
+        """The model traced as it stands: after a ``step()`` it is traced again when next needed,
+        so changes made between steps (a ViT's ``hidden_dim``) are seen, and none is paid for twice."""
+        if self._traced is None:
+            ignored = self._mapped_ignored(self.model)
+            self._traced = Surgeon(
+                self.model, self._example_inputs, ignored, self._unwrapped_of(self.model), self._forward_fn
+            )
+        return self._traced
+
+    @property
+    def kept_whole(self) -> dict[str, str]:
+        """``{layer name: reason}`` for the layers whose width no offspring changes (a grouped
+        convolution, a multi-head attention's heads, a layer feeding one autograd cannot trace)."""
+        return dict(self.surgeon.kept_whole)
+
+    @property
     def DG(self):  # noqa: N802 (torch-pruning's name)
         """torch-pruning's ``DependencyGraph`` of the current model (as ``pruner.DG`` in
         torch-pruning): inspect groups with ``pruner.DG.get_all_groups()``."""
-        return self._surgeon.graph
+        return self.surgeon.graph
 
     # ----------------------------------------------------------------- genetics
 
     @property
     def layers(self) -> list[PrunableLayer]:
         """The prunable layers (one per cluster family), in model order."""
-        return self._surgeon.layers
+        return self.surgeon.layers
 
     def strengths(self) -> list[torch.Tensor]:
         """Strength of every cluster, one tensor per prunable layer."""
         out = []
-        for layer in self._surgeon.layers:
+        for layer in self.surgeon.layers:
             if isinstance(self.importance, Mapping):
                 out.append(_given_strength(self.importance, layer))
             elif isinstance(self.importance, str):
@@ -152,7 +169,7 @@ class EvolutionarySynthesisPruner:
                     weight = weight.transpose(0, 1)
                 out.append(cluster_strength(weight, self.importance))
             else:
-                scores = torch.as_tensor(self.importance(self._surgeon.group(layer)))
+                scores = torch.as_tensor(self.importance(self.surgeon.group(layer)))
                 out.append(scores.detach().float().flatten().abs())
         return out
 
@@ -163,7 +180,7 @@ class EvolutionarySynthesisPruner:
     def _resource(self):
         if self.config.mode != "budget":
             return None
-        return self._surgeon.resource_model(self.config.resource, self.latency_table)
+        return self.surgeon.resource_model(self.config.resource, self.latency_table)
 
     def sample(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         """Draw the next offspring's keep-masks, ``{layer name: bool mask}``,
@@ -173,7 +190,7 @@ class EvolutionarySynthesisPruner:
         c, resource = self.config, self._resource()
         probabilities = synthesis_probabilities(self.strengths(), c, resource)
         masks = draw(probabilities, seed, c.min_channels, c.round_to, c.max_drop, budget_of(c, resource))
-        return {layer.name: m for layer, m in zip(self._surgeon.layers, masks)}
+        return {layer.name: m for layer, m in zip(self.surgeon.layers, masks)}
 
     # ----------------------------------------------------------------- offspring
 
@@ -187,7 +204,7 @@ class EvolutionarySynthesisPruner:
         if interactive:
             return self._interactive(plan)
         try:
-            self._surgeon.prune(plan)  # all or nothing: on failure the model is as it was
+            self.surgeon.prune(plan)  # all or nothing: on failure the model is as it was
         finally:
             self._retrace()  # the graph follows the model either way; generation only on success
         self.generation += 1
@@ -198,7 +215,7 @@ class EvolutionarySynthesisPruner:
         early) is what the bookkeeping follows: a changed model is a new generation, traced anew."""
         before = _shapes(self.model)
         try:
-            yield from self._surgeon.drop_groups(plan)
+            yield from self.surgeon.drop_groups(plan)
         finally:
             if _shapes(self.model) != before:
                 self.generation += 1
@@ -224,10 +241,7 @@ class EvolutionarySynthesisPruner:
         return [(params[name], dim) for name, dim in self._unwrapped]
 
     def _retrace(self) -> None:
-        ignored = self._mapped_ignored(self.model)
-        self._surgeon = Surgeon(
-            self.model, self._example_inputs, ignored, self._unwrapped_of(self.model), self._forward_fn
-        )
+        self._traced = None  # traced again when next needed
 
 
 def _given_strength(strengths: Mapping[str, torch.Tensor], layer: PrunableLayer) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Surgery: the one place that talks to torch-pruning.
+"""Surgery: the one place that talks to torch-pruning (with its tracing helper, ``_tracing``).
 
 It traces any traceable CNN into torch-pruning's ``DependencyGraph``, finds its
 clusters (torch-pruning *groups*) with the classifier's outputs out of reach, tells
@@ -8,17 +8,16 @@ physically (all or nothing) or zeroes them, and counts a network's MACs.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from ..errors import InvalidArgumentError, UntraceableModelError
-from ._arguments import batch_size, check_inputs, check_unwrapped, describe_inputs, ignored_modules, run_model
+from ._arguments import batch_size, check_inputs, check_unwrapped, ignored_modules
+from ._tracing import EvalMode, PrunableLayer, autograd_on, find_layers, first_line, is_out, trace
 from .latency import LatencyTable, latency_model
 from .resources import ROOT_TYPES, ResourceModel, resource_model
 
@@ -45,60 +44,11 @@ def default_example_inputs(model: nn.Module | None = None) -> torch.Tensor:
     return torch.zeros(1, channels, 224, 224)
 
 
-@dataclass(frozen=True)
-class PrunableLayer:
-    """A prunable layer: the root module of a torch-pruning group and its width."""
-
-    name: str
-    module: nn.Module
-    width: int
-
-
-class EvalMode:
-    """Run a block in eval mode (no BatchNorm statistics drift), then restore each
-    module's own training flag."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.flags: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> None:
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for module, flag in self.flags:
-            module.training = flag
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def autograd_on() -> contextlib.ExitStack:
-    """Gradients recorded whatever the caller's mode: torch-pruning traces through
-    autograd, and users often prune inside ``torch.no_grad()`` or ``torch.inference_mode()``."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode(False))
-    stack.enter_context(torch.enable_grad())
-    return stack
-
-
 def clone_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose tensors are ordinary ones even inside
     ``torch.inference_mode()`` (copies made there could never train or be traced)."""
     with torch.inference_mode(False):
         return copy.deepcopy(model)
-
-
-def _check_not_inference(model: nn.Module) -> None:
-    """Tensors made inside ``torch.inference_mode()`` can never enter autograd."""
-    if any(t.is_inference() for t in [*model.parameters(), *model.buffers()]):
-        raise UntraceableModelError(
-            f"{type(model).__name__} was built inside torch.inference_mode(), whose tensors autograd cannot "
-            "trace; build (or load) the model outside inference_mode (torch.no_grad() is fine)."
-        )
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
@@ -124,125 +74,6 @@ def model_stats(model: nn.Module, example_inputs: torch.Tensor | None = None) ->
     return {"params": params, "size_mb": params * 4 / 1e6, "macs": macs // batch_size(example_inputs)}
 
 
-# --------------------------------------------------------------------------- tracing
-
-
-def probe(
-    model: nn.Module, example_inputs: object, forward_fn: Callable | None = None, *, guessed: bool = False
-) -> tuple[dict[nn.Module, tuple[int, ...]], nn.Module]:
-    """One forward pass with hooks (``forward_fn(model, example_inputs)`` when given): the
-    output shape of every Conv/Linear that runs, and the classifier (the last one to run).
-    ``guessed``: the inputs were inferred, not given (the error then says what to pass)."""
-    shapes: dict[nn.Module, tuple[int, ...]] = {}
-    order: list[nn.Module] = []
-
-    def hook(module: nn.Module, _inp: object, out: object) -> None:
-        if isinstance(out, torch.Tensor):
-            shapes[module] = tuple(out.shape)
-            order.append(module)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
-    try:
-        with EvalMode(model), torch.no_grad():
-            run_model(model, example_inputs, forward_fn)
-    except Exception as exc:  # the user's model raised: report, don't crash
-        if guessed:
-            shape = tuple(example_inputs.shape)
-            hint = f"torch.zeros(1, {shape[1]}, 28, 28) for 28x28 images" if len(shape) == 4 else "torch.zeros(1, ...)"
-            raise InvalidArgumentError(
-                f"example_inputs were not given and the guess from the model's first layer, one input of shape "
-                f"{shape}, does not fit it ({_first_line(exc)}); pass example_inputs=, a batch of your inputs, "
-                f"e.g. {hint}."
-            ) from None
-        how = "forward_fn on example_inputs" if forward_fn else "the model on example_inputs"
-        raise InvalidArgumentError(
-            f"running {how} {describe_inputs(example_inputs)} failed ({_first_line(exc)})."
-        ) from None
-    finally:
-        for h in handles:
-            h.remove()
-    if not order:
-        raise UntraceableModelError("the model runs no Conv or Linear layer, nothing to prune.")
-    return shapes, order[-1]
-
-
-def trace(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    ran: Iterable[nn.Module],
-    unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
-    ignored_params: Sequence[nn.Parameter] = (),
-    forward_fn: Callable | None = None,
-) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``model``; every module in ``ran`` (the layers
-    the forward pass ran) must be in it; ``ignored_params`` are never cut."""
-    model_name = type(model).__name__
-    _check_not_inference(model)
-    try:
-        with EvalMode(model), autograd_on():
-            graph = tp.DependencyGraph().build_dependency(
-                model,
-                example_inputs=example_inputs,
-                # a copy: torch-pruning appends what it detects to the list it is given
-                unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
-                ignored_params=list(ignored_params),
-                forward_fn=forward_fn,
-            )
-    except Exception as exc:
-        raise UntraceableModelError(f"torch-pruning cannot trace {model_name} ({_first_line(exc)}).") from None
-    names = {m: n for n, m in model.named_modules()}
-    lost = [names[m] for m in ran if m not in graph.module2node]
-    if lost:
-        # a layer that ran but left no autograd trace (no_grad, detach, numpy, an
-        # integer output): its couplings are unknown, so pruning it is unsafe
-        raise UntraceableModelError(
-            f"torch-pruning cannot trace {model_name}: layer {lost[0]!r} runs in forward but "
-            "leaves no autograd trace (no_grad, detach, numpy or a non-float output)."
-        )
-    return graph
-
-
-def is_out(graph: tp.DependencyGraph, dep: object) -> bool:
-    """Whether a group member prunes its module's output channels."""
-    return graph.is_out_channel_pruning_fn(dep.handler)  # type: ignore[attr-defined]
-
-
-def _grouped(module: object) -> bool:
-    """A grouped convolution that is not depthwise: its channels go in whole groups, which
-    torch-pruning 1.6 cannot cut (it fails inside, "INDICES element is out of DATA bounds")."""
-    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
-        return False
-    return not (module.groups == module.in_channels == module.out_channels)
-
-
-def find_layers(
-    model: nn.Module, graph: tp.DependencyGraph, protected: set[nn.Module]
-) -> tuple[list[PrunableLayer], list[str]]:
-    """One prunable layer per cluster family, in model order, and the names of the layers
-    left whole because their family holds a grouped (not depthwise) convolution. A family
-    that holds a ``protected`` module (the classifier, ``ignored_layers``) is left out too."""
-    protected = protected | set(graph.IGNORED_LAYERS_IN_TRACING)
-    visited: set[nn.Module] = set()
-    layers, grouped = [], []
-    for name, module in model.named_modules():
-        if not isinstance(module, ROOT_TYPES) or module in visited or module not in graph.module2node:
-            continue  # not a root, already in a family, or never ran in forward
-        pruner = graph.get_pruner_of_module(module)
-        if pruner is None or pruner.get_out_channels(module) is None:
-            continue
-        width = pruner.get_out_channels(module)
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        coupled = {dep.target.module for dep, _ in group if is_out(graph, dep)}
-        visited |= coupled
-        if coupled & protected or width < 1:
-            continue
-        if any(_grouped(dep.target.module) for dep, _ in group):
-            grouped.append(name)
-            continue
-        layers.append(PrunableLayer(name, module, width))
-    return layers, grouped
-
-
 # --------------------------------------------------------------------------- the surgeon
 
 
@@ -261,6 +92,10 @@ class Surgeon:
             torch-pruning takes them; ``None`` lets torch-pruning guess (and warn).
         forward_fn: ``forward_fn(model, example_inputs)`` runs the model (torch-pruning's),
             for models whose forward takes inputs another way.
+
+    ``kept_whole`` names the layers whose width stays, with the reason: a family holding a
+    grouped (not depthwise) convolution or a multi-head attention, or one feeding a layer that
+    runs but leaves no autograd trace (a detector's proposal head: that layer is kept as well).
     """
 
     def __init__(
@@ -282,14 +117,19 @@ class Surgeon:
         self.unwrapped_parameters = check_unwrapped(model, unwrapped_parameters)
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored, self.ignored_params = ignored_modules(model, self.names, ignored_layers)
-        self.output_shapes, self.classifier = probe(model, self.example_inputs, forward_fn, guessed=guessed)
-        self.graph = trace(
-            model, self.example_inputs, self.output_shapes, self.unwrapped_parameters, self.ignored_params, forward_fn
+        seen = trace(
+            model, self.example_inputs, self.unwrapped_parameters, self.ignored_params, forward_fn, guessed=guessed
         )
-        self.layers, self.grouped = find_layers(model, self.graph, set(self.ignored) | {self.classifier})
+        self.graph, self.output_shapes, self.classifier = seen.graph, seen.shapes, seen.classifier
+        self.layers, self.kept_whole = find_layers(model, seen, set(self.ignored) | {self.classifier})
         if not self.layers:
-            hint = f" ({len(self.grouped)} left whole: grouped convolutions)" if self.grouped else ""
+            hint = "".join(f"; {name!r} is kept whole: {why}" for name, why in list(self.kept_whole.items())[:2])
             raise UntraceableModelError(f"the model has no prunable Conv/Linear layer besides its classifier{hint}.")
+
+    @property
+    def grouped(self) -> list[str]:
+        """The layers kept whole because their family holds a grouped (not depthwise) convolution."""
+        return [name for name, why in self.kept_whole.items() if "grouped convolution" in why]
 
     def is_out(self, dep: object) -> bool:
         """Whether a group member prunes its module's output channels."""
@@ -362,7 +202,7 @@ class Surgeon:
         except Exception as exc:
             _restore(self.model, backup)
             raise UntraceableModelError(
-                f"torch-pruning failed to remove channels ({_first_line(exc)}); model restored."
+                f"torch-pruning failed to remove channels ({first_line(exc)}); model restored."
             ) from None
 
     @torch.no_grad()

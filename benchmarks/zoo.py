@@ -38,16 +38,45 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "zoo.csv"
 COLUMNS = ("model", "tp_ok", "ours_ok", "tp_s", "ours_s", "params", "tp_params", "ours_params", "note")
 
-CLASSIFIERS = (
-    "alexnet vgg11_bn resnet18 resnet50 resnext50_32x4d wide_resnet50_2 densenet121 squeezenet1_0 "
-    "squeezenet1_1 googlenet inception_v3 mobilenet_v2 mobilenet_v3_small mobilenet_v3_large mnasnet1_0 "
-    "efficientnet_b0 efficientnet_v2_s regnet_x_400mf regnet_y_400mf shufflenet_v2_x1_0 convnext_tiny vit_b_16"
-).split()
-SEGMENTERS = "fcn_resnet50 deeplabv3_mobilenet_v3_large lraspp_mobilenet_v3_large".split()
-DETECTORS = (
-    "fasterrcnn_mobilenet_v3_large_320_fpn fasterrcnn_resnet50_fpn maskrcnn_resnet50_fpn keypointrcnn_resnet50_fpn "
-    "retinanet_resnet50_fpn fcos_resnet50_fpn ssd300_vgg16 ssdlite320_mobilenet_v3_large"
-).split()
+CLASSIFIERS = [
+    "alexnet",
+    "vgg11_bn",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "densenet121",
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "googlenet",
+    "inception_v3",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mnasnet1_0",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "shufflenet_v2_x1_0",
+    "convnext_tiny",
+    "vit_b_16",
+]
+SEGMENTERS = [
+    "fcn_resnet50",
+    "deeplabv3_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_large",
+]
+DETECTORS = [
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn",
+    "keypointrcnn_resnet50_fpn",
+    "retinanet_resnet50_fpn",
+    "fcos_resnet50_fpn",
+    "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large",
+]
 MODELS = CLASSIFIERS + SEGMENTERS + DETECTORS
 
 
@@ -87,9 +116,7 @@ def ignored(name: str, model: nn.Module, inputs: object) -> list[nn.Module]:
         h.remove()
     if name not in DETECTORS:
         out.append(order[-1])
-    if name.startswith("ssd"):
-        out.append(model.head)
-    elif name.startswith(("retinanet", "fcos")):
+    if name.startswith("ssd") or name.startswith(("retinanet", "fcos")):
         out.append(model.head)
     elif name in DETECTORS:
         out += [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, model.backbone.fpn, model.roi_heads]

@@ -199,10 +199,10 @@ def _why_whole(graph: tp.DependencyGraph, group: tp.Group, feeds: dict, names: d
     """Why a family must keep its width, or None when it may be pruned."""
     for dep, _ in group:
         module = dep.target.module
-        if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-            if not (module.groups == module.in_channels == module.out_channels):
-                # torch-pruning 1.6 cannot cut channel groups ("INDICES element is out of DATA bounds")
-                return f"it holds the grouped convolution '{names.get(module, module)}'"
+        grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+        if grouped and not (module.groups == module.in_channels == module.out_channels):
+            # torch-pruning 1.6 cannot cut channel groups ("INDICES element is out of DATA bounds")
+            return f"it holds the grouped convolution '{names.get(module, module)}'"
         if isinstance(module, nn.MultiheadAttention):
             return (
                 f"it holds the attention '{names.get(module, module)}', whose width must stay a multiple of its heads"

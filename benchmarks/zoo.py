@@ -190,13 +190,17 @@ def measure(name: str, rounds: int) -> dict[str, object]:
     return result
 
 
+def _ok(value: object) -> bool:
+    return value is True or value == "True"  # read back from the CSV, a flag is text
+
+
 def summary(rows: list[dict[str, object]]) -> str:
-    both = [r for r in rows if r["tp_ok"] and r["ours_ok"]]
+    both = [r for r in rows if _ok(r["tp_ok"]) and _ok(r["ours_ok"])]
     ratios = sorted((float(r["ours_s"]) / float(r["tp_s"]), str(r["model"])) for r in both)
-    missing = [str(r["model"]) for r in rows if r["tp_ok"] and not r["ours_ok"]]
+    missing = [str(r["model"]) for r in rows if _ok(r["tp_ok"]) and not _ok(r["ours_ok"])]
     lines = [
-        f"torch-pruning ok {sum(bool(r['tp_ok']) for r in rows)}/{len(rows)}, "
-        f"ours ok {sum(bool(r['ours_ok']) for r in rows)}/{len(rows)}; torch-pruning only: {missing or 'none'}",
+        f"torch-pruning ok {sum(_ok(r['tp_ok']) for r in rows)}/{len(rows)}, "
+        f"ours ok {sum(_ok(r['ours_ok']) for r in rows)}/{len(rows)}; torch-pruning only: {missing or 'none'}",
     ]
     if ratios:
         lines.append(
@@ -222,6 +226,11 @@ def main() -> None:
         )
         sys.stdout.flush()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and args.models != MODELS:  # a partial run replaces its models' rows and keeps the others
+        with args.out.open() as f:
+            kept = [r for r in csv.DictReader(f) if r["model"] not in args.models]
+        order = {name: i for i, name in enumerate(MODELS)}
+        rows = sorted(kept + rows, key=lambda r: order.get(str(r["model"]), len(order)))
     tmp = args.out.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)

@@ -215,15 +215,17 @@ def _why_whole(graph: tp.DependencyGraph, group: tp.Group, feeds: dict, names: d
 
 def find_layers(
     model: nn.Module, seen: Trace, protected: Iterable[nn.Module]
-) -> tuple[list[PrunableLayer], dict[str, str]]:
+) -> tuple[list[PrunableLayer], dict[str, str], dict[str, tp.Group]]:
     """One prunable layer per cluster family, in model order, and the layers left whole with
-    the reason (a grouped convolution, an attention's heads, an untraced layer it feeds). A
-    family that holds a ``protected`` module (the classifier, ``ignored_layers``) is left out."""
+    the reason (a grouped convolution, an attention's heads, an untraced layer it feeds), and each
+    prunable layer's group over all its channels. A family that holds a ``protected`` module
+    (the classifier, ``ignored_layers``) is left out."""
     graph = seen.graph
     protected = set(protected) | set(graph.IGNORED_LAYERS_IN_TRACING)
     names = {m: n for n, m in model.named_modules()}
     visited: set[nn.Module] = set()
     layers: list[PrunableLayer] = []
+    groups: dict[str, tp.Group] = {}
     whole = {
         names[m]: "it runs but leaves no autograd trace (no_grad, detach, numpy or a non-float output)"
         for m in seen.shapes
@@ -232,6 +234,8 @@ def find_layers(
     for name, module in model.named_modules():
         if not isinstance(module, ROOT_TYPES) or module in visited or module not in graph.module2node:
             continue  # not a root, already in a family, or never ran in forward
+        if module in protected:
+            continue  # its family is out of reach: no group to build (a detector's RoI head's can be huge)
         pruner = graph.get_pruner_of_module(module)
         if pruner is None or pruner.get_out_channels(module) is None:
             continue
@@ -246,4 +250,5 @@ def find_layers(
             whole[name] = reason
             continue
         layers.append(PrunableLayer(name, module, width))
-    return layers, whole
+        groups[name] = group
+    return layers, whole, groups

@@ -121,7 +121,7 @@ class Surgeon:
             model, self.example_inputs, self.unwrapped_parameters, self.ignored_params, forward_fn, guessed=guessed
         )
         self.graph, self.output_shapes, self.classifier = seen.graph, seen.shapes, seen.classifier
-        self.layers, self.kept_whole = find_layers(model, seen, set(self.ignored) | {self.classifier})
+        self.layers, self.kept_whole, self._groups = find_layers(model, seen, set(self.ignored) | {self.classifier})
         if not self.layers:
             hint = "".join(f"; {name!r} is kept whole: {why}" for name, why in list(self.kept_whole.items())[:2])
             raise UntraceableModelError(f"the model has no prunable Conv/Linear layer besides its classifier{hint}.")
@@ -136,9 +136,12 @@ class Surgeon:
         return is_out(self.graph, dep)
 
     def group(self, layer: PrunableLayer, idxs: Sequence[int] | None = None) -> tp.Group:
-        """The torch-pruning group of ``layer`` for ``idxs`` (all channels by default)."""
+        """The torch-pruning group of ``layer`` for ``idxs`` (all channels by default: built once,
+        when the model was traced; read it, never prune it)."""
         pruner = self.graph.get_pruner_of_module(layer.module)
         if idxs is None:
+            if layer.name in self._groups:
+                return self._groups[layer.name]
             idxs = list(range(pruner.get_out_channels(layer.module)))
         return self.graph.get_pruning_group(layer.module, pruner.prune_out_channels, list(idxs))
 
@@ -194,13 +197,13 @@ class Surgeon:
         """Remove the dropped channels physically. All-or-nothing: if torch-pruning
         fails half-way, the model is restored to what it was."""
         self._check_plan(plan)
-        backup = clone_model(self.model)
+        backup = _snapshot(self.model)
         try:
             with autograd_on():  # new parameters are ordinary tensors, whatever the caller's mode
                 for group in self.drop_groups(plan):
                     group.prune()
         except Exception as exc:
-            _restore(self.model, backup)
+            _put_back(backup)
             raise UntraceableModelError(
                 f"torch-pruning failed to remove channels ({first_line(exc)}); model restored."
             ) from None
@@ -228,6 +231,25 @@ def predict_ms(model: nn.Module, table: LatencyTable, example_inputs: torch.Tens
     inputs = table.example_inputs() if example_inputs is None else example_inputs
     latency = Surgeon(model, inputs).resource_model("latency", table)
     return latency.network_ms([1.0] * latency.layers)
+
+
+_OWNED = ("_parameters", "_buffers")
+
+
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, object]]]:
+    """Every module's attributes as they are, without copying a tensor: torch-pruning swaps in
+    new parameters, buffers and widths (it never writes into a tensor it cuts), so the old
+    objects kept here are the model before the cut."""
+    return [
+        (m, {k: dict(v) if k in _OWNED else v for k, v in m.__dict__.items() if k != "_modules"})
+        for m in model.modules()
+    ]
+
+
+def _put_back(snapshot: list[tuple[nn.Module, dict[str, object]]]) -> None:
+    """The modules of a :func:`_snapshot` as they were, in place (references stay valid)."""
+    for module, state in snapshot:
+        module.__dict__.update({k: dict(v) if k in _OWNED else v for k, v in state.items()})
 
 
 def _restore(model: nn.Module, backup: nn.Module) -> None:

@@ -92,3 +92,11 @@ def test_a_step_traces_the_model_once(monkeypatch):
     for _ in range(3):
         pruner.step()
     assert len(calls) == 3
+
+
+def test_a_model_the_tracer_cannot_follow_names_where_it_failed():
+    """ShuffleNet's channel shuffle defeats torch-pruning 1.6's tracer (its MetaPruner fails as
+    well): one sentence naming the layer and the reason."""
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=3).eval()
+    with pytest.raises(UntraceableModelError, match=r"cannot trace ShuffleNetV2 at the \w+ after layer 'stage\d"):
+        EvolutionarySynthesisPruner(model, torch.zeros(1, 3, 32, 32), env=0.9)

@@ -149,7 +149,10 @@ def trace(
     except Exception as exc:
         if failed:  # the user's model raised: report, don't crash
             raise _forward_error(failed[0], example_inputs, forward_fn, guessed) from None
-        raise UntraceableModelError(f"torch-pruning cannot trace {type(model).__name__} ({first_line(exc)}).") from None
+        where = _culprit(exc, {m: n for n, m in model.named_modules()})
+        raise UntraceableModelError(
+            f"torch-pruning cannot trace {type(model).__name__}{where} ({first_line(exc)})."
+        ) from None
     finally:
         for h in handles:
             h.remove()
@@ -159,6 +162,33 @@ def trace(
     seen.inputs.clear()
     seen.outputs.clear()
     return seen
+
+
+def _culprit(exc: BaseException, names: dict[nn.Module, str]) -> str:
+    """Where in the model torch-pruning's tracer failed: the graph node it was working on when
+    it raised (its deepest frame holding one), named by the nearest layer at or before it."""
+    node, tb = None, exc.__traceback__
+    while tb is not None:
+        node = next((v for v in tb.tb_frame.f_locals.values() if isinstance(v, tp.dependency.Node)), node)
+        tb = tb.tb_next
+    if node is None:
+        return ""
+    op = (
+        node.grad_fn.name()
+        if node.grad_fn is not None and hasattr(node.grad_fn, "name")
+        else type(node.module).__name__
+    )
+    frontier, seen = [node], set()
+    while frontier:
+        current = frontier.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.module in names:
+            layer = names[current.module]
+            return f" at layer '{layer}'" if current is node else f" at the {op} after layer '{layer}'"
+        frontier.extend(current.inputs)
+    return f" at a {op}"
 
 
 def _untraced_feeds(model: nn.Module, seen: Trace) -> None:

@@ -331,22 +331,6 @@ def test_wrong_example_inputs_are_refused():
         EvolutionarySynthesisPruner(squeezenet1_1_ancestor(weights=None), example_inputs=torch.zeros(1, 1, 32, 32))
 
 
-class _Detached(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
-        self.head = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x):
-        y = self.conv(x).detach()
-        return self.head(y).mean((2, 3))
-
-
-def test_untraceable_model_is_refused_with_layer_name():
-    with pytest.raises(UntraceableModelError, match="'conv'"):
-        EvolutionarySynthesisPruner(_Detached(), env=0.9, example_inputs=torch.zeros(1, 3, 8, 8))
-
-
 def _fail_third_group(monkeypatch):
     """torch-pruning fails on the third group it prunes; returns the real Group.prune."""
     real = tp.Group.prune

@@ -24,3 +24,23 @@ def blocked16(geo, cin, cout, slow):
     off = any(w % 16 and w != full for w, full in ((cin, geo["cin"]), (cout, geo["cout"])))
     cin, cout = max(cin, min(16, geo["cin"])), max(cout, min(16, geo["cout"]))
     return smooth(geo, cin, cout) * (slow if off else 1.0)
+
+
+def tiny_onnx(path, *, batch: int = 1, size: int = 16, head: bool = False):
+    """A tiny network exported to ONNX at ``path`` (input ``input``, output ``logits``): a 3x3
+    Conv+ReLU, and with ``head`` a pooled Linear classifier of 10 classes."""
+    import torch
+
+    layers = [torch.nn.Conv2d(3, 8 if head else 4, 3, padding=1 if head else 0), torch.nn.ReLU()]
+    if head:
+        layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)]
+    torch.onnx.export(
+        torch.nn.Sequential(*layers).eval(),
+        torch.randn(batch, 3, size, size),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["input"],
+        output_names=["logits"],
+    )
+    return path

@@ -24,3 +24,11 @@ def shared_dir() -> Path:
 def _few_threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def squish_cache(tmp_path, monkeypatch) -> Path:
+    """A private image cache ($SQUISH_CACHE) for one test."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("SQUISH_CACHE", str(path))
+    return path

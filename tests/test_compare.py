@@ -43,10 +43,9 @@ def test_unknown_method_and_unreachable_target():
         prune_to(model, "tp-magnitude", 10, ctx)
 
 
-def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
+def test_compare_on_a_quickstart_run(tmp_path, squish_cache):
     """End to end: a 2-generation quickstart run, then two baselines on its schedule;
     table, CSV (one row per method and SquishedNet) and Pareto plot are written."""
-    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
     ran = runner.invoke(
         app,
         [
@@ -101,14 +100,13 @@ def test_compare_on_a_quickstart_run(tmp_path, monkeypatch):
     assert len(kd) == len(plain) and [r["top1_128"] for r in kd] != [r["top1_128"] for r in plain]
 
 
-def test_compare_over_seeds_with_and_without_distillation(tmp_path, monkeypatch):
+def test_compare_over_seeds_with_and_without_distillation(tmp_path, monkeypatch, squish_cache):
     """The issue-#15 protocol: one run per seed, each with a held-out slice; every baseline
     runs once per seed, plain and +kd, on that run's training images less its held-out
     slice; equal_budget.csv has one row per method, seed and size, and the table gives
     mean ± sd over the seeds."""
     from squish_plugin.baselines import protocol
 
-    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
     runs = []
     for seed in (0, 1):
         sets = {**QUICK, "seed": seed, "data.holdout": 0.1, "train.distill.teacher": "ancestor"}
@@ -216,12 +214,11 @@ def test_nni_taylor_scores_channels_from_training_batches():
         prune_to(model, "nni-taylor", 400_000, PruneContext(example, None, seed=0))
 
 
-def test_compare_finishes_the_best_distilled_baseline_and_a_scratch_control(tmp_path, monkeypatch):
+def test_compare_finishes_the_best_distilled_baseline_and_a_scratch_control(tmp_path, squish_cache):
     """With `finish` and `scratch`: the run's own networks are finished, the distilled
     baseline with the best held-out top-1 at selection is finished with the same settings,
     and the evolutionary widths are trained from random weights for the same total epochs;
     finished.csv holds one row per method, seed and network in the issue's columns."""
-    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
     sets = {**QUICK, "train.distill.teacher": "ancestor", "data.holdout": 0.2, "finish.epochs": 1}
     ran = runner.invoke(
         app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args({**sets, "output.dir": tmp_path / "r"})]

@@ -139,11 +139,32 @@ def test_screening_trains_only_the_fittest_offspring(tmp_path):
         assert rec["seed"] == max(rec["screened"], key=lambda c: c["screen"])["seed"]
 
 
+def _stem_filters_at_training(run_dir, reinitialize):
+    """The offspring's stem filters when its training starts, and its parent's."""
+    seen = {}
+
+    def watch(model, ctx):
+        if ctx.generation == 1:
+            seen["child"] = model.features[0].weight.detach().clone()
+            seen["parent"] = ctx.parent.features[0].weight.detach().clone()
+        train_fn(model, ctx)
+
+    _evolve(run_dir, generations=1, train=watch, reinitialize=reinitialize)
+    return seen["child"], seen["parent"]
+
+
+def _inherited(child: torch.Tensor, parent: torch.Tensor) -> int:
+    """How many of the child's filters are one of the parent's, unchanged."""
+    return sum(any(torch.equal(c, p) for p in parent) for c in child)
+
+
 def test_reinitialized_offspring_lose_inherited_weights(tmp_path):
-    """reinitialize=True starts offspring from fresh weights (the heredity control)."""
-    inherit = _evolve(tmp_path / "a", generations=1).records[1]
-    fresh = _evolve(tmp_path / "b", generations=1, reinitialize=True).records[1]
-    assert inherit["widths"] == fresh["widths"] and inherit["score"] != fresh["score"]
+    """reinitialize=True starts offspring from fresh weights (the heredity control): an inherited
+    child's stem filters are its parent's kept filters, a reinitialised child's none of them."""
+    child, parent = _stem_filters_at_training(tmp_path / "a", reinitialize=False)
+    assert len(child) < len(parent) and _inherited(child, parent) == len(child)
+    child, parent = _stem_filters_at_training(tmp_path / "b", reinitialize=True)
+    assert _inherited(child, parent) == 0
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,7 @@ MINI = EXAMPLES / "data" / "imagenette-mini"
 cli = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("squish_cache")
 
 
 @pytest.fixture(scope="module")

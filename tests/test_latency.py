@@ -96,12 +96,22 @@ def test_offspring_keep_env_of_the_parents_latency(ancestor, table):
 
 
 def test_latency_budget_cuts_differently_from_a_parameter_budget(ancestor, table):
-    """The environment follows the budgeted resource: at 0.8 of the parameters the
-    child's latency is not 0.8 of the parent's (early, wide layers cost time, not
-    parameters)."""
-    params = SynthesisConfig(env=0.8, resource="params", size_tolerance=0.005, temperature=0.05)
-    child = EvolutionarySynthesisPruner(ancestor, config=params).offspring(seed=0)
-    assert abs(predict_ms(child, table) / predict_ms(ancestor, table) - 0.8) > 0.02
+    """The environment follows the budgeted resource: a latency budget of 0.8 keeps 0.8 of the
+    parent's latency and not of its parameters, a parameter budget the reverse (early, wide
+    layers cost time, not parameters), and the two draw different widths from one seed."""
+    children = {}
+    for resource in ("params", "latency"):
+        cfg = SynthesisConfig(env=0.8, resource=resource, size_tolerance=0.005, temperature=0.05)
+        children[resource] = EvolutionarySynthesisPruner(ancestor, config=cfg, latency_table=table).offspring(seed=0)
+    ms = {r: predict_ms(c, table) / predict_ms(ancestor, table) for r, c in children.items()}
+    params = {
+        r: sum(p.numel() for p in c.parameters()) / sum(p.numel() for p in ancestor.parameters())
+        for r, c in children.items()
+    }
+    assert abs(ms["latency"] - 0.8) <= 0.005 and abs(ms["params"] - 0.8) > 0.02
+    assert abs(params["params"] - 0.8) <= 0.01 and abs(params["latency"] - 0.8) > 0.02
+    shapes = {r: [p.shape for p in c.parameters()] for r, c in children.items()}
+    assert shapes["params"] != shapes["latency"]
 
 
 def test_latency_resource_needs_a_table_that_fits(ancestor, table):
@@ -211,10 +221,15 @@ def test_table_file_validation_names_the_problem():
         LayerGrid("conv", (1, 1), (1, 1), (0, 0), (4, 4), (16, 8), (8,), ((1.0,), (1.0,)))
 
 
-@pytest.mark.parametrize("make", [pytorch_layer_timer, onnxruntime_layer_timer])
-def test_real_layer_timers_time_one_small_layer(make):
-    pytest.importorskip("onnxruntime")
-    timer = make(batch=2, threads=1, warmup=0, runs=1)
-    geo = {"op": "conv", "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1), "in_hw": (8, 8)}
-    assert timer(geo, 4, 8) > 0
-    assert timer({**geo, "op": "linear", "kernel": (1, 1), "padding": (0, 0), "in_hw": (1, 1)}, 4, 8) > 0
+@pytest.mark.parametrize("backend", ["pytorch", "onnxruntime"])
+def test_real_layer_timers_time_more_work_as_longer(backend):
+    """Each real timer (PyTorch always; ONNX Runtime when installed) times a layer with 256 times
+    the work of another as slower, for a conv and a linear layer."""
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    make = pytorch_layer_timer if backend == "pytorch" else onnxruntime_layer_timer
+    timer = make(batch=2, threads=1, warmup=1, runs=5)
+    geo = {"op": "conv", "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1), "in_hw": (32, 32)}
+    assert timer(geo, 64, 64) > timer(geo, 4, 4) > 0
+    linear = {**geo, "op": "linear", "kernel": (1, 1), "padding": (0, 0), "in_hw": (1, 1)}
+    assert timer(linear, 1024, 1024) > timer(linear, 64, 64) > 0

@@ -28,7 +28,7 @@ def aligned16(geo, cin, cout):
 
 
 @pytest.fixture
-def fake_target(tmp_path, monkeypatch):
+def fake_target(monkeypatch, squish_cache):
     """Count layer timings; whole networks are timed as the sum of their layers."""
     calls = []
 
@@ -50,7 +50,6 @@ def fake_target(tmp_path, monkeypatch):
 
     monkeypatch.setattr(deploy_latency, "onnxruntime_layer_timer", layer_timer)
     monkeypatch.setattr(deploy_latency, "time_networks", many)
-    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
     return calls
 
 
@@ -129,10 +128,3 @@ def test_bad_latency_settings_are_one_sentence_exit_2(tmp_path, fake_target, set
 def test_bench_table_refuses_a_recipe_that_reads_no_table(fake_target):
     result = runner.invoke(app, ["bench", "table", str(EXAMPLES / "quickstart.yaml")])
     assert result.exit_code == 2 and "reads no latency table" in result.output
-
-
-def test_the_latency_example_recipe_validates():
-    from squish_plugin.study.recipe import load_recipe
-
-    recipe = load_recipe(EXAMPLES / "imagenette-latency.yaml")
-    assert recipe.evolution.resource == "latency" and recipe.evolution.round_to == "auto"

@@ -24,9 +24,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("squish_cache")
 
 
 def _split(n_per_class=(30, 12, 3)) -> LoadedSplit:

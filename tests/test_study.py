@@ -18,9 +18,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SQUISH_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("squish_cache")
 
 
 def _only_run(out: Path) -> Path:

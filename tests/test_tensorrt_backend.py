@@ -9,29 +9,13 @@ import types
 import pytest
 import torch
 
+from _helpers import tiny_onnx
 from squish_plugin.deploy.tensorrt_backend import bench_tensorrt
 from squish_plugin.errors import InvalidArgumentError, MissingExtraError
 
 
 def _onnx(tmp_path, batch=4, size=32):
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 10),
-    ).eval()
-    path = tmp_path / "tiny.onnx"
-    torch.onnx.export(
-        model,
-        torch.randn(batch, 3, size, size),
-        str(path),
-        dynamo=False,
-        opset_version=13,
-        input_names=["input"],
-        output_names=["logits"],
-    )
-    return path
+    return tiny_onnx(tmp_path / "tiny.onnx", batch=batch, size=size, head=True)
 
 
 def test_without_tensorrt_the_error_names_tensorrt(monkeypatch, tmp_path):

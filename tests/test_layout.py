@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "squish_plugin"
 STANDALONE = {PACKAGE / "deploy" / "_kit" / "bench_trt.py"}
 #: floor -> the floors it must never import (CLI -> study/deploy -> engine -> faces -> surgery -> genetics)
 FORBIDDEN = {
+    "threads": {"errors", "models", "persistence", "synthesis", "study", "baselines", "deploy", "cli"},
     "errors": {"models", "persistence", "synthesis", "study", "baselines", "deploy", "cli"},
     "models": {"persistence", "synthesis", "study", "baselines", "deploy", "cli"},
     "persistence": {"synthesis", "study", "baselines", "deploy", "cli"},

@@ -35,6 +35,7 @@ from ..study.selection import held_out
 from ..study.training import evaluate, train
 from ..synthesis.genetics import TRAIN_STREAM, derive_seed
 from ..synthesis.surgery import model_stats
+from ..threads import torch_threads
 from .controls import finish_controls
 from .pruners import PruneContext, prune_to
 from .recipe import CompareRecipe
@@ -287,11 +288,17 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     console = console or Console()
     recipes = _check_runs(recipe)
     runs = recipe.run_dirs()
-    torch.set_num_threads(recipe.threads or recipes[0].train.threads)
     out = out_dir or timestamped_dir(recipe.output.dir, recipe.name)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.yaml", yaml.safe_dump(recipe.model_dump(), sort_keys=False))
     done = json.loads((out / RESULTS).read_text()) if (out / RESULTS).is_file() else {}
+    with torch_threads(recipe.threads or recipes[0].train.threads):
+        _compare(recipe, recipes, runs, out, done, console)
+    console.print(f"comparison: {out / 'comparison.md'}")
+    return out
+
+
+def _compare(recipe: CompareRecipe, recipes: list, runs: list[Path], out: Path, done: dict, console: Console) -> None:
     train_all, val_split = load_data(recipes[0])
     setups = []
     for run_dir in runs:
@@ -312,5 +319,3 @@ def run_comparison(recipe: CompareRecipe, *, out_dir: Path | None = None, consol
     _write(out, recipe, [row for rows in done.values() for row in rows], runs, recipes[0].data.eval_size)
     if recipe.finish or recipe.scratch:
         finish_controls(out, recipe, setups, done, train_all, console)
-    console.print(f"comparison: {out / 'comparison.md'}")
-    return out

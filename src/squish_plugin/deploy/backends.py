@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, MissingExtraError
+from ..threads import torch_threads
 from .schema import SCHEMA, bench_result, throughput_ips
 
 __all__ = ["BACKENDS", "SCHEMA", "MachineLoad", "latency_summary", "result"]
@@ -166,14 +167,15 @@ def cpu_name() -> str:
 def pytorch_runner(
     model: torch.nn.Module, *, batch: int = 32, size: int = 224, threads: int = 2, channels_last: bool = True
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
-    """``(run one batch, environment)`` for eager PyTorch on the CPU."""
-    torch.set_num_threads(threads)
+    """``(run one batch, environment)`` for eager PyTorch on the CPU, on ``threads`` threads (the
+    caller's count is given back after each batch: wrap a timing loop in
+    :func:`~squish_plugin.threads.torch_threads` so no switch falls inside it)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.eval().to(memory_format=fmt)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
 
     def run() -> Any:
-        with torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             return model(x)
 
     env = {"device": cpu_name(), "threads": threads, "torch": torch.__version__, "channels_last": channels_last}
@@ -194,7 +196,9 @@ def bench_pytorch(
 ) -> dict[str, Any]:
     """Eager PyTorch on the CPU (channels_last by default)."""
     run, env = pytorch_runner(model, batch=batch, size=size, threads=threads, channels_last=channels_last)
-    return result(name, "pytorch", "fp32", batch, size, _time(run, warmup, runs), warmup, env)
+    with torch_threads(threads):
+        seconds = _time(run, warmup, runs)
+    return result(name, "pytorch", "fp32", batch, size, seconds, warmup, env)
 
 
 def onnxruntime_runner(
@@ -264,11 +268,12 @@ def bench_interleaved(
     make = {"pytorch": pytorch_runner, "onnxruntime": onnxruntime_runner}[backend]
     runners = {name: make(target, batch=batch, size=size, threads=threads) for name, target in targets.items()}
     seconds: dict[str, list[float]] = {name: [] for name in targets}
-    for run, _ in runners.values():
-        _time(run, warmup, 0)
-    for _ in range(rounds):
-        for name, (run, _) in runners.items():
-            seconds[name] += _time(run, 0, runs)
+    with torch_threads(threads if backend == "pytorch" else None):
+        for run, _ in runners.values():
+            _time(run, warmup, 0)
+        for _ in range(rounds):
+            for name, (run, _) in runners.items():
+                seconds[name] += _time(run, 0, runs)
     out = []
     for name, (_, env) in runners.items():
         res = result(name, backend, "fp32", batch, size, seconds[name], warmup, {**env, "rounds": rounds})

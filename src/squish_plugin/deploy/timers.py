@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingExtraError
+from ..threads import torch_threads
 from .backends import _time, cpu_name
 
 __all__ = ["LayerTimer", "onnxruntime_layer_timer", "out_hw", "pytorch_layer_timer", "target_of"]
@@ -41,8 +42,8 @@ def _median_ms(run: Callable[[], Any], warmup: int, runs: int) -> float:
 
 
 def pytorch_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 2, runs: int = 5) -> LayerTimer:
-    """Eager PyTorch on the CPU (channels_last), one layer and its ReLU per call."""
-    torch.set_num_threads(threads)
+    """Eager PyTorch on the CPU (channels_last), one layer and its ReLU per call, on ``threads``
+    threads (the caller's count is given back after each call)."""
 
     def timer(geo: Mapping[str, Any], cin: int, cout: int) -> float:
         gen = torch.Generator().manual_seed(0)
@@ -59,7 +60,8 @@ def pytorch_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 2, r
             with torch.inference_mode():
                 return block(x)
 
-        return _median_ms(run, warmup, runs)
+        with torch_threads(threads):
+            return _median_ms(run, warmup, runs)
 
     return timer
 

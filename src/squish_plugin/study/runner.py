@@ -23,6 +23,7 @@ from ..models import squeezenet1_1_ancestor
 from ..persistence import atomic_write_text, load_pruned
 from ..synthesis.genetics import SynthesisConfig
 from ..synthesis.surgery import model_stats
+from ..threads import torch_threads
 from . import distributed
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
@@ -306,7 +307,11 @@ def run_study(
             f"train.batch_size {recipe.train.batch_size} is not a multiple of the {world} processes; "
             "choose a global batch size every process gets an equal part of."
         )
-    torch.set_num_threads(recipe.train.threads)
+    with torch_threads(recipe.train.threads):
+        return _run(recipe, run_dir, resume, console, world)
+
+
+def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, world: int) -> Path:
     train_all, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_all.classes)
     run_dir = _open_run_dir(recipe, run_dir, resume)
@@ -336,9 +341,9 @@ def finish_study(run_dir: Path, overrides: list[str] | None = None, *, console: 
     network finished (resuming one cut short), the report rewritten; returns ``run_dir``."""
     console = console or Console()
     recipe = finish_recipe(Path(run_dir), overrides or [])
-    torch.set_num_threads(recipe.train.threads)
-    train_all, val_split = load_data(recipe)
-    finish_networks(Path(run_dir), recipe, train_all, val_split, console)
+    with torch_threads(recipe.train.threads):
+        train_all, val_split = load_data(recipe)
+        finish_networks(Path(run_dir), recipe, train_all, val_split, console)
     rewrite_report(run_dir, recipe)
     console.print(f"report: {Path(run_dir) / 'report.md'}")
     return Path(run_dir)

@@ -33,6 +33,7 @@ from ..synthesis.latency import LatencyTable
 from ..synthesis.pruner import EvolutionarySynthesisPruner
 from ..synthesis.surgery import model_stats, predict_ms
 from . import distributed
+from .lineage_check import check_records
 
 __all__ = ["LINEAGE_FILE", "EvolutionConfig", "GenerationContext", "Lineage", "evolve", "read_lineage"]
 
@@ -166,7 +167,7 @@ def read_lineage(run_dir: str | os.PathLike, seed: int | None = None) -> list[di
         raise InvalidArgumentError(
             f"{path} was written with seed {data.get('seed')}, not {seed}: resume with the same seed."
         )
-    return list(data["records"])
+    return check_records(data.get("records"), path)
 
 
 class _Evolution:
@@ -326,6 +327,11 @@ def evolve(
     config = (config or EvolutionConfig()).updated(**keywords)
     derive_seed(seed)
     run = _Evolution(run_dir, config, seed, train_fn, eval_fn)
+    if resume and not (run.run_dir / LINEAGE_FILE).exists() and any(run.run_dir.glob("checkpoints/gen_*.pt")):
+        raise CheckpointError(
+            f"'{run.run_dir}' holds checkpoints but no {LINEAGE_FILE}: restore the lineage from a copy "
+            "(resuming would train from generation 0 and overwrite every checkpoint), or start a new run."
+        )
     if resume and (run.run_dir / LINEAGE_FILE).exists():
         run.records = read_lineage(run.run_dir, seed)
         last = run.records[-1]

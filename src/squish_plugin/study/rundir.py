@@ -16,10 +16,20 @@ import yaml
 
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_text
+from . import distributed
 from .engine import read_lineage
 from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 
-__all__ = ["RECIPE_FILE", "extend_generations", "finish_recipe", "new_run_dir", "read_run_recipe", "timestamped_dir"]
+__all__ = [
+    "RECIPE_FILE",
+    "extend_generations",
+    "finish_recipe",
+    "new_run_dir",
+    "open_run_dir",
+    "read_run_recipe",
+    "record_recipe",
+    "timestamped_dir",
+]
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -62,6 +72,13 @@ def extend_generations(run_dir: Path, generations: int) -> None:
     """Record a resumed run's new generation count in its ``recipe.yaml``, leaving the
     rest of the file (e.g. relative data paths of a committed run) as it was."""
     path = Path(run_dir) / RECIPE_FILE
+    if (Path(run_dir) / "lineage.json").is_file():
+        held = read_lineage(run_dir)[-1]["generation"]
+        if held > generations:
+            raise InvalidArgumentError(
+                f"'{run_dir}' already holds {held} generations; --set evolution.generations={generations} cannot "
+                f"shorten it (give {held} or more, or start a new run)."
+            )
     data = yaml.safe_load(path.read_text())
     if data["evolution"].get("generations") != generations:
         data["evolution"]["generations"] = generations
@@ -89,3 +106,23 @@ def finish_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
         data = apply_overrides(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), overrides)
         atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(data, sort_keys=False))
     return recipe
+
+
+def open_run_dir(recipe: Recipe, run_dir: Path | None, resume: bool) -> Path:
+    """The run directory every rank agrees on (created by rank 0 for a new run)."""
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else str(new_run_dir(recipe))))
+    if resume and not (run_dir / RECIPE_FILE).is_file():
+        raise InvalidArgumentError(f"'{run_dir}' is not a run directory to resume: it has no {RECIPE_FILE}.")
+    if distributed.is_main() and not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def record_recipe(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+    """Rank 0, holding the run's lock, records the recipe (a resumed run only its new generation count)."""
+    if not distributed.is_main():
+        return
+    if resume:
+        extend_generations(run_dir, recipe.evolution.generations)
+    else:
+        atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))

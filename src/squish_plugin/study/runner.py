@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -15,12 +16,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
-import yaml
 from rich.console import Console
 
 from ..errors import InvalidArgumentError
 from ..models import squeezenet1_1_ancestor
-from ..persistence import atomic_write_text, load_pruned
+from ..persistence import load_pruned
 from ..synthesis.genetics import SynthesisConfig
 from ..synthesis.surgery import model_stats
 from ..threads import torch_threads
@@ -33,7 +33,15 @@ from .latency import resolved_round_to, run_table
 from .progress import StudyDisplay
 from .recipe import Recipe
 from .report import select_squishednets, write_report
-from .rundir import RECIPE_FILE, extend_generations, finish_recipe, new_run_dir, read_run_recipe, timestamped_dir
+from .rundir import (
+    finish_recipe,
+    new_run_dir,
+    open_run_dir,
+    read_run_recipe,
+    record_recipe,
+    timestamped_dir,
+)
+from .runlock import run_lock
 from .selection import checked_ancestor, held_out, screen_by_finetune, strength_fn
 from .training import TrainSettings, evaluate, mean_kl, train
 
@@ -149,18 +157,6 @@ def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
     if distributed.is_main():
         distributed.barrier()
     return train_split, val_split
-
-
-def _open_run_dir(recipe: Recipe, run_dir: Path | None, resume: bool) -> Path:
-    """The run directory every rank agrees on; rank 0 records the recipe there (a resumed
-    run only its new generation count)."""
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else str(new_run_dir(recipe))))
-    if distributed.is_main() and resume:
-        extend_generations(run_dir, recipe.evolution.generations)
-    elif distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
-    return run_dir
 
 
 def _scorer(recipe: Recipe, split: LoadedSplit) -> Callable[[torch.nn.Module], dict[str, float]]:
@@ -314,7 +310,13 @@ def run_study(
 def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, world: int) -> Path:
     train_all, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_all.classes)
-    run_dir = _open_run_dir(recipe, run_dir, resume)
+    run_dir = open_run_dir(recipe, run_dir, resume)
+    with run_lock(run_dir, "squish-plugin run") if distributed.is_main() else contextlib.nullcontext():
+        record_recipe(recipe, run_dir, resume)
+        return _evolve_and_finish(recipe, run_dir, resume, console, world, train_all, val_split, ancestor)
+
+
+def _evolve_and_finish(recipe, run_dir, resume, console, world, train_all, val_split, ancestor) -> Path:
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
     display = StudyDisplay(console, recipe.evolution.generations)
     study = _Study(recipe, run_dir, train_all, val_split, display)
@@ -341,7 +343,7 @@ def finish_study(run_dir: Path, overrides: list[str] | None = None, *, console: 
     network finished (resuming one cut short), the report rewritten; returns ``run_dir``."""
     console = console or Console()
     recipe = finish_recipe(Path(run_dir), overrides or [])
-    with torch_threads(recipe.train.threads):
+    with torch_threads(recipe.train.threads), run_lock(Path(run_dir), "squish-plugin finish"):
         train_all, val_split = load_data(recipe)
         finish_networks(Path(run_dir), recipe, train_all, val_split, console)
     rewrite_report(run_dir, recipe)

@@ -297,3 +297,19 @@ def test_bench_warns_and_records_a_busy_machine(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "warning: the machine was busy" in result.output
     stored = json.loads((run / "bench" / "pytorch-fp32-b2.json").read_text())
     assert all(r["env"]["machine_load"]["busy"] for r in stored)
+
+
+def test_export_is_all_or_nothing(tmp_path):
+    """A truncated checkpoint stops export in one sentence before anything is written: the
+    onnx/ folder of an earlier export stays whole, no staging folder is left behind."""
+    run = _fake_run(tmp_path)
+    assert runner.invoke(app, ["export", str(run), "--size", "64"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (run / "onnx").iterdir()}
+    generation = json.loads((run / "onnx" / "manifest.json").read_text())["models"]["squishednet-2"]["generation"]
+    records = json.loads((run / "lineage.json").read_text())["records"]
+    named = run / records[generation]["checkpoint"]
+    named.write_bytes(named.read_bytes()[:100])
+    result = runner.invoke(app, ["export", str(run), "--size", "96"])  # would rewrite every file
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in (run / "onnx").iterdir()} == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -18,6 +18,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +37,41 @@ MANIFEST = "onnx/manifest.json"
 
 def export_run(run_dir: str | Path, *, opset: int = 13, batch: int | None = None, size: int = 224) -> dict:
     """Export the ancestor and every named SquishedNet of ``run_dir`` to ONNX, for
-    ``size`` x ``size`` inputs (224, the paper's, by default)."""
+    ``size`` x ``size`` inputs (224, the paper's, by default). All or nothing: every checkpoint
+    is read before anything is written, the files go to a staging folder, and ``onnx/`` is
+    replaced whole only when all of them are there."""
     from .export import export_onnx
 
     run_dir = Path(run_dir)
     records = {r["generation"]: r for r in read_lineage(run_dir)}
+    models = {
+        name: (gen, load_pruned(run_dir / records[gen]["checkpoint"]))
+        for name, gen in squishednet_models(run_dir).items()
+    }
     manifest: dict[str, Any] = {"size": size, "opset": opset, "batch": batch, "models": {}}
-    for name, gen in squishednet_models(run_dir).items():
-        model = load_pruned(run_dir / records[gen]["checkpoint"])
-        info = export_onnx(model, run_dir / "onnx" / f"{name}.onnx", opset=opset, batch=batch, size=size)
-        info.update(generation=gen, path=f"onnx/{name}.onnx", params=records[gen]["params"], macs=records[gen]["macs"])
-        manifest["models"][name] = info
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    stage = run_dir / f".onnx-{os.getpid()}.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        for name, (gen, model) in models.items():
+            info = export_onnx(model, stage / f"{name}.onnx", opset=opset, batch=batch, size=size)
+            info.update(
+                generation=gen, path=f"onnx/{name}.onnx", params=records[gen]["params"], macs=records[gen].get("macs")
+            )
+            manifest["models"][name] = info
+        write_json_atomic(stage / Path(MANIFEST).name, manifest)
+        _replace_dir(stage, run_dir / Path(MANIFEST).parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return manifest
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """``target`` becomes ``new``: two renames, the old folder removed only after."""
+    old = target.with_name(f".{target.name}-old-{os.getpid()}.tmp")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _manifest(run_dir: Path) -> dict:

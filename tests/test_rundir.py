@@ -82,10 +82,9 @@ def test_resume_cannot_shorten_a_run(tmp_path):
 
 
 def test_a_second_writer_is_refused_naming_the_first(tmp_path):
-    with run_lock(tmp_path, "squish-plugin run"):
-        with pytest.raises(InvalidArgumentError, match=rf"in use by squish-plugin run \(pid {os.getpid()}"):
-            with run_lock(tmp_path, "squish-plugin finish"):
-                pass
+    refused = pytest.raises(InvalidArgumentError, match=rf"in use by squish-plugin run \(pid {os.getpid()}")
+    with run_lock(tmp_path, "squish-plugin run"), refused, run_lock(tmp_path, "squish-plugin finish"):
+        pass
     assert not (tmp_path / LOCK_FILE).exists()
 
 

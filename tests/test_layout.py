@@ -16,6 +16,7 @@ FORBIDDEN = {
     "threads": {"errors", "models", "persistence", "synthesis", "study", "baselines", "deploy", "cli"},
     "errors": {"models", "persistence", "synthesis", "study", "baselines", "deploy", "cli"},
     "models": {"persistence", "synthesis", "study", "baselines", "deploy", "cli"},
+    "zoo": {"models", "persistence", "synthesis", "study", "baselines", "deploy", "cli"},
     "persistence": {"synthesis", "study", "baselines", "deploy", "cli"},
     "synthesis": {"models", "persistence", "study", "baselines", "deploy", "cli"},
     "study": {"baselines", "deploy", "cli"},

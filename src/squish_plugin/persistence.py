@@ -58,6 +58,10 @@ def _build(arch: dict[str, Any]) -> nn.Module:
         if name not in torchvision.models.list_models():
             raise CheckpointError(f"unknown torchvision architecture {name!r} in the checkpoint.")
         model = torchvision.models.get_model(name, weights=None, **kwargs)
+    elif isinstance(builder, str) and builder.startswith("timm:"):
+        from .zoo import zoo_model
+
+        model = zoo_model(builder, int(kwargs.get("num_classes", 1000)), None)
     elif builder in _builders():
         model = _builders()[builder](**kwargs)
     else:

@@ -275,6 +275,10 @@ def _recipe_model(recipe) -> nn.Module:
         if not split.is_dir():
             raise InvalidArgumentError(f"data folder '{split}' does not exist (the table needs the number of classes).")
         classes = sum(1 for p in split.iterdir() if p.is_dir())
+    if recipe.model.arch != "squeezenet1_1_ancestor":
+        from ..zoo import zoo_model
+
+        return zoo_model(recipe.model.arch, classes, None)
     return squeezenet1_1_ancestor(classes, weights=None)
 
 

@@ -60,10 +60,37 @@ class RecipeSection(BaseModel):
 
 
 class ModelSection(RecipeSection):
-    arch: Literal["squeezenet1_1_ancestor"] = "squeezenet1_1_ancestor"
+    arch: str = Field(
+        "squeezenet1_1_ancestor",
+        description="squeezenet1_1_ancestor (the paper's), torchvision:<name> (any torchvision classifier) or "
+        "timm:<name> (the [timm] extra)",
+    )
     num_classes: int | None = Field(None, ge=1, description="default: the number of data classes")
-    weights: str | None = "imagenet"
+    weights: str | None = Field(
+        "imagenet",
+        description="imagenet (the ancestor's shipped weights; a zoo's default ImageNet weights, downloaded), none "
+        "(random), a torchvision weights name such as IMAGENET1K_V1, or for the ancestor a .npz/state-dict path",
+    )
     head: Literal["pretrained", "random"] = "random"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from ..zoo import check_arch
+
+        try:
+            return check_arch(v)
+        except Exception as exc:  # one sentence, as a field error
+            raise ValueError(str(exc).removeprefix("model.arch must be ").rstrip(".")) from None
+
+    @model_validator(mode="after")
+    def _head_fits_arch(self) -> ModelSection:
+        if self.head == "pretrained" and self.arch != "squeezenet1_1_ancestor":
+            raise ValueError(
+                f"head 'pretrained' applies to squeezenet1_1_ancestor only, not {self.arch}; use head: random"
+            )
+        return self
+
     init: str | None = Field(
         None, description="a squish-plugin checkpoint (e.g. a trained ancestor) to start from instead of building one"
     )

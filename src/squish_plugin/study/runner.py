@@ -24,6 +24,7 @@ from ..persistence import load_pruned
 from ..synthesis.genetics import SynthesisConfig
 from ..synthesis.surgery import model_stats
 from ..threads import torch_threads
+from ..zoo import zoo_model
 from . import distributed
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
@@ -133,15 +134,19 @@ def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
                 f"model.init '{m.init}' has {out.weight.shape[0]} outputs but the data has {num_classes} classes."
             )
         return model
+    if m.arch != "squeezenet1_1_ancestor":
+        return zoo_model(m.arch, num_classes, m.weights, seed=recipe.seed)
     head = None
     if m.head == "pretrained":
         bad = [c for c in classes if not _WNID.match(c)]
         if bad:
             raise InvalidArgumentError(
-                f"model.head 'pretrained' needs ImageNet wnid class folders; '{bad[0]}' is not one."
+                f"model.head 'pretrained' needs ImageNet wnid class folders; '{bad[0]}' is not one: "
+                "write model.head: random for other classes."
             )
         head = list(classes)
-    return squeezenet1_1_ancestor(num_classes, weights=m.weights, head=head, seed=recipe.seed)
+    weights = None if m.weights == "none" else m.weights
+    return squeezenet1_1_ancestor(num_classes, weights=weights, head=head, seed=recipe.seed)
 
 
 def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:

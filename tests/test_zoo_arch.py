@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from _helpers import QUICK, set_args
 from typer.testing import CliRunner
 
+from _helpers import QUICK, set_args
 from squish_plugin import load_pruned
 from squish_plugin.cli import app
 

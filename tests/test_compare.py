@@ -162,7 +162,13 @@ def test_distill_run_needs_a_distilled_run(tmp_path):
     assert plain["train"]["distill"]["teacher"] == "none"
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     (run_dir / "lineage.json").write_text(
-        json.dumps({"format": "squish-plugin/lineage-v1", "seed": 0, "records": [{"generation": 0}]})
+        json.dumps(
+            {
+                "format": "squish-plugin/lineage-v1",
+                "seed": 0,
+                "records": [{"generation": 0, "checkpoint": "checkpoints/gen_00.pt", "params": 1}],
+            }
+        )
     )
     recipe = tmp_path / "c.yaml"
     out = tmp_path / "cmp"

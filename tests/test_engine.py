@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from squish_plugin import CheckpointError, InvalidArgumentError, load_pruned, squeezenet1_1_ancestor
 from squish_plugin.study.engine import evolve
+from squish_plugin.study.plots import layer_order
 
 SMALL = torch.zeros(1, 3, 64, 64)
 
@@ -84,6 +85,9 @@ def test_resume_after_interruption_reaches_same_lineage(tmp_path):
     assert [r["generation"] for r in partial] == [0, 1]
     resumed = _evolve(tmp_path / "cut", resume=True).records
     assert _essence(resumed) == _essence(full)
+    # the widths plot lists the layers in model order either way (the file's keys are sorted)
+    order = layer_order(resumed)
+    assert order == layer_order(full) and order[0] == "features.0" and order[-1] == "classifier.1"
 
 
 def test_resume_refuses_other_seed_and_foreign_lineage(tmp_path):

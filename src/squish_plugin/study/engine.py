@@ -198,6 +198,8 @@ class _Evolution:
         metrics = dict(self.eval_fn(model))
         stats = model_stats(model, self.config.example_inputs)
         record = {**stats, **metrics, "train_seconds": round(seconds, 3), "widths": layer_widths(model)}
+        if ctx.generation == 0:  # the layers in model order: the lineage's objects are written with sorted keys
+            record["layers"] = list(record["widths"])
         if isinstance(trained, Mapping):  # what train_fn chose to record, e.g. its epochs
             record.update(trained)
         if self.config.latency_table is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 
-__all__ = ["render_comparison", "render_plots"]
+__all__ = ["layer_order", "render_comparison", "render_plots"]
 
 _DPI = 120
 
@@ -89,11 +89,18 @@ def _top1_vs_size(Figure, records, squishednets):
     return fig
 
 
+def layer_order(records: list[dict]) -> list[str]:
+    """The ancestor's layers in model order, whether the records come from memory or from a
+    lineage file (whose objects are written with sorted keys)."""
+    base = records[0]["widths"]
+    return [name for name in records[0].get("layers", base) if name in base]
+
+
 def _widths(Figure, records):
     import numpy as np
 
-    layers = list(records[0]["widths"])
     base = records[0]["widths"]
+    layers = layer_order(records)
     ratio = np.full((len(layers), len(records)), np.nan)
     for j, r in enumerate(records):
         for i, name in enumerate(layers):

@@ -124,6 +124,12 @@ def test_interrupted_run_resumes_to_the_same_lineage(tmp_path, monkeypatch):
     after = (run / "recipe.yaml").read_text()
     assert after == before.replace("generations: 2", "generations: 3") and after != before
 
+    # resuming the complete run: it says so, trains nothing and changes no file
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = runner.invoke(app, ["run", "--resume", str(run)])
+    assert again.exit_code == 0 and "the run is complete (3 generations): nothing to train" in again.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
 
 def _fake_ilsvrc(samples: Path, root: Path) -> None:
     """train/<wnid>/ and val/<wnid>/ linking the sample photos (the same photos in both:

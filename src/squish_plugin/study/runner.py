@@ -323,21 +323,27 @@ def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, w
 
 def _evolve_and_finish(recipe, run_dir, resume, console, world, train_all, val_split, ancestor) -> Path:
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-    display = StudyDisplay(console, recipe.evolution.generations)
-    study = _Study(recipe, run_dir, train_all, val_split, display)
-    with display.progress:
-        lineage = evolve(
-            ancestor,
-            train_fn=study.train_fn,
-            eval_fn=study.eval_fn,
-            run_dir=run_dir,
-            config=study.config(),
-            seed=recipe.seed,
-            resume=resume,
-        )
-    finish_networks(run_dir, recipe, train_all, val_split, console)
-    if distributed.is_main():
-        rewrite_report(run_dir, recipe, lineage.records)
+    held = read_lineage(run_dir) if resume and (run_dir / "lineage.json").is_file() else []
+    complete = bool(held) and held[-1]["generation"] >= recipe.evolution.generations
+    if complete:  # nothing to train: say so, and change no file unless finishing has work left
+        console.print(f"the run is complete ({held[-1]['generation']} generations): nothing to train.")
+        records, before = held, read_finished(run_dir)
+    else:
+        display = StudyDisplay(console, recipe.evolution.generations)
+        study = _Study(recipe, run_dir, train_all, val_split, display)
+        with display.progress:
+            records = evolve(
+                ancestor,
+                train_fn=study.train_fn,
+                eval_fn=study.eval_fn,
+                run_dir=run_dir,
+                config=study.config(),
+                seed=recipe.seed,
+                resume=resume,
+            ).records
+    done = finish_networks(run_dir, recipe, train_all, val_split, console)
+    if distributed.is_main() and not (complete and done == before):
+        rewrite_report(run_dir, recipe, records)
     console.print(f"report: {run_dir / 'report.md'}")
     return run_dir
 

@@ -44,3 +44,17 @@ def test_run_and_export_a_torchvision_classifier(tmp_path, arch):
 def test_a_wrong_architecture_is_one_sentence_at_dry_run(sets, match):
     result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), "--dry-run", *set_args(sets)])
     assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output
+
+
+def test_dry_run_checks_the_class_folders_against_the_head(tmp_path):
+    """CIFAR-style class folders with the quickstart's pretrained (wnid) head: --dry-run stops in
+    one sentence that says what to write, before anything is trained; head: random passes."""
+    for split in ("train", "val"):
+        for name in ("airplane", "cat"):
+            (tmp_path / split / name).mkdir(parents=True)
+    args = ["run", str(EXAMPLES / "quickstart.yaml"), "--dry-run", "--set", f"data.root={tmp_path}"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "'airplane' is not one: write model.head: random" in result.output
+    assert runner.invoke(app, [*args, "--set", "model.head=random"]).exit_code == 0
+    result = runner.invoke(app, [*args, "--set", "model.head=random", "--set", "model.num_classes=10"])
+    assert result.exit_code == 2 and "model.num_classes is 10 but the data has 2 classes" in result.output

@@ -123,6 +123,8 @@ def run(
         typer.echo(yaml.safe_dump(resolved.model_dump(), sort_keys=False).rstrip())
         for problem in runner.data_problems(resolved):
             typer.echo(f"warning: {problem}", err=True)
+        for problem in runner.fit_problems(resolved):
+            _fail(problem)
         typer.echo("dry run: recipe valid, nothing trained or written.")
         return
     _guard(lambda: _latency_table(resolved))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..synthesis.surgery import model_stats
 from ..threads import torch_threads
 from ..zoo import zoo_model
 from . import distributed
+from .checks import check_data, data_problems, fit_problems, head_problem
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
 from .finish_run import finish_networks, finished_sections, read_finished
@@ -49,6 +49,7 @@ from .training import TrainSettings, evaluate, mean_kl, train
 __all__ = [
     "check_data",
     "data_problems",
+    "fit_problems",
     "finish_recipe",
     "finish_study",
     "load_data",
@@ -63,33 +64,6 @@ __all__ = [
 ]
 
 THROUGHPUT_FILE = "throughput.json"
-_WNID = re.compile(r"^n\d{8}$")
-
-
-def data_problems(recipe: Recipe) -> list[str]:
-    """Cheap checks (no decoding) that the recipe's data folders and files exist: one
-    sentence per problem, naming the recipe's own paths."""
-    init = recipe.model.init
-    if init is not None and not Path(init).is_file():
-        return [f"model.init '{init}' does not exist; give a checkpoint written by squish-plugin."]
-    root = Path(recipe.data.root)
-    if not root.is_dir():
-        return [
-            f"data root '{root}' does not exist; set data.root to this recipe's dataset "
-            f"(e.g. --set data.root=/path/to/{root.name}), laid out as <root>/<split>/<class>/<images>."
-        ]
-    return [
-        f"data root '{root}' has no '{split}' folder; expected {root}/{split}/<class>/<image files>."
-        for split in (recipe.data.train_split, recipe.data.val_split)
-        if not (root / split).is_dir()
-    ]
-
-
-def check_data(recipe: Recipe) -> None:
-    """Raise the first of :func:`data_problems`, if any."""
-    problems = data_problems(recipe)
-    if problems:
-        raise InvalidArgumentError(problems[0])
 
 
 def train_settings(recipe: Recipe) -> TrainSettings:
@@ -138,12 +112,9 @@ def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
         return zoo_model(m.arch, num_classes, m.weights, seed=recipe.seed)
     head = None
     if m.head == "pretrained":
-        bad = [c for c in classes if not _WNID.match(c)]
-        if bad:
-            raise InvalidArgumentError(
-                f"model.head 'pretrained' needs ImageNet wnid class folders; '{bad[0]}' is not one: "
-                "write model.head: random for other classes."
-            )
+        problem = head_problem(recipe, classes)
+        if problem:
+            raise InvalidArgumentError(problem)
         head = list(classes)
     weights = None if m.weights == "none" else m.weights
     return squeezenet1_1_ancestor(num_classes, weights=weights, head=head, seed=recipe.seed)

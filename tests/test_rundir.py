@@ -94,3 +94,20 @@ def test_a_stale_lock_of_a_gone_process_is_taken_over(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps(holder))
     with run_lock(tmp_path, "squish-plugin run"):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_resume_removes_what_killed_writes_left(tmp_path):
+    """Orphan temp files of atomic writes (a killed checkpoint, a killed export's staging folder)
+    go when the lock holder resumes; complete files stay."""
+    from squish_plugin.study.rundir import record_recipe
+
+    run = _run_dir(tmp_path, [_record(0)])
+    (run / "checkpoints").mkdir()
+    orphans = [run / "checkpoints" / ".gen_01.pt.abc123.tmp", run / ".lineage.json.x1y2.tmp"]
+    for path in orphans:
+        path.write_bytes(b"half")
+    (run / ".onnx-4242.tmp").mkdir()
+    (run / "checkpoints" / "gen_00.pt").write_bytes(b"whole")
+    record_recipe(load_recipe(run / "recipe.yaml"), run, resume=True)
+    assert not any(p.exists() for p in orphans) and not (run / ".onnx-4242.tmp").exists()
+    assert (run / "checkpoints" / "gen_00.pt").read_bytes() == b"whole" and (run / LINEAGE_FILE).is_file()

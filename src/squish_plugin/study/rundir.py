@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 
 __all__ = [
     "RECIPE_FILE",
+    "clean_orphans",
     "extend_generations",
     "finish_recipe",
     "new_run_dir",
@@ -123,6 +125,22 @@ def record_recipe(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     if not distributed.is_main():
         return
     if resume:
+        clean_orphans(run_dir)
         extend_generations(run_dir, recipe.evolution.generations)
     else:
         atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(), sort_keys=False))
+
+
+def clean_orphans(run_dir: Path) -> list[Path]:
+    """Remove what killed writes left in ``run_dir`` (temp files of atomic writes, an export's
+    staging folder): called only by the run's lock holder, so no writer is cut short. Returns
+    what was removed."""
+    removed = []
+    for pattern in (".*.tmp", "checkpoints/.*.tmp", "onnx/.*.tmp", "bench/.*.tmp"):
+        for path in sorted(Path(run_dir).glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

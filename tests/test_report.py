@@ -180,6 +180,17 @@ def test_throughput_dash_when_absent_and_numbers_when_given(tmp_path, records, r
     assert "| SquishedNet-1 | 2 |" in text and "| 2,100 | 83.10 |" in text
     assert "| SquishedNet-2 | 3 | 1.90 | 2.60x | 129x | — |" in text
     assert "Images/s: ONNX Runtime CPU, batch 32." in text
+    assert "Slower than the ancestor" not in text
+
+
+def test_a_named_network_slower_than_its_ancestor_is_said(tmp_path, records):
+    """A SquishedNet with fewer images/s than its ancestor on the measured target is named, with
+    its ratio and what to do (issue #27: odd widths ran 0.68x the ancestor's speed)."""
+    nets = select_squishednets(records)
+    tp = {"label": "ONNX Runtime CPU, batch 32", "values": {"0": 1000.0, 2: 680.0}}
+    text = write_report(tmp_path, records, squishednets=nets, throughput=tp)["report"].read_text()
+    assert "**Slower than the ancestor** on ONNX Runtime CPU, batch 32: SquishedNet-1 (0.68x)" in text
+    assert "round_to: auto" in text
 
 
 @pytest.mark.parametrize("tp", [{1: 100.0}, {"label": "", "values": {}}, {"label": "x"}])

@@ -285,6 +285,25 @@ def _recipe_yaml(recipe: Mapping) -> str:
     return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False).rstrip()
 
 
+def _slower_than_ancestor(squishednets: Sequence[Mapping], ips: dict, label: str | None) -> list[str]:
+    """A named network that runs slower than its ancestor on the measured target is said so:
+    smaller is not faster when its widths leave the target's fast multiples."""
+    base = ips.get(0)
+    slow = [
+        f"{n['name']} ({ips[n['generation']] / base:.2f}x)"
+        for n in squishednets
+        if base and n["generation"] is not None and ips.get(n["generation"]) and ips[n["generation"]] < base
+    ]
+    if not slow:
+        return []
+    return [
+        f"**Slower than the ancestor** on {label}: {', '.join(slow)} of the ancestor's images/s. Smaller is "
+        "not faster here: round the widths to the target's fast multiple (`evolution.round_to: auto`) or budget "
+        "latency (`resource: latency`).",
+        "",
+    ]
+
+
 def _markdown(records, squishednets, recipe, label, ips, title, plots_ok, sections=()) -> str:
     by_gen = {r["generation"]: r for r in records}
     rules = sorted({str(n.get("rule", "unspecified")) for n in squishednets})
@@ -304,6 +323,7 @@ def _markdown(records, squishednets, recipe, label, ips, title, plots_ok, sectio
         "",
         f"Images/s: {label}." if label else "Images/s: not measured.",
         "",
+        *_slower_than_ancestor(squishednets, ips, label),
         *sections,
         "## Generations",
         "",

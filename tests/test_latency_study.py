@@ -128,3 +128,24 @@ def test_bad_latency_settings_are_one_sentence_exit_2(tmp_path, fake_target, set
 def test_bench_table_refuses_a_recipe_that_reads_no_table(fake_target):
     result = runner.invoke(app, ["bench", "table", str(EXAMPLES / "quickstart.yaml")])
     assert result.exit_code == 2 and "reads no latency table" in result.output
+
+
+def test_under_torchrun_only_rank_0_reads_and_writes_the_run_table(tmp_path, monkeypatch):
+    """Every rank draws against rank 0's table (broadcast); another rank neither reads the cache
+    (keyed by host: other nodes would find other tables) nor writes latency_table.json."""
+    from squish_plugin.study import latency as study_latency
+    from squish_plugin.study.recipe import load_recipe
+
+    recipe = load_recipe(EXAMPLES / "quickstart.yaml", [f"{k}={v}" for k, v in LATENCY.items()])
+    from _helpers import smooth
+
+    table = deploy_latency.measure_table(squeezenet1_1_ancestor(num_classes=10, weights=None), smooth, points=2)
+    sent = []
+    monkeypatch.setattr(study_latency.distributed, "is_main", lambda: False)
+    rank0 = ("table", table.to_dict())
+    monkeypatch.setattr(study_latency.distributed, "broadcast_object", lambda obj: sent.append(obj) or rank0)
+    assert study_latency.run_table(recipe, tmp_path) == table
+    assert sent == [None] and not (tmp_path / study_latency.RUN_TABLE_FILE).exists()
+    monkeypatch.setattr(study_latency.distributed, "broadcast_object", lambda obj: ("error", "no table on rank 0."))
+    with pytest.raises(Exception, match="no table on rank 0"):
+        study_latency.run_table(recipe, tmp_path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import InvalidArgumentError
 from ..persistence import write_json_atomic
 from ..synthesis.latency import LatencyTable, load_table
+from . import distributed
 from .recipe import Recipe
 
 __all__ = ["RUN_TABLE_FILE", "needs_table", "resolved_round_to", "run_table", "table_path"]
@@ -52,10 +53,25 @@ def table_path(recipe: Recipe) -> Path:
 
 def run_table(recipe: Recipe, run_dir: Path) -> LatencyTable | None:
     """The table this run draws against: its own copy if it has one (a resume), else the
-    recipe's table, copied into the run. ``None`` when the recipe needs none."""
+    recipe's table, copied into the run. ``None`` when the recipe needs none. Under torchrun
+    rank 0 alone reads and writes it and every rank gets rank 0's table (a cache keyed by host
+    would give ranks on other nodes other tables, hence other offspring)."""
     if not needs_table(recipe):
         return None
-    own = Path(run_dir) / RUN_TABLE_FILE
+    payload = None
+    if distributed.is_main():
+        try:
+            payload = ("table", _main_table(recipe, Path(run_dir)).to_dict())
+        except InvalidArgumentError as exc:
+            payload = ("error", str(exc))
+    kind, value = distributed.broadcast_object(payload)
+    if kind == "error":
+        raise InvalidArgumentError(value)
+    return LatencyTable.from_dict(value)
+
+
+def _main_table(recipe: Recipe, run_dir: Path) -> LatencyTable:
+    own = run_dir / RUN_TABLE_FILE
     if own.is_file():
         return load_table(own)
     path = table_path(recipe)

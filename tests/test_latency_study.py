@@ -149,3 +149,18 @@ def test_under_torchrun_only_rank_0_reads_and_writes_the_run_table(tmp_path, mon
     monkeypatch.setattr(study_latency.distributed, "broadcast_object", lambda obj: ("error", "no table on rank 0."))
     with pytest.raises(Exception, match="no table on rank 0"):
         study_latency.run_table(recipe, tmp_path)
+
+
+def test_under_torchrun_only_rank_0_measures_a_missing_table(monkeypatch):
+    """The CLI measures a missing table on rank 0 alone: the other ranks would time layers while
+    it does (they get its table from run_table's broadcast)."""
+    from squish_plugin import cli
+    from squish_plugin.study.recipe import load_recipe
+
+    recipe = load_recipe(EXAMPLES / "quickstart.yaml", [f"{k}={v}" for k, v in LATENCY.items()])
+    measured = []
+    monkeypatch.setattr(deploy_latency, "ensure_table", lambda r, **_: measured.append(r))
+    for rank, calls in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        cli._latency_table(recipe)
+        assert len(measured) == calls

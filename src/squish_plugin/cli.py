@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import platform
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -132,10 +133,12 @@ def run(
 
 
 def _latency_table(recipe) -> None:
-    """A recipe that budgets latency (or rounds widths to ``auto``) gets its table first."""
+    """A recipe that budgets latency (or rounds widths to ``auto``) gets its table first: under
+    torchrun on rank 0 alone (the others wait for it at the process group and then get its table),
+    so no rank times layers while another loads the cores."""
     from .study.latency import needs_table
 
-    if needs_table(recipe):
+    if needs_table(recipe) and os.environ.get("RANK", "0") == "0":
         from .deploy.latency import ensure_table
 
         ensure_table(recipe, echo=typer.echo)

@@ -58,3 +58,22 @@ def test_dry_run_checks_the_class_folders_against_the_head(tmp_path):
     assert runner.invoke(app, [*args, "--set", "model.head=random"]).exit_code == 0
     result = runner.invoke(app, [*args, "--set", "model.head=random", "--set", "model.num_classes=10"])
     assert result.exit_code == 2 and "model.num_classes is 10 but the data has 2 classes" in result.output
+
+
+def test_a_size_the_model_cannot_learn_at_is_warned_and_the_report_names_the_sizes(tmp_path):
+    """At 32 px SqueezeNet's last convolution sees 1x1 maps (it stayed at chance): --dry-run warns
+    in one sentence naming the size that gives 2x2; a run's report says where it trained and evaluated."""
+    args = ["run", str(EXAMPLES / "quickstart.yaml"), "--dry-run", *set_args({"data.train_size": 32})]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "at 32 px the model's last convolution sees 1x1 feature maps" in result.output
+    assert "reach 2x2 from 48 px" in result.output
+    assert "warning: at 112 px" not in runner.invoke(app, args[:4]).output
+    from squish_plugin.study.report import write_report
+
+    recipe = {"data": {"train_size": 112, "train_crop": None, "eval_size": 128}}
+    records = [
+        {"generation": 0, "seed": 0, "parent": None, "params": 1, "size_mb": 0.1, "macs": 1, "top1": 1.0, "top5": 1.0}
+        | {"train_seconds": 1.0, "checkpoint": "c.pt", "widths": {"a": 1}}
+    ]
+    text = write_report(tmp_path, records, squishednets=[], recipe=recipe)["report"].read_text()
+    assert "Trained on 112-px images, evaluated at 128 px." in text

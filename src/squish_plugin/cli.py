@@ -126,6 +126,8 @@ def run(
             typer.echo(f"warning: {problem}", err=True)
         for problem in runner.fit_problems(resolved):
             _fail(problem)
+        for warning in runner.size_warnings(resolved):
+            typer.echo(f"warning: {warning}", err=True)
         typer.echo("dry run: recipe valid, nothing trained or written.")
         return
     _guard(lambda: _latency_table(resolved))

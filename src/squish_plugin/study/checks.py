@@ -10,7 +10,15 @@ from pathlib import Path
 from ..errors import InvalidArgumentError
 from .recipe import Recipe
 
-__all__ = ["check_data", "class_names", "data_problems", "fit_problems", "head_problem"]
+__all__ = [
+    "check_data",
+    "class_names",
+    "data_problems",
+    "fit_problems",
+    "head_problem",
+    "resolution_warning",
+    "size_warnings",
+]
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -72,3 +80,56 @@ def fit_problems(recipe: Recipe) -> list[str]:
     if wanted is not None and classes and wanted != len(classes):
         problems.append(f"model.num_classes is {wanted} but the data has {len(classes)} classes.")
     return problems
+
+
+def _last_map(model, size: int) -> tuple[int, int] | None:
+    """The spatial size of the last convolution's output on one ``size`` x ``size`` image."""
+    import torch
+
+    seen: list[tuple[int, int]] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except Exception:  # too small to run at all: said by the caller
+        return (0, 0)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen[-1] if seen else None
+
+
+def resolution_warning(recipe: Recipe, model) -> str | None:
+    """One sentence when the training images are so small that the model's last convolution sees
+    1x1 maps (SqueezeNet at 32 px stayed at chance), naming the smallest size that gives it 2x2."""
+    size = recipe.data.train_crop or recipe.data.train_size
+    last = _last_map(model, size)
+    if last is None or min(last) >= 2:
+        return None
+    better = next((s for s in range(size + 16, 1025, 16) if min(_last_map(model, s) or (0, 0)) >= 2), None)
+    fix = f"its maps reach 2x2 from {better} px (data.train_size)" if better else "use a larger data.train_size"
+    return (
+        f"at {size} px the model's last convolution sees {last[0]}x{last[1]} feature maps, too small to learn "
+        f"from (SqueezeNet stays at chance there): {fix}."
+    )
+
+
+def size_warnings(recipe: Recipe) -> list[str]:
+    """:func:`resolution_warning` for the recipe's architecture, built with random weights (no
+    download, no data needed): what ``--dry-run`` prints."""
+    from ..models import squeezenet1_1_ancestor
+    from ..zoo import zoo_model
+
+    classes = recipe.model.num_classes or len(recipe.data.classes or []) or 10
+    arch = recipe.model.arch
+    model = (
+        squeezenet1_1_ancestor(classes, weights=None)
+        if arch == "squeezenet1_1_ancestor"
+        else zoo_model(arch, classes, None)
+    )
+    warning = resolution_warning(recipe, model)
+    return [warning] if warning else []

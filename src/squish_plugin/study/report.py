@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes
+from .report_notes import resolution, slower_than_ancestor
 
 __all__ = [
     "ALEXNET_PARAMS",
@@ -285,25 +286,6 @@ def _recipe_yaml(recipe: Mapping) -> str:
     return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False).rstrip()
 
 
-def _slower_than_ancestor(squishednets: Sequence[Mapping], ips: dict, label: str | None) -> list[str]:
-    """A named network that runs slower than its ancestor on the measured target is said so:
-    smaller is not faster when its widths leave the target's fast multiples."""
-    base = ips.get(0)
-    slow = [
-        f"{n['name']} ({ips[n['generation']] / base:.2f}x)"
-        for n in squishednets
-        if base and n["generation"] is not None and ips.get(n["generation"]) and ips[n["generation"]] < base
-    ]
-    if not slow:
-        return []
-    return [
-        f"**Slower than the ancestor** on {label}: {', '.join(slow)} of the ancestor's images/s. Smaller is "
-        "not faster here: round the widths to the target's fast multiple (`evolution.round_to: auto`) or budget "
-        "latency (`resource: latency`).",
-        "",
-    ]
-
-
 def _markdown(records, squishednets, recipe, label, ips, title, plots_ok, sections=()) -> str:
     by_gen = {r["generation"]: r for r in records}
     rules = sorted({str(n.get("rule", "unspecified")) for n in squishednets})
@@ -317,13 +299,14 @@ def _markdown(records, squishednets, recipe, label, ips, title, plots_ok, sectio
         f"{SQUEEZENET1_1_PARAMS:,} params = {_mb(SQUEEZENET1_1_PARAMS):.2f} MB, AlexNet has "
         f"{ALEXNET_PARAMS:,} params = {_mb(ALEXNET_PARAMS):.1f} MB.",
         "",
+        *resolution(recipe),
         "## SquishedNets (Table 2)",
         "",
         *_table2(by_gen, squishednets, ips),
         "",
         f"Images/s: {label}." if label else "Images/s: not measured.",
         "",
-        *_slower_than_ancestor(squishednets, ips, label),
+        *slower_than_ancestor(squishednets, ips, label),
         *sections,
         "## Generations",
         "",

@@ -25,7 +25,7 @@ from ..synthesis.surgery import model_stats
 from ..threads import torch_threads
 from ..zoo import zoo_model
 from . import distributed
-from .checks import check_data, data_problems, fit_problems, head_problem
+from .checks import check_data, data_problems, fit_problems, head_problem, resolution_warning, size_warnings
 from .data import LoadedSplit, load_split
 from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
 from .finish_run import finish_networks, finished_sections, read_finished
@@ -50,6 +50,7 @@ __all__ = [
     "check_data",
     "data_problems",
     "fit_problems",
+    "size_warnings",
     "finish_recipe",
     "finish_study",
     "load_data",
@@ -286,6 +287,9 @@ def run_study(
 def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, world: int) -> Path:
     train_all, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_all.classes)
+    warning = resolution_warning(recipe, ancestor)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
     run_dir = open_run_dir(recipe, run_dir, resume)
     with run_lock(run_dir, "squish-plugin run") if distributed.is_main() else contextlib.nullcontext():
         record_recipe(recipe, run_dir, resume)

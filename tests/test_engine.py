@@ -186,3 +186,15 @@ def test_several_offspring_need_a_fitness_that_is_not_validation(tmp_path):
     with pytest.raises(InvalidArgumentError, match="needs a fitness_fn"):
         _evolve(tmp_path / "run", generations=1, offspring_per_generation=3)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_names_a_damaged_middle_checkpoint_before_training(tmp_path):
+    """A truncated checkpoint of a middle generation stops --resume in one sentence naming it
+    (it went unnoticed until export); nothing is changed."""
+    _evolve(tmp_path, generations=2)
+    middle = tmp_path / "checkpoints" / "gen_01.pt"
+    middle.write_bytes(middle.read_bytes()[:200])
+    lineage = (tmp_path / "lineage.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"gen_01.pt' of generation 1 is missing or damaged"):
+        _evolve(tmp_path, generations=3, resume=True)
+    assert (tmp_path / "lineage.json").read_bytes() == lineage

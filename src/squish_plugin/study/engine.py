@@ -33,7 +33,7 @@ from ..synthesis.latency import LatencyTable
 from ..synthesis.pruner import EvolutionarySynthesisPruner
 from ..synthesis.surgery import model_stats, predict_ms
 from . import distributed
-from .lineage_check import check_records
+from .lineage_check import check_checkpoints, check_records
 
 __all__ = ["LINEAGE_FILE", "EvolutionConfig", "GenerationContext", "Lineage", "evolve", "read_lineage"]
 
@@ -336,6 +336,7 @@ def evolve(
         )
     if resume and (run.run_dir / LINEAGE_FILE).exists():
         run.records = read_lineage(run.run_dir, seed)
+        check_checkpoints(run.run_dir, run.records)
         last = run.records[-1]
         # the ancestor's own instance is reshaped, so any architecture resumes
         parent = load_pruned(run.run_dir / last["checkpoint"], model=copy.deepcopy(ancestor))

@@ -4,12 +4,13 @@ naming the file and what is wrong, never a KeyError deep inside a command."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
 
-__all__ = ["check_records"]
+__all__ = ["check_checkpoints", "check_records"]
 
 #: field -> the type every record must hold there
 REQUIRED = {"generation": int, "checkpoint": str, "params": int}
@@ -38,3 +39,20 @@ def check_records(records: object, path: Path) -> list[dict[str, Any]]:
                 f"(records must run 0, 1, 2, ...); {fix}."
             )
     return records
+
+
+def check_checkpoints(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Every checkpoint the lineage names is there and whole (its zip archive's CRCs check out):
+    a truncated middle checkpoint is named when a run resumes, not when ``export`` meets it."""
+    for record in records:
+        path = Path(run_dir) / record["checkpoint"]
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (OSError, zipfile.BadZipFile):
+            damaged = path.name
+        if damaged is not None:
+            raise CheckpointError(
+                f"checkpoint '{path}' of generation {record['generation']} is missing or damaged: restore it "
+                "from a copy, or start a new run (nothing was changed)."
+            )

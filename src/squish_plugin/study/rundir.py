@@ -18,7 +18,7 @@ import yaml
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_text
 from . import distributed
-from .engine import read_lineage
+from .engine import LINEAGE_FILE, read_lineage
 from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 
 __all__ = [
@@ -74,7 +74,7 @@ def extend_generations(run_dir: Path, generations: int) -> None:
     """Record a resumed run's new generation count in its ``recipe.yaml``, leaving the
     rest of the file (e.g. relative data paths of a committed run) as it was."""
     path = Path(run_dir) / RECIPE_FILE
-    if (Path(run_dir) / "lineage.json").is_file():
+    if (Path(run_dir) / LINEAGE_FILE).is_file():
         held = read_lineage(run_dir)[-1]["generation"]
         if held > generations:
             raise InvalidArgumentError(

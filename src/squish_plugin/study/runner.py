@@ -27,7 +27,7 @@ from ..zoo import zoo_model
 from . import distributed
 from .checks import check_data, data_problems, fit_problems, head_problem, resolution_warning, size_warnings
 from .data import LoadedSplit, load_split
-from .engine import EvolutionConfig, GenerationContext, evolve, read_lineage
+from .engine import LINEAGE_FILE, EvolutionConfig, GenerationContext, evolve, read_lineage
 from .finish_run import finish_networks, finished_sections, read_finished
 from .holdout import proxy_slice
 from .latency import resolved_round_to, run_table
@@ -298,7 +298,7 @@ def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, w
 
 def _evolve_and_finish(recipe, run_dir, resume, console, world, train_all, val_split, ancestor) -> Path:
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-    held = read_lineage(run_dir) if resume and (run_dir / "lineage.json").is_file() else []
+    held = read_lineage(run_dir) if resume and (run_dir / LINEAGE_FILE).is_file() else []
     complete = bool(held) and held[-1]["generation"] >= recipe.evolution.generations
     if complete:  # nothing to train: say so, and change no file unless finishing has work left
         console.print(f"the run is complete ({held[-1]['generation']} generations): nothing to train.")

@@ -158,7 +158,7 @@ def trace(
             h.remove()
     if not seen.shapes:
         raise UntraceableModelError("the model runs no Conv or Linear layer, nothing to prune.")
-    _untraced_feeds(model, seen)
+    _untraced_feeds(seen)
     seen.inputs.clear()
     seen.outputs.clear()
     return seen
@@ -191,7 +191,7 @@ def _culprit(exc: BaseException, names: dict[nn.Module, str]) -> str:
     return f" at a {op}"
 
 
-def _untraced_feeds(model: nn.Module, seen: Trace) -> None:
+def _untraced_feeds(seen: Trace) -> None:
     """A layer that runs but leaves no autograd trace (a detector's region-proposal head whose
     scores only pick boxes; no_grad, detach) is never pruned, nor may what feeds it: find the
     graph nodes its input comes from, walking autograd back to the nearest traced ones. An input
@@ -238,7 +238,7 @@ def _why_whole(graph: tp.DependencyGraph, group: tp.Group, feeds: dict, names: d
                 f"it holds the attention '{names.get(module, module)}', whose width must stay a multiple of its heads"
             )
         # what feeds the untraced layer changes width when a module's outputs, or an op's, are cut
-        if dep.target in feeds and (module not in names or graph.is_out_channel_pruning_fn(dep.handler)):
+        if dep.target in feeds and (module not in names or is_out(graph, dep)):
             return f"it feeds '{names.get(feeds[dep.target])}', which runs but leaves no autograd trace"
     return None
 

@@ -86,6 +86,8 @@ def _last_map(model, size: int) -> tuple[int, int] | None:
     """The spatial size of the last convolution's output on one ``size`` x ``size`` image."""
     import torch
 
+    from ..synthesis.surgery import EvalMode
+
     seen: list[tuple[int, int]] = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
@@ -93,8 +95,8 @@ def _last_map(model, size: int) -> tuple[int, int] | None:
         if isinstance(m, torch.nn.Conv2d)
     ]
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
+        with EvalMode(model), torch.no_grad():  # the caller's model keeps its own training flags
+            model(torch.zeros(1, 3, size, size))
     except Exception:  # too small to run at all: said by the caller
         return (0, 0)
     finally:

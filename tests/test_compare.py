@@ -158,7 +158,7 @@ def test_distill_run_needs_a_distilled_run(tmp_path):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    plain = load_recipe(EXAMPLES / "quickstart.yaml").model_dump()
+    plain = load_recipe(EXAMPLES / "quickstart.yaml", ["train.distill.teacher=none"]).model_dump()
     assert plain["train"]["distill"]["teacher"] == "none"
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     (run_dir / "lineage.json").write_text(

@@ -42,6 +42,10 @@ def test_quickstart_runs_end_to_end(tmp_path):
     for name in ("top1_vs_size.png", "widths.png", "recipe.yaml", "lineage.json"):
         assert (run / name).stat().st_size > 0
     assert len(list((run / "checkpoints").glob("gen_*.pt"))) == 4
+    records = json.loads((run / "lineage.json").read_text())["records"]
+    full = records[0]["widths"]
+    assert all(w % 16 == 0 or w == full[k] for r in records for k, w in r["widths"].items())  # round_to: 16
+    assert records[-1]["params"] <= 0.9**3 * params[0] * 1.01  # ... within the budget (size repair)
 
 
 def test_levers_of_issue_8_through_a_recipe(tmp_path):

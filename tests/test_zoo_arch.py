@@ -47,16 +47,18 @@ def test_a_wrong_architecture_is_one_sentence_at_dry_run(sets, match):
 
 
 def test_dry_run_checks_the_class_folders_against_the_head(tmp_path):
-    """CIFAR-style class folders with the quickstart's pretrained (wnid) head: --dry-run stops in
-    one sentence that says what to write, before anything is trained; head: random passes."""
+    """CIFAR-style class folders with a pretrained (wnid) head: --dry-run stops in one sentence
+    that says what to write, before anything is trained; head: random, and the default head:
+    auto (random for such folders), pass."""
     for split in ("train", "val"):
         for name in ("airplane", "cat"):
             (tmp_path / split / name).mkdir(parents=True)
     args = ["run", str(EXAMPLES / "quickstart.yaml"), "--dry-run", "--set", f"data.root={tmp_path}"]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--set", "model.head=pretrained"])
     assert result.exit_code == 2 and "'airplane' is not one: write model.head: random" in result.output
     assert runner.invoke(app, [*args, "--set", "model.head=random"]).exit_code == 0
-    result = runner.invoke(app, [*args, "--set", "model.head=random", "--set", "model.num_classes=10"])
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, [*args, "--set", "model.num_classes=10"])
     assert result.exit_code == 2 and "model.num_classes is 10 but the data has 2 classes" in result.output
 
 

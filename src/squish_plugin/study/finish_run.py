@@ -103,7 +103,7 @@ def finish_settings(recipe: Recipe, device: str | None = None) -> FinishSettings
     names = {field.name for field in fields(FinishSettings)}
     shared = {k: getattr(t, k) for k in names & set(type(t).model_fields)}  # the finish section's win below
     shared.update({k: getattr(f, k) for k in names & set(type(f).model_fields)})
-    shared.update(alpha=f.alpha if f.teacher != "none" else 0.0, full_size_epochs=min(f.full_size_epochs, f.epochs))
+    shared.update(alpha=f.alpha if f.teacher != "none" else 0.0, full_size_epochs=min(f.full_size, f.epochs))
     return FinishSettings(**{**shared, "crop": recipe.data.train_crop, "device": device or t.device})
 
 

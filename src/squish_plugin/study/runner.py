@@ -25,7 +25,16 @@ from ..synthesis.surgery import model_stats
 from ..threads import torch_threads
 from ..zoo import zoo_model
 from . import distributed
-from .checks import check_data, data_problems, fit_problems, head_problem, resolution_warning, size_warnings
+from .checks import (
+    ancestor_lr,
+    check_data,
+    data_problems,
+    fit_problems,
+    head_problem,
+    resolution_warning,
+    size_warnings,
+    wnid_head,
+)
 from .data import LoadedSplit, load_split
 from .engine import LINEAGE_FILE, EvolutionConfig, GenerationContext, evolve, read_lineage
 from .finish_run import finish_networks, finished_sections, read_finished
@@ -112,7 +121,7 @@ def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
     if m.arch != "squeezenet1_1_ancestor":
         return zoo_model(m.arch, num_classes, m.weights, seed=recipe.seed)
     head = None
-    if m.head == "pretrained":
+    if m.head == "pretrained" or (m.head == "auto" and wnid_head(recipe, classes)):
         problem = head_problem(recipe, classes)
         if problem:
             raise InvalidArgumentError(problem)
@@ -223,7 +232,7 @@ class _Study:
             epochs = self.generation_epochs(model)
             self.fit(model, ctx, epochs, ctx.seed)
             return {"epochs": epochs}
-        settings = replace(self.settings, lr=t.ancestor_lr or t.lr)
+        settings = replace(self.settings, lr=ancestor_lr(self.recipe))
         check = self.held_score if t.ancestor_must_improve else None
         checked_ancestor(
             model, lambda: self.fit(model, ctx, t.ancestor_epochs, ctx.seed, settings), check, self.run_dir

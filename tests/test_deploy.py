@@ -188,7 +188,7 @@ def test_images_per_second_is_names_every_result():
 
 def test_collect_refuses_results_that_mix_definitions(tmp_path):
     """An earlier kit's trtexec result (qps x batch) and a new one (batch / median) are not put in one column."""
-    from squish_plugin.deploy.runs import collect_into_run
+    from squish_plugin.study.deployment import collect_into_run
 
     run, results = tmp_path / "run", tmp_path / "results"
     (run / "onnx").mkdir(parents=True)

@@ -14,6 +14,10 @@ from _helpers import QUICK, blocked16, set_args
 from squish_plugin import squeezenet1_1_ancestor
 from squish_plugin.cli import app
 from squish_plugin.deploy import latency as deploy_latency
+from squish_plugin.study import latency as study_latency
+from squish_plugin.study.latency import TableTimers, ensure_table
+from squish_plugin.study.recipe import load_recipe
+from squish_plugin.study.runner import run_study
 from squish_plugin.synthesis.latency import layer_geometry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -27,30 +31,29 @@ def aligned16(geo, cin, cout):
     return blocked16(geo, cin, cout, slow=3.0)
 
 
-@pytest.fixture
-def fake_target(monkeypatch, squish_cache):
-    """Count layer timings; whole networks are timed as the sum of their layers."""
-    calls = []
+class FakeTarget:
+    """Timers for a table: layer timings counted; whole networks timed as the sum of their layers."""
 
-    def layer_timer(**_):
-        def timer(geo, cin, cout):
-            calls.append((cin, cout))
-            return aligned16(geo, cin, cout)
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.full = layer_geometry(squeezenet1_1_ancestor(num_classes=10, weights=None), torch.zeros(1, 3, SIZE, SIZE))
+        self.timers = TableTimers(self.layer, self.networks)
 
-        return timer
+    def layer(self, geo, cin, cout):
+        self.calls.append((cin, cout))
+        return aligned16(geo, cin, cout)
 
-    full = layer_geometry(squeezenet1_1_ancestor(num_classes=10, weights=None), torch.zeros(1, 3, SIZE, SIZE))
-
-    def whole(net):
+    def whole(self, net):
         geometry = layer_geometry(net, torch.zeros(1, 3, SIZE, SIZE))
-        return 0.9 * sum(aligned16(full[n], g["cin"], g["cout"]) for n, g in geometry.items()) - 0.5
+        return 0.9 * sum(aligned16(self.full[n], g["cin"], g["cout"]) for n, g in geometry.items()) - 0.5
 
-    def many(nets, backend, **_):
-        return {name: whole(net) for name, net in nets.items()}
+    def networks(self, nets):
+        return {name: self.whole(net) for name, net in nets.items()}
 
-    monkeypatch.setattr(deploy_latency, "onnxruntime_layer_timer", layer_timer)
-    monkeypatch.setattr(deploy_latency, "time_networks", many)
-    return calls
+
+@pytest.fixture
+def fake_target(squish_cache):
+    return FakeTarget()
 
 
 LATENCY = {
@@ -61,15 +64,16 @@ LATENCY = {
 }
 
 
-def test_latency_study_draws_against_the_measured_table(tmp_path, fake_target):
-    """`run` measures the missing table (round_to chosen: 16), keeps a copy in the run,
-    records each generation's predicted latency, and every child keeps ~env of its
-    parent's latency with widths on the lattice."""
-    sets = {**LATENCY, "output.dir": tmp_path / "runs"}
-    result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args(sets)])
-    assert result.exit_code == 0, result.output
-    assert "round_to auto: 16" in result.output and fake_target
-    (run,) = (tmp_path / "runs").iterdir()
+def _recipe(sets: dict) -> object:
+    return load_recipe(EXAMPLES / "quickstart.yaml", [f"{k}={v}" for k, v in sets.items()])
+
+
+def test_latency_study_draws_against_the_measured_table(tmp_path, fake_target, capsys):
+    """`run_study` from Python measures the missing table with the timers it is given (round_to
+    chosen: 16), keeps a copy in the run, records each generation's predicted latency, and every
+    child keeps ~env of its parent's latency with widths on the lattice."""
+    run = run_study(_recipe({**LATENCY, "output.dir": tmp_path / "runs"}), timers=fake_target.timers)
+    assert "round_to auto: 16" in capsys.readouterr().out and fake_target.calls
     table = json.loads((run / "latency_table.json").read_text())
     assert table["round_to"] == 16
     assert (table["scale"], table["offset_ms"], table["off_lattice"]) == pytest.approx((0.9, -0.5, 3.0), rel=1e-3)
@@ -82,34 +86,35 @@ def test_latency_study_draws_against_the_measured_table(tmp_path, fake_target):
 
 def test_a_resumed_run_keeps_its_own_table(tmp_path, fake_target):
     """The cache may change (or vanish) between sessions: a resume reads the run's copy."""
-    sets = {**LATENCY, "evolution.generations": 1, "output.dir": tmp_path / "runs"}
-    assert runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args(sets)]).exit_code == 0
-    (run,) = (tmp_path / "runs").iterdir()
+    run = run_study(
+        _recipe({**LATENCY, "evolution.generations": 1, "output.dir": tmp_path / "runs"}), timers=fake_target.timers
+    )
     for cached in (tmp_path / "cache" / "latency").glob("*.json"):
         cached.unlink()
-    fake_target.clear()
+    fake_target.calls.clear()
     result = runner.invoke(app, ["run", "--resume", str(run), "--set", "evolution.generations=2"])
     assert result.exit_code == 0, result.output
-    assert not fake_target  # nothing measured again
+    assert not fake_target.calls  # nothing measured again
     assert len(json.loads((run / "lineage.json").read_text())["records"]) == 3
 
 
-def test_bench_table_measures_once_then_reads_the_cache(tmp_path, fake_target, monkeypatch):
-    """Measured once; --force measures again, and so does a cached table from another CPU
-    (one host name can land on different hardware)."""
-    args = ["bench", "table", str(EXAMPLES / "quickstart.yaml"), *set_args(LATENCY)]
-    first = runner.invoke(app, args)
-    assert first.exit_code == 0, first.output
-    assert "off the 16-lattice x" in first.output
-    measured = len(fake_target)
-    second = runner.invoke(app, args)
-    assert second.exit_code == 0 and len(fake_target) == measured
-    again = runner.invoke(app, [*args, "--force"])
-    assert again.exit_code == 0 and len(fake_target) > measured
-    measured = len(fake_target)
-    monkeypatch.setattr(deploy_latency, "cpu_name", lambda: "Another CPU")
-    moved = runner.invoke(app, args)
-    assert moved.exit_code == 0 and "measuring again" in moved.output and len(fake_target) > measured
+def test_the_table_is_measured_once_then_read_from_the_cache(fake_target, monkeypatch):
+    """Measured once; force measures again, and so does a cached table from another CPU (one
+    host name can land on different hardware)."""
+    recipe, said = _recipe(LATENCY), []
+    assert ensure_table(recipe, timers=fake_target.timers, echo=said.append).is_file()
+    assert any("off the 16-lattice x" in line for line in said)
+    measured = len(fake_target.calls)
+    ensure_table(recipe, timers=fake_target.timers, echo=said.append)
+    assert len(fake_target.calls) == measured
+    ensure_table(recipe, timers=fake_target.timers, echo=said.append, force=True)
+    assert len(fake_target.calls) > measured
+    measured = len(fake_target.calls)
+    monkeypatch.setattr(study_latency, "cpu_name", lambda: "Another CPU")
+    said.clear()
+    ensure_table(recipe, timers=fake_target.timers, echo=said.append)
+    assert "measuring again" in said[0]
+    assert len(fake_target.calls) > measured
 
 
 @pytest.mark.parametrize(
@@ -133,9 +138,6 @@ def test_bench_table_refuses_a_recipe_that_reads_no_table(fake_target):
 def test_under_torchrun_only_rank_0_reads_and_writes_the_run_table(tmp_path, monkeypatch):
     """Every rank draws against rank 0's table (broadcast); another rank neither reads the cache
     (keyed by host: other nodes would find other tables) nor writes latency_table.json."""
-    from squish_plugin.study import latency as study_latency
-    from squish_plugin.study.recipe import load_recipe
-
     recipe = load_recipe(EXAMPLES / "quickstart.yaml", [f"{k}={v}" for k, v in LATENCY.items()])
     from _helpers import smooth
 
@@ -151,16 +153,20 @@ def test_under_torchrun_only_rank_0_reads_and_writes_the_run_table(tmp_path, mon
         study_latency.run_table(recipe, tmp_path)
 
 
-def test_under_torchrun_only_rank_0_measures_a_missing_table(monkeypatch):
-    """The CLI measures a missing table on rank 0 alone: the other ranks would time layers while
-    it does (they get its table from run_table's broadcast)."""
-    from squish_plugin import cli
-    from squish_plugin.study.recipe import load_recipe
+def test_under_torchrun_only_rank_0_measures_a_missing_table(tmp_path, fake_target, monkeypatch):
+    """The study measures a missing table on rank 0 alone, inside run_table: another rank times
+    nothing (it would load the cores rank 0 times on) and gets rank 0's table."""
+    from _helpers import smooth
 
-    recipe = load_recipe(EXAMPLES / "quickstart.yaml", [f"{k}={v}" for k, v in LATENCY.items()])
-    measured = []
-    monkeypatch.setattr(deploy_latency, "ensure_table", lambda r, **_: measured.append(r))
-    for rank, calls in (("1", 0), ("0", 1)):
-        monkeypatch.setenv("RANK", rank)
-        cli._latency_table(recipe)
-        assert len(measured) == calls
+    recipe = _recipe(LATENCY)
+    rank0 = deploy_latency.measure_table(squeezenet1_1_ancestor(num_classes=10, weights=None), smooth, points=2)
+    monkeypatch.setattr(study_latency.distributed, "is_main", lambda: False)
+    monkeypatch.setattr(study_latency.distributed, "broadcast_object", lambda obj: ("table", rank0.to_dict()))
+    assert study_latency.run_table(recipe, tmp_path / "other", timers=fake_target.timers) == rank0
+    assert not fake_target.calls and not (tmp_path / "other").exists()
+    monkeypatch.setattr(study_latency.distributed, "is_main", lambda: True)
+    monkeypatch.setattr(study_latency.distributed, "broadcast_object", lambda obj: obj)
+    (tmp_path / "main").mkdir()
+    table = study_latency.run_table(recipe, tmp_path / "main", timers=fake_target.timers, echo=lambda _: None)
+    assert fake_target.calls and table.round_to == 16
+    assert (tmp_path / "main" / study_latency.RUN_TABLE_FILE).is_file()

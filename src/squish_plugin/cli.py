@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import platform
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -130,20 +129,7 @@ def run(
             typer.echo(f"warning: {warning}", err=True)
         typer.echo("dry run: recipe valid, nothing trained or written.")
         return
-    _guard(lambda: _latency_table(resolved))
     _study(resolved, None)
-
-
-def _latency_table(recipe) -> None:
-    """A recipe that budgets latency (or rounds widths to ``auto``) gets its table first: under
-    torchrun on rank 0 alone (the others wait for it at the process group and then get its table),
-    so no rank times layers while another loads the cores."""
-    from .study.latency import needs_table
-
-    if needs_table(recipe) and os.environ.get("RANK", "0") == "0":
-        from .deploy.latency import ensure_table
-
-        ensure_table(recipe, echo=typer.echo)
 
 
 @app.command()
@@ -181,7 +167,7 @@ def export(
     size: Annotated[int, typer.Option(help="input height and width")] = 224,
 ) -> None:
     """Export the ancestor and every SquishedNet of a run to ONNX (+ onnxsim), checked."""
-    from .deploy.runs import export_run
+    from .study.deployment import export_run
 
     manifest = _guard(lambda: export_run(run_dir, opset=opset, batch=batch, size=size))
     for name, info in manifest["models"].items():
@@ -222,7 +208,7 @@ def bench_run(
     trtexec: Annotated[str | None, typer.Option(help="path to trtexec")] = None,
 ) -> None:
     """Measure the throughput of a run's exported models with one backend."""
-    from .deploy import runs as deploy
+    from .study import deployment as deploy
 
     options = {"backend": backend, "batch": batch, "precision": precision, "threads": threads, "warmup": warmup}
     results = _guard(lambda: deploy.bench_run(run_dir, **options, runs=runs, trtexec=trtexec, rounds=rounds))
@@ -249,7 +235,7 @@ def bench_table(
     force: Annotated[bool, typer.Option("--force", help="measure again even if the table file exists")] = False,
 ) -> None:
     """Measure the per-layer latency table (and round_to: auto) a recipe reads, on its backend."""
-    from .deploy.latency import ensure_table
+    from .study.latency import ensure_table
     from .study.recipe import load_recipe
 
     resolved = _guard(lambda: load_recipe(recipe, set_ or []))
@@ -267,7 +253,7 @@ def bench_kit(
     latency: Annotated[bool, typer.Option("--latency", help="also measure a latency table on the device")] = False,
 ) -> None:
     """Build the Jetson TX1 kit: the run's ONNX models, a benchmark script, a README."""
-    from .deploy import runs as deploy
+    from .study import deployment as deploy
 
     if out is None:
         _fail("bench kit needs --out DIR.")
@@ -285,7 +271,7 @@ def bench_collect(
     precision: Annotated[str, typer.Option(help="the latency table's precision: fp32 | fp16")] = "fp16",
 ) -> None:
     """Bring the device's results into the run's report (and/or its latency table into a file)."""
-    from .deploy import runs as deploy
+    from .study import deployment as deploy
 
     if into is None and latency_table is None:
         _fail("bench collect needs --into RUN_DIR and/or --latency-table FILE.")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,9 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry, load_table
+from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry
 from ..synthesis.resources import round_up
 from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
-from .backends import MachineLoad, cpu_name
-from .calibration import fit_whole
 from .timers import LayerTimer, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
 
 __all__ = [
@@ -43,7 +40,6 @@ __all__ = [
     "calibration_networks",
     "choose_round_to",
     "cut_to",
-    "ensure_table",
     "layer_macs",
     "measure_table",
     "onnxruntime_layer_timer",
@@ -207,7 +203,7 @@ def table_error(table: LatencyTable, models: Mapping[str, nn.Module], measured_m
     return rows
 
 
-# --------------------------------------------------------------------------- a recipe's table
+# --------------------------------------------------------------------------- whole networks
 
 
 def time_networks(
@@ -253,90 +249,3 @@ def calibration_networks(
         widths = {layer.name: _cut(layer.width, float(rng.uniform(0.25, 1.0)), multiple) for layer in layers}
         nets[f"random-{i}"] = with_widths(model, widths, example_inputs)
     return nets
-
-
-def _table_device(path: Path) -> str | None:
-    """The CPU a cached table was measured on (``None`` if it does not say or cannot be read)."""
-    try:
-        return load_table(path).target.get("device")
-    except InvalidArgumentError:
-        return None
-
-
-def _recipe_model(recipe) -> nn.Module:
-    from ..models import squeezenet1_1_ancestor
-    from ..persistence import load_pruned
-
-    if recipe.model.init:
-        return load_pruned(recipe.model.init)
-    classes = recipe.model.num_classes or len(recipe.data.classes or [])
-    if not classes:
-        split = Path(recipe.data.root) / recipe.data.train_split
-        if not split.is_dir():
-            raise InvalidArgumentError(f"data folder '{split}' does not exist (the table needs the number of classes).")
-        classes = sum(1 for p in split.iterdir() if p.is_dir())
-    if recipe.model.arch != "squeezenet1_1_ancestor":
-        from ..zoo import zoo_model
-
-        return zoo_model(recipe.model.arch, classes, None)
-    return squeezenet1_1_ancestor(classes, weights=None)
-
-
-def _measure(model, timer, inputs, recipe, target, echo) -> LatencyTable:
-    lat, size = recipe.evolution.latency, recipe.data.eval_size
-    many = lambda nets: time_networks(nets, lat.backend, batch=lat.batch, threads=lat.threads, size=size)  # noqa: E731
-    round_to, notes = recipe.evolution.round_to, {}
-    if round_to == "auto":
-        round_to, notes = choose_round_to(model, lambda net: many({"net": net})["net"], example_inputs=inputs)
-        echo(f"round_to auto: {round_to} (ms per candidate: {notes['ms']})")
-    echo(f"measuring the latency table on {lat.backend} ({lat.threads} threads, batch {lat.batch}) ...")
-    extra = {"round_to_figures": notes} if notes else None
-    table = measure_table(
-        model, timer, example_inputs=inputs, step=round_to, target=target, round_to=round_to, notes=extra
-    )
-    nets = calibration_networks(model, round_to or 1, inputs)
-    echo(f"timing {len(nets)} whole networks to calibrate it ...")
-    return fit_whole(table, nets, many(nets))
-
-
-def ensure_table(recipe, *, echo: Callable[[str], Any] = print, force: bool = False) -> Path | None:
-    """Measure the latency table ``recipe`` reads (``resource: latency`` or ``round_to:
-    auto``) on its backend unless the file is there; ``None`` when it needs none."""
-    from ..persistence import write_json_atomic
-    from ..study.latency import needs_table, table_path
-
-    if not needs_table(recipe):
-        return None
-    path, lat = table_path(recipe), recipe.evolution.latency
-    if path.is_file() and not force:
-        if lat.table is not None or lat.backend == "file":
-            return path  # the user's own table: a target of their choosing
-        measured_on = _table_device(path)
-        if measured_on in (None, cpu_name()):
-            return path
-        echo(f"the cached latency table was measured on {measured_on}, this machine is {cpu_name()}: measuring again.")
-    if lat.backend == "file":
-        raise InvalidArgumentError(f"latency table '{path}' does not exist (evolution.latency.backend is 'file').")
-    model = _recipe_model(recipe).eval()
-    inputs = torch.zeros(1, 3, recipe.data.eval_size, recipe.data.eval_size)
-    make = onnxruntime_layer_timer if lat.backend == "onnxruntime" else pytorch_layer_timer
-    timer = make(batch=lat.batch, threads=lat.threads)
-    target = {**target_of(lat.backend, batch=lat.batch, threads=lat.threads), "input_size": recipe.data.eval_size}
-    with MachineLoad() as load:  # the table is only as good as the machine was idle
-        table = _measure(model, timer, inputs, recipe, target, echo)
-    table = replace(table, target={**table.target, "machine_load": load.record()})
-    if load.record()["busy"]:
-        echo(
-            f"warning: other processes held {load.record()['other_processes_cores']} of {load.record()['cores']} "
-            "cores while the table was measured: measure again (--force) on an idle machine."
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, table.to_dict())
-    fits = list(table.notes["calibration"].values())
-    worst = max(abs(row["error"]) for row in fits)
-    echo(
-        f"latency table: {path} ({table.notes['timed_layers']} layer timings; whole = {table.scale:.3f} x sum "
-        f"{table.offset_ms:+.2f} ms, layers off the {table.round_to or 1}-lattice x {table.off_lattice:.2f}; "
-        f"worst error on its {len(fits)} calibration networks {worst:.1%})"
-    )
-    return path

@@ -39,7 +39,7 @@ from .data import LoadedSplit, load_split
 from .engine import LINEAGE_FILE, EvolutionConfig, GenerationContext, evolve, read_lineage
 from .finish_run import finish_networks, finished_sections, read_finished
 from .holdout import proxy_slice
-from .latency import resolved_round_to, run_table
+from .latency import TableTimers, resolved_round_to, run_table
 from .progress import StudyDisplay
 from .recipe import Recipe
 from .report import select_squishednets, write_report
@@ -206,13 +206,15 @@ class _Study:
     """The callables one study hands the engine: training (the ancestor checked on the
     held-out slice), evaluation (val, reported; held-out, recorded) and selection."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, train_all: LoadedSplit, val_split: LoadedSplit, display) -> None:
+    def __init__(self, recipe: Recipe, run_dir: Path, data: tuple[LoadedSplit, LoadedSplit], display, timers) -> None:
+        train_all, val_split = data
         self.recipe, self.run_dir, self.display = recipe, run_dir, display
         self.train_split, self.held = held_out(recipe, train_all, run_dir)
         self.held_score = _scorer(recipe, self.held.split) if self.held else None
         self.val_score = _scorer(recipe, val_split)
         self.settings, self.teacher = train_settings(recipe), Teacher(recipe.train.distill.teacher, run_dir)
-        self.latency_table = run_table(recipe, run_dir)
+        echo = lambda text: display.progress.console.print(text, markup=False)  # noqa: E731
+        self.latency_table = run_table(recipe, run_dir, timers=timers, echo=echo)
 
     def fit(self, model: torch.nn.Module, ctx: GenerationContext, epochs: float, seed: int, settings=None) -> None:
         train(
@@ -276,12 +278,20 @@ class _Study:
 
 
 def run_study(
-    recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, console: Console | None = None
+    recipe: Recipe,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    timers: TableTimers | None = None,
 ) -> Path:
     """Run (or resume) the whole study of ``recipe``; return the run directory.
 
-    Under torchrun (see :mod:`squish_plugin.study.distributed`) call it on every rank: the
-    ranks train together, agree on every offspring, and rank 0 alone writes ``run_dir``."""
+    A recipe that reads a latency table (``resource: latency``, ``round_to: auto``) whose file
+    is missing gets it measured first with ``timers`` (default: the recipe's own target), as
+    ``squish-plugin run`` does. Under torchrun (see :mod:`squish_plugin.study.distributed`)
+    call it on every rank: the ranks train together, agree on every offspring, rank 0 alone
+    measures the table and writes ``run_dir``."""
     console = console or Console(quiet=not distributed.is_main())
     world = distributed.world_size()
     if recipe.train.batch_size % world:
@@ -290,10 +300,10 @@ def run_study(
             "choose a global batch size every process gets an equal part of."
         )
     with torch_threads(recipe.train.threads):
-        return _run(recipe, run_dir, resume, console, world)
+        return _run(recipe, run_dir, resume, console, (world, timers))
 
 
-def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, world: int) -> Path:
+def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, setup: tuple) -> Path:
     train_all, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_all.classes)
     warning = resolution_warning(recipe, ancestor)
@@ -302,10 +312,11 @@ def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, w
     run_dir = open_run_dir(recipe, run_dir, resume)
     with run_lock(run_dir, "squish-plugin run") if distributed.is_main() else contextlib.nullcontext():
         record_recipe(recipe, run_dir, resume)
-        return _evolve_and_finish(recipe, run_dir, resume, console, world, train_all, val_split, ancestor)
+        return _evolve_and_finish(recipe, run_dir, resume, console, setup, (train_all, val_split), ancestor)
 
 
-def _evolve_and_finish(recipe, run_dir, resume, console, world, train_all, val_split, ancestor) -> Path:
+def _evolve_and_finish(recipe, run_dir, resume, console, setup, data, ancestor) -> Path:
+    (world, timers), (train_all, val_split) = setup, data
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
     held = read_lineage(run_dir) if resume and (run_dir / LINEAGE_FILE).is_file() else []
     complete = bool(held) and held[-1]["generation"] >= recipe.evolution.generations
@@ -314,7 +325,7 @@ def _evolve_and_finish(recipe, run_dir, resume, console, world, train_all, val_s
         records, before = held, read_finished(run_dir)
     else:
         display = StudyDisplay(console, recipe.evolution.generations)
-        study = _Study(recipe, run_dir, train_all, val_split, display)
+        study = _Study(recipe, run_dir, data, display, timers)
         with display.progress:
             records = evolve(
                 ancestor,

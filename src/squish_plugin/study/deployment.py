@@ -11,7 +11,7 @@ The column's label says which images/s it shows (``deploy.schema``: batch / medi
 latency for results of this version, whatever the backend).
 
 Example:
-    >>> from squish_plugin.deploy.runs import export_run, bench_run  # doctest: +SKIP
+    >>> from squish_plugin.study.deployment import export_run, bench_run  # doctest: +SKIP
     >>> export_run("runs/quickstart-20261125-183847"); bench_run("runs/quickstart-20261125-183847")  # doctest: +SKIP
 """
 
@@ -23,12 +23,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..deploy.backends import BACKENDS, MachineLoad, bench_interleaved
+from ..deploy.schema import IPS_DEFINITIONS, images_per_second_is
 from ..errors import InvalidArgumentError
 from ..persistence import load_pruned, write_json_atomic
-from ..study.engine import read_lineage
-from ..study.runner import THROUGHPUT_FILE, rewrite_report, squishednet_models
-from .backends import BACKENDS, MachineLoad, bench_interleaved
-from .schema import IPS_DEFINITIONS, images_per_second_is
+from .engine import read_lineage
+from .runner import THROUGHPUT_FILE, rewrite_report, squishednet_models
 
 __all__ = ["bench_run", "collect_into_run", "export_run", "kit_for_run"]
 
@@ -40,7 +40,7 @@ def export_run(run_dir: str | Path, *, opset: int = 13, batch: int | None = None
     ``size`` x ``size`` inputs (224, the paper's, by default). All or nothing: every checkpoint
     is read before anything is written, the files go to a staging folder, and ``onnx/`` is
     replaced whole only when all of them are there."""
-    from .export import export_onnx
+    from ..deploy.export import export_onnx
 
     run_dir = Path(run_dir)
     records = {r["generation"]: r for r in read_lineage(run_dir)}
@@ -167,14 +167,14 @@ def kit_for_run(
 ) -> Path:
     """The Jetson kit for the run's exported models (see ``deploy.kit``); ``latency``
     adds the measurements of a latency table for the run's ancestor."""
-    from .kit import make_kit
+    from ..deploy.kit import make_kit
 
     run_dir = Path(run_dir)
     manifest = _manifest(run_dir)
     models = {name: run_dir / info["path"] for name, info in manifest["models"].items()}
     extra = None
     if latency:
-        from .kit_latency import latency_kit
+        from ..deploy.kit_latency import latency_kit
 
         records = read_lineage(run_dir)
         ancestor = load_pruned(run_dir / records[0]["checkpoint"]).eval()
@@ -185,7 +185,7 @@ def kit_for_run(
 def collect_into_run(results_dir: str | Path, run_dir: str | Path) -> list[dict]:
     """Read device results (kit JSON) and fill the run's report speed column; one
     file per backend/precision/batch combination is stored in the run."""
-    from .kit import collect_results
+    from ..deploy.kit import collect_results
 
     run_dir = Path(run_dir)
     manifest = _manifest(run_dir)

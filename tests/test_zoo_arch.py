@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from _helpers import QUICK, set_args
 from squish_plugin import load_pruned
 from squish_plugin.cli import app
+from squish_plugin.errors import InvalidArgumentError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -79,3 +80,34 @@ def test_a_size_the_model_cannot_learn_at_is_warned_and_the_report_names_the_siz
     ]
     text = write_report(tmp_path, records, squishednets=[], recipe=recipe)["report"].read_text()
     assert "Trained on 112-px images, evaluated at 128 px." in text
+
+
+def test_a_latency_table_is_measured_for_a_torchvision_classifier(tmp_path):
+    """`bench table` / a latency-aware study on resnet18: the table covers its layers (timers given
+    as parameters: layer time ~ MACs, a network the sum of its layers); depthwise convolutions
+    (mobilenet_v3_small) are refused in one sentence naming the layer."""
+    import torch
+
+    from _helpers import smooth
+    from squish_plugin.study.latency import TableTimers, ensure_table
+    from squish_plugin.study.recipe import load_recipe
+    from squish_plugin.synthesis.latency import layer_geometry, load_table
+
+    def networks(nets):
+        inputs = torch.zeros(1, 3, 64, 64)
+        return {
+            n: sum(smooth(g, g["cin"], g["cout"]) for g in layer_geometry(m, inputs).values()) for n, m in nets.items()
+        }
+
+    sets = {"model.arch": "torchvision:resnet18", "model.weights": "none", "model.head": "random"}
+    sets |= {"data.eval_size": 64, "evolution.resource": "latency", "evolution.round_to": 8}
+    recipe = load_recipe(EXAMPLES / "quickstart.yaml", [f"{k}={v}" for k, v in sets.items()])
+    path = ensure_table(recipe, timers=TableTimers(smooth, networks), echo=lambda _: None)
+    table = load_table(path)
+    assert {"conv1", "layer4.1.conv2", "fc"} <= set(table.layers) and table.round_to == 8
+    mobile = load_recipe(
+        EXAMPLES / "quickstart.yaml",
+        [*(f"{k}={v}" for k, v in sets.items()), "model.arch=torchvision:mobilenet_v3_small"],
+    )
+    with pytest.raises(InvalidArgumentError, match="'features.1.block.0.0': the latency table covers ungrouped"):
+        ensure_table(mobile, timers=TableTimers(smooth, networks), echo=lambda _: None)

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
 from .errors import SquishError
 
-T = TypeVar("T")
+#: what a command that can be cut short tells the user to run to resume it
+_RESUME_HINT: contextvars.ContextVar[str | None] = contextvars.ContextVar("resume_hint", default=None)
+
+
+class _Commands(TyperGroup):
+    """The one error handler of every command: a library error (:class:`SquishError`) becomes
+    one line on stderr and exit code 2; Ctrl-C exits 130 with the command's resume hint."""
+
+    def invoke(self, ctx: Any) -> Any:
+        token = _RESUME_HINT.set(None)
+        try:
+            return super().invoke(ctx)
+        except SquishError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            hint = _RESUME_HINT.get()
+            typer.echo("interrupted" + (f"; resume with: {hint}" if hint else ""), err=True)
+            raise typer.Exit(130) from None
+        finally:
+            _RESUME_HINT.reset(token)
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="squish-plugin",
     help="Evolutionary synthesis (SquishedNets) for PyTorch CNNs.",
     no_args_is_help=True,
@@ -55,21 +78,6 @@ def info() -> None:
         typer.echo(f"optional {module}: {state}")
 
 
-def _guard(action: Callable[[], T], resume_hint: Path | str | None = None) -> T:
-    """Run ``action``; a library error becomes one line on stderr and exit code 2."""
-    try:
-        return action()
-    except SquishError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        if isinstance(resume_hint, Path):
-            resume_hint = f"squish-plugin run --resume {resume_hint}"
-        hint = f"; resume with: {resume_hint}" if resume_hint else ""
-        typer.echo(f"interrupted{hint}", err=True)
-        raise typer.Exit(130) from None
-
-
 def _fail(message: str) -> NoReturn:
     """A wrong combination of arguments: one line on stderr, exit code 2."""
     typer.echo(f"error: {message}", err=True)
@@ -81,7 +89,7 @@ def _process_group(device: str) -> Iterator[None]:
     """Under torchrun (``WORLD_SIZE`` > 1): join the process group for the command, leave it after."""
     from .study import distributed
 
-    _guard(lambda: distributed.setup(device))
+    distributed.setup(device)
     try:
         yield
     finally:
@@ -95,7 +103,8 @@ def _study(recipe, run_dir: Path | None) -> None:
     with _process_group(recipe.train.device):
         resume = run_dir is not None
         run_dir = run_dir or distributed.broadcast_object(runner.new_run_dir(recipe))  # one name for every rank
-        _guard(lambda: runner.run_study(recipe, run_dir=run_dir, resume=resume), resume_hint=run_dir)
+        _RESUME_HINT.set(f"squish-plugin run --resume {run_dir}")
+        runner.run_study(recipe, run_dir=run_dir, resume=resume)
 
 
 @app.command()
@@ -116,9 +125,9 @@ def run(
     if resume is not None and dry_run:
         _fail("--resume continues a run as it was recorded; --dry-run does not apply.")
     if resume is not None:
-        _study(_guard(lambda: runner.read_run_recipe(resume, set_ or [])), resume)
+        _study(runner.read_run_recipe(resume, set_ or []), resume)
         return
-    resolved = _guard(lambda: load_recipe(recipe, set_ or []))
+    resolved = load_recipe(recipe, set_ or [])
     if dry_run:  # the recipe is checked; data that lives elsewhere (another machine) only warns
         typer.echo(yaml.safe_dump(resolved.model_dump(), sort_keys=False).rstrip())
         for problem in runner.data_problems(resolved):
@@ -141,8 +150,8 @@ def finish(
     fine-tune with distillation from the ancestor, resumable per epoch; the report shows both."""
     from .study import runner
 
-    hint = f"squish-plugin finish {run_dir}"
-    _guard(lambda: runner.finish_study(run_dir, set_ or []), resume_hint=hint)
+    _RESUME_HINT.set(f"squish-plugin finish {run_dir}")
+    runner.finish_study(run_dir, set_ or [])
 
 
 @app.command()
@@ -155,8 +164,8 @@ def compare(
     from .baselines.protocol import run_comparison
     from .baselines.recipe import load_compare_recipe
 
-    resolved = _guard(lambda: load_compare_recipe(recipe, set_ or []))
-    _guard(lambda: run_comparison(resolved, out_dir=resume))
+    resolved = load_compare_recipe(recipe, set_ or [])
+    run_comparison(resolved, out_dir=resume)
 
 
 @app.command()
@@ -169,7 +178,7 @@ def export(
     """Export the ancestor and every SquishedNet of a run to ONNX (+ onnxsim), checked."""
     from .study.deployment import export_run
 
-    manifest = _guard(lambda: export_run(run_dir, opset=opset, batch=batch, size=size))
+    manifest = export_run(run_dir, opset=opset, batch=batch, size=size)
     for name, info in manifest["models"].items():
         unsupported = ", ".join(info["unsupported_ops"]) or "none"
         diff = info["max_abs_diff"]
@@ -211,7 +220,7 @@ def bench_run(
     from .study import deployment as deploy
 
     options = {"backend": backend, "batch": batch, "precision": precision, "threads": threads, "warmup": warmup}
-    results = _guard(lambda: deploy.bench_run(run_dir, **options, runs=runs, trtexec=trtexec, rounds=rounds))
+    results = deploy.bench_run(run_dir, **options, runs=runs, trtexec=trtexec, rounds=rounds)
     load = results[0]["env"]["machine_load"] if results else {}
     if load.get("busy"):
         typer.echo(
@@ -238,8 +247,8 @@ def bench_table(
     from .study.latency import ensure_table
     from .study.recipe import load_recipe
 
-    resolved = _guard(lambda: load_recipe(recipe, set_ or []))
-    path = _guard(lambda: ensure_table(resolved, echo=typer.echo, force=force))
+    resolved = load_recipe(recipe, set_ or [])
+    path = ensure_table(resolved, echo=typer.echo, force=force)
     if path is None:
         _fail("the recipe reads no latency table: set evolution.resource: latency or evolution.round_to: auto.")
     typer.echo(f"latency table: {path}")
@@ -248,16 +257,14 @@ def bench_table(
 @bench_app.command("kit")
 def bench_kit(
     run_dir: Annotated[Path, typer.Argument(help="a run directory with exported models")],
-    out: Annotated[Path | None, typer.Option(help="where to write the Jetson kit")] = None,
+    out: Annotated[Path, typer.Option(help="where to write the Jetson kit")],
     batch: Annotated[int, typer.Option(help="images per batch")] = 32,
     latency: Annotated[bool, typer.Option("--latency", help="also measure a latency table on the device")] = False,
 ) -> None:
     """Build the Jetson TX1 kit: the run's ONNX models, a benchmark script, a README."""
     from .study import deployment as deploy
 
-    if out is None:
-        _fail("bench kit needs --out DIR.")
-    path = _guard(lambda: deploy.kit_for_run(run_dir, out, batch=batch, latency=latency))
+    path = deploy.kit_for_run(run_dir, out, batch=batch, latency=latency)
     typer.echo(f"Jetson kit written to {path}; see {path / 'README.md'}")
 
 
@@ -281,14 +288,14 @@ def bench_collect(
 
         if precision not in ("fp32", "fp16"):
             _fail(f"--precision must be fp32 or fp16, got {precision!r}.")
-        table = _guard(lambda: table_from_results(results_dir, precision))
+        table = table_from_results(results_dir, precision)
         write_json_atomic(latency_table, table.to_dict())
         typer.echo(
             f"latency table: {latency_table} (round_to {table.round_to}; use it with "
             f"--set evolution.latency.backend=file --set evolution.latency.table={latency_table})"
         )
     if into is not None:
-        results = _guard(lambda: deploy.collect_into_run(results_dir, into))
+        results = deploy.collect_into_run(results_dir, into)
         typer.echo(f"{len(results)} results collected; report: {into / 'report.md'}")
 
 
@@ -316,7 +323,7 @@ def data_imagenet10(
         "while 'cellular telephone' is n02992529 (choose with --cellphone)."
     )
     options = {"cellphone": cellphone, "link": not copy, "devkit_ground_truth": ground_truth}
-    counts = _guard(lambda: build_imagenet10(imagenet_root, out, **options))
+    counts = build_imagenet10(imagenet_root, out, **options)
     typer.echo(f"ImageNet-10 written to {out}: {counts}")
 
 

@@ -26,7 +26,14 @@ from squish_plugin.deploy.latency import (
 )
 from squish_plugin.errors import InvalidArgumentError
 from squish_plugin.synthesis.genetics import SynthesisConfig
-from squish_plugin.synthesis.latency import LatencyTable, LayerGrid, grid_widths, layer_geometry, load_table
+from squish_plugin.synthesis.latency import (
+    LatencyTable,
+    LayerGeometry,
+    LayerGrid,
+    grid_widths,
+    layer_geometry,
+    load_table,
+)
 
 
 def aligned16(geo, cin, cout):
@@ -46,9 +53,15 @@ def table(ancestor):
     return measure_table(ancestor, smooth, target={"backend": "fake"})
 
 
+GEO = LayerGeometry("conv", kernel=(1, 1), stride=(1, 1), padding=(0, 0), in_hw=(13, 13))
+
+
 def test_grid_interpolates_bilinearly_never_falls_and_refuses_wider_layers():
-    grid = LayerGrid("conv", (1, 1), (1, 1), (0, 0), (13, 13), (8, 16), (8, 16), ((1.0, 2.0), (0.5, 4.0)))
-    assert grid.ms == ((1.0, 2.0), (1.0, 4.0))  # the noisy 0.5 at a wider input is lifted to 1.0
+    """Lookups read the monotone envelope; the measured times stay as measured, and so are
+    written back (a table rewritten from its file keeps its raw timings)."""
+    grid = LayerGrid(geometry=GEO, cin=(8, 16), cout=(8, 16), ms=((1.0, 2.0), (0.5, 4.0)))
+    assert grid.envelope == ((1.0, 2.0), (1.0, 4.0))  # the noisy 0.5 at a wider input is lifted to 1.0
+    assert grid.ms == ((1.0, 2.0), (0.5, 4.0)) and LayerGrid.from_dict(grid.to_dict()).ms == grid.ms
     assert grid.lookup(12, 12) == pytest.approx(0.25 * (1.0 + 2.0 + 1.0 + 4.0))
     assert grid.lookup(4, 4) == 1.0  # below the grid: the first width's time
     with pytest.raises(InvalidArgumentError, match="outside its latency grid"):
@@ -218,7 +231,7 @@ def test_table_file_validation_names_the_problem():
     with pytest.raises(InvalidArgumentError, match="malformed"):
         LatencyTable.from_dict({"format": "squish-plugin/latency-table-v1", "layers": {"a": {"op": "conv"}}})
     with pytest.raises(InvalidArgumentError, match="increasing widths"):
-        LayerGrid("conv", (1, 1), (1, 1), (0, 0), (4, 4), (16, 8), (8,), ((1.0,), (1.0,)))
+        LayerGrid(geometry=GEO, cin=(16, 8), cout=(8,), ms=((1.0,), (1.0,)))
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "onnxruntime"])

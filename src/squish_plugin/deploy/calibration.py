@@ -10,9 +10,10 @@ calibration networks at once (timed in one interleaved run, so a machine that dr
 for all of them alike), and the residuals are kept in the table's ``notes``.
 
 Example:
-    >>> from squish_plugin.synthesis.latency import LatencyTable, LayerGrid
-    >>> grid = LayerGrid("conv", (1, 1), (1, 1), (0, 0), (8, 8), cin=(8,), cout=(8, 16), ms=((1.0, 2.0),))
-    >>> table = LatencyTable({"backend": "fake"}, {"conv": grid}, round_to=8)
+    >>> from squish_plugin.synthesis.latency import LatencyTable, LayerGeometry, LayerGrid
+    >>> geometry = LayerGeometry("conv", kernel=(1, 1), stride=(1, 1), padding=(0, 0), in_hw=(8, 8))
+    >>> grid = LayerGrid(geometry=geometry, cin=(8,), cout=(8, 16), ms=((1.0, 2.0),))
+    >>> table = LatencyTable(target={"backend": "fake"}, layers={"conv": grid}, round_to=8)
     >>> fitted = fit_splits(table, {"a": (1.0, 0.0), "b": (2.0, 0.0), "c": (1.0, 1.0)}, {"a": 3, "b": 5, "c": 7})
     >>> round(fitted.scale, 6), round(fitted.offset_ms, 6), round(fitted.off_lattice, 6)
     (2.0, 1.0, 2.0)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, layer_geometry
+from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, layer_geometry
 from .latency import ROUND_TO_CANDIDATES, ROUND_TO_FRACTIONS, cut_to, geometry_key, layer_grids
 from .timers import out_hw
 
@@ -102,14 +102,14 @@ def _chain_onnx(geo: dict, widths: Sequence[int], batch: int, first: int) -> byt
 
 def _chains(grids: dict, batch: int) -> tuple[dict[str, bytes], dict[str, dict]]:
     """The networks that time every grid point, and ``{file: {layer index: point}}``."""
-    pairs: dict[tuple, set] = {}
-    geos: dict[tuple, dict] = {}
+    pairs: dict[LayerGeometry, set] = {}
+    geos: dict[LayerGeometry, dict] = {}
     for geo, cins, couts in grids.values():
         key = geometry_key(geo)
         geos[key] = geo
         pairs.setdefault(key, set()).update((a, b) for a in cins for b in couts)
     files, points, k = {}, {}, 0
-    for n, key in enumerate(sorted(pairs, key=str)):
+    for n, key in enumerate(sorted(pairs, key=_key_str)):
         geo = geos[key]
         keeps_size = geo["op"] == "linear" or tuple(out_hw(geo)) == tuple(geo["in_hw"])
         chains = [chain_widths(sorted(pairs[key]))] if keeps_size else [[a, b] for a, b in sorted(pairs[key])]
@@ -121,8 +121,9 @@ def _chains(grids: dict, batch: int) -> tuple[dict[str, bytes], dict[str, dict]]
     return files, points
 
 
-def _key_str(key: tuple) -> str:
-    return json.dumps([key[0], *map(list, key[1:])])
+def _key_str(key: LayerGeometry) -> str:
+    """A geometry as the kit's plan writes it (JSON: op, kernel, stride, padding, in_hw)."""
+    return json.dumps([key.op, list(key.kernel), list(key.stride), list(key.padding), list(key.in_hw)])
 
 
 def latency_kit(
@@ -224,9 +225,10 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     round_to = fastest_multiple(rounds)
     layers = {name: _grid(g, timed, round_to) for name, g in plan["layers"].items()}
     target = {"backend": "trtexec", "device": "the kit's device", "precision": precision, "batch": plan["batch"]}
-    table = LatencyTable({**target, "input_size": plan["input_size"]}, layers, 1.0, round_to)
     notes = {"round_to_ms": {str(m): round(v, 4) for m, v in rounds.items()}, "timed_layers": len(timed)}
-    table = LatencyTable(table.target, layers, 1.0, round_to, notes)
+    table = LatencyTable(
+        target={**target, "input_size": plan["input_size"]}, layers=layers, round_to=round_to, notes=notes
+    )
     calib = [n for n in whole if "/calib-" in n or f"/round{round_to}-" in n or ("/round1-" in n and round_to > 1)]
     splits = {n: table.split_ms((k, *w) for k, w in sorted(plan["whole"][n]["widths"].items())) for n in calib}
     return fit_splits(table, splits, whole)
@@ -236,15 +238,14 @@ def _grid(g: dict[str, Any], timed: dict[tuple, float], round_to: int) -> LayerG
     """One layer's grid on the ``round_to`` lattice (and its full widths): widths off it
     never occur in the study, and a slow off-lattice point must not lift the lattice's
     times when the grid is made monotone."""
-    key = _key_str((g["op"], *(tuple(g[f]) for f in ("kernel", "stride", "padding", "in_hw"))))
+    key = _key_str(LayerGeometry.of(g))
 
     def lattice(widths: list[int]) -> tuple[int, ...]:
         return tuple(w for w in widths if w % round_to == 0 or w == widths[-1])
 
     cins, couts = lattice(g["cin"]), lattice(g["cout"])
     rows = tuple(tuple(timed[(key, a, b)] for b in couts) for a in cins)
-    geo = (tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"]), tuple(g["in_hw"]))
-    return LayerGrid(g["op"], *geo, cins, couts, rows)
+    return LayerGrid(geometry=LayerGeometry.of(g), cin=cins, cout=couts, ms=rows)
 
 
 def _read_plan(path: Path) -> dict[str, Any]:

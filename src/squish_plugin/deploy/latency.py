@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGrid, grid_widths, layer_geometry
+from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, grid_widths, layer_geometry
 from ..synthesis.resources import round_up
 from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
 from .timers import LayerTimer, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
@@ -96,14 +96,14 @@ def measure_table(
                 if (key, cin, cout) not in timed:
                     timed[(key, cin, cout)] = float(timer(geo, cin, cout))
             rows.append(tuple(timed[(key, cin, cout)] for cout in couts))
-        layers[name] = LayerGrid(geo["op"], *key[1:], cins, couts, tuple(rows))
+        layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=tuple(rows))
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(timed)}
-    return LatencyTable(dict(target or {}), layers, 1.0, round_to, meta)
+    return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta)
 
 
-def geometry_key(geo: Mapping[str, Any]) -> tuple:
-    """What a layer's time depends on besides its widths."""
-    return (geo["op"], tuple(geo["kernel"]), tuple(geo["stride"]), tuple(geo["padding"]), tuple(geo["in_hw"]))
+def geometry_key(geo: Mapping[str, Any]) -> LayerGeometry:
+    """What a layer's time depends on besides its widths (hashable)."""
+    return LayerGeometry.of(geo)
 
 
 def layer_grids(

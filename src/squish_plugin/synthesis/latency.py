@@ -11,9 +11,9 @@ and concatenation add). The table is plain data (JSON, :data:`TABLE_FORMAT`); me
 is the deploy side's job (``squish_plugin.deploy.latency``; on a Jetson, the TX1 kit).
 
 Example:
-    >>> from squish_plugin.synthesis.latency import LatencyTable, LayerGrid
-    >>> grid = LayerGrid("conv", (1, 1), (1, 1), (0, 0), (13, 13), cin=(8, 16), cout=(8, 16),
-    ...                  ms=((1.0, 2.0), (2.0, 4.0)))
+    >>> from squish_plugin.synthesis.latency import LayerGeometry, LayerGrid
+    >>> geometry = LayerGeometry("conv", kernel=(1, 1), stride=(1, 1), padding=(0, 0), in_hw=(13, 13))
+    >>> grid = LayerGrid(geometry=geometry, cin=(8, 16), cout=(8, 16), ms=((1.0, 2.0), (2.0, 4.0)))
     >>> round(grid.lookup(12.0, 12.0), 3)
     2.25
 """
@@ -38,6 +38,7 @@ __all__ = [
     "TABLE_FORMAT",
     "LatencyModel",
     "LatencyTable",
+    "LayerGeometry",
     "LayerGrid",
     "grid_widths",
     "layer_geometry",
@@ -50,17 +51,37 @@ GRID_POINTS = 8  # per dimension: widths k/8 of the ancestor's, k = 1..8
 
 
 @dataclass(frozen=True)
-class LayerGrid:
-    """One layer's measured latency (ms per batch) at ``cin x cout`` grid widths."""
+class LayerGeometry:
+    """What a layer's time depends on besides its widths: the one geometry type of tables,
+    timers and the TX1 kit (hashable: it keys the timings a table shares between layers)."""
 
     op: str  # "conv" or "linear"
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     in_hw: tuple[int, int]
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> LayerGeometry:
+        """From :func:`layer_geometry`'s (or a table file's) per-layer mapping."""
+        pairs = {k: tuple(int(v) for v in data[k]) for k in ("kernel", "stride", "padding", "in_hw")}
+        return cls(str(data["op"]), **pairs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, **{k: list(getattr(self, k)) for k in ("kernel", "stride", "padding", "in_hw")}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerGrid:
+    """One layer's measured latency (ms per batch) at ``cin x cout`` grid widths. ``ms`` keeps
+    the times as measured (and written back); lookups read their monotone envelope (a model
+    the bisections can trust never falls as a layer widens)."""
+
+    geometry: LayerGeometry
     cin: tuple[int, ...]
     cout: tuple[int, ...]
-    ms: tuple[tuple[float, ...], ...]  # ms[i][j] at cin[i], cout[j]
+    ms: tuple[tuple[float, ...], ...]  # ms[i][j] at cin[i], cout[j], as measured
+    envelope: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, axis in (("cin", self.cin), ("cout", self.cout)):
@@ -72,16 +93,12 @@ class LayerGrid:
             )
         if any(not (math.isfinite(v) and v >= 0) for row in self.ms for v in row):
             raise InvalidArgumentError("a latency grid's times must be finite milliseconds >= 0.")
-        # measured times are noisy; a model the bisections can trust never falls as a layer widens
-        monotone = [list(row) for row in self.ms]
+        monotone = [list(row) for row in self.ms]  # measured times are noisy
         for i in range(len(self.cin)):
             for j in range(len(self.cout)):
                 above = max(monotone[i - 1][j] if i else 0.0, monotone[i][j - 1] if j else 0.0)
                 monotone[i][j] = max(monotone[i][j], above)
-        object.__setattr__(self, "ms", tuple(tuple(row) for row in monotone))
-
-    def geometry(self) -> tuple:
-        return (self.op, self.kernel, self.stride, self.padding, self.in_hw)
+        object.__setattr__(self, "envelope", tuple(tuple(row) for row in monotone))
 
     def lookup(self, cin: float, cout: float) -> float:
         """Bilinear interpolation; below the first grid width the first width's time (a
@@ -94,32 +111,22 @@ class LayerGrid:
         i, a = _bracket(self.cin, cin)
         j, b = _bracket(self.cout, cout)
         i2, j2 = min(i + 1, len(self.cin) - 1), min(j + 1, len(self.cout) - 1)
-        m = self.ms
+        m = self.envelope
         top = m[i][j] * (1 - b) + m[i][j2] * b
         bottom = m[i2][j] * (1 - b) + m[i2][j2] * b
         return top * (1 - a) + bottom * a
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "op": self.op,
-            "kernel": list(self.kernel),
-            "stride": list(self.stride),
-            "padding": list(self.padding),
-            "in_hw": list(self.in_hw),
-            "cin": list(self.cin),
-            "cout": list(self.cout),
-            "ms": [list(row) for row in self.ms],
-        }
+        widths = {"cin": list(self.cin), "cout": list(self.cout)}
+        return {**self.geometry.to_dict(), **widths, "ms": [list(row) for row in self.ms]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerGrid:
-        pairs = ("kernel", "stride", "padding", "in_hw")
         return cls(
-            str(data["op"]),
-            *(tuple(int(v) for v in data[k]) for k in pairs),
-            tuple(int(v) for v in data["cin"]),
-            tuple(int(v) for v in data["cout"]),
-            tuple(tuple(float(v) for v in row) for row in data["ms"]),
+            geometry=LayerGeometry.of(data),
+            cin=tuple(int(v) for v in data["cin"]),
+            cout=tuple(int(v) for v in data["cout"]),
+            ms=tuple(tuple(float(v) for v in row) for row in data["ms"]),
         )
 
 
@@ -133,7 +140,7 @@ def _bracket(axis: Sequence[int], value: float) -> tuple[int, float]:
     return len(axis) - 1, 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LatencyTable:
     """Per-layer latency grids of one network on one target, with what was measured.
 
@@ -146,11 +153,11 @@ class LatencyTable:
 
     target: Mapping[str, Any]
     layers: Mapping[str, LayerGrid]
-    scale: float = 1.0
     round_to: int | None = None
-    notes: Mapping[str, Any] = field(default_factory=dict)
+    scale: float = 1.0
     offset_ms: float = 0.0
     off_lattice: float = 1.0
+    notes: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,7 +186,10 @@ class LatencyTable:
             raise InvalidArgumentError(f"{source} needs layers, a scale > 0 and round_to None or >= 1.")
         if not math.isfinite(offset) or not (math.isfinite(off) and off > 0):
             raise InvalidArgumentError(f"{source}: offset_ms must be finite (ms) and off_lattice a number > 0.")
-        return cls(dict(data.get("target", {})), layers, scale, round_to, dict(data.get("notes", {})), offset, off)
+        target, notes = dict(data.get("target", {})), dict(data.get("notes", {}))
+        return cls(
+            target=target, layers=layers, round_to=round_to, scale=scale, offset_ms=offset, off_lattice=off, notes=notes
+        )
 
     def whole_ms(self, layer_sum: float) -> float:
         """The whole network's ms for a sum of layer times (never below 5% of the scaled sum:
@@ -328,10 +338,10 @@ def check_geometry(table: LatencyTable, geometry: Mapping[str, Mapping[str, Any]
         grid = table.layers.get(name)
         if grid is None:
             raise InvalidArgumentError(f"the latency table has no layer '{name}': measure a table for this model.")
-        want = (geo["op"], tuple(geo["kernel"]), tuple(geo["stride"]), tuple(geo["padding"]), tuple(geo["in_hw"]))
-        if grid.geometry() != want:
+        want = LayerGeometry.of(geo)
+        if grid.geometry != want:
             raise InvalidArgumentError(
-                f"layer '{name}' is {want} here but {grid.geometry()} in the latency table: "
+                f"layer '{name}' is {want} here but {grid.geometry} in the latency table: "
                 "measure a table for this model and input size."
             )
 

@@ -154,3 +154,22 @@ def test_the_collected_table_drives_a_study(tmp_path, device_results):
     recs = json.loads((run / "lineage.json").read_text())["records"]
     assert abs(recs[1]["latency_ms"] / recs[0]["latency_ms"] - 0.9) <= 0.03
     assert all(w % 16 == 0 or w == 10 for w in recs[1]["widths"].values())
+
+
+def test_one_conv_relu_builder_serves_the_cpu_timer_and_the_kit():
+    """A layer the CPU timer times and a link of the kit's chains are the same ONNX: one builder,
+    `conv_relu_chain` (two widths: one layer; more: a chain), no second copy in deploy/."""
+    import onnx
+
+    from squish_plugin.deploy import timers
+
+    geo = {"op": "conv", "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1), "in_hw": (16, 16)}
+    one = onnx.load_from_string(timers.conv_relu_chain(geo, [8, 16], batch=4))
+    assert [n.op_type for n in one.graph.node] == ["Conv", "Relu"]
+    out = one.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in out] == [4, 16, 8, 8]
+    chain = onnx.load_from_string(timers.conv_relu_chain(geo | {"stride": (1, 1)}, [8, 16, 24], batch=4, first=5))
+    assert [n.name for n in chain.graph.node] == ["sq_L5", "sq_L5_relu", "sq_L6", "sq_L6_relu"]
+    deploy = Path(timers.__file__).parent
+    builders = [p.name for p in deploy.glob("*.py") if 'make_node("Conv"' in p.read_text()]
+    assert builders == ["timers.py"]

@@ -30,14 +30,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, layer_geometry
 from .latency import ROUND_TO_CANDIDATES, ROUND_TO_FRACTIONS, cut_to, geometry_key, layer_grids
-from .timers import out_hw
+from .timers import conv_relu_chain, out_hw
 
 __all__ = ["PLAN_FORMAT", "chain_widths", "latency_kit", "parse_profile", "table_from_results"]
 
@@ -67,39 +66,6 @@ def chain_widths(pairs: Sequence[tuple[int, int]]) -> list[int]:
     return widths
 
 
-def _chain_onnx(geo: dict, widths: Sequence[int], batch: int, first: int) -> bytes:
-    """A chain of Conv+Relu (Gemm+Relu for Linear) layers through ``widths``, nodes ``sq_L<first + i>``."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "x"
-    for i, (cin, cout) in enumerate(zip(widths, widths[1:])):
-        k = first + i
-        shape = (cout, cin) if geo["op"] == "linear" else (cout, cin, *geo["kernel"])
-        inits += [
-            numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) * 0.05, f"w{k}"),
-            numpy_helper.from_array(np.zeros(cout, dtype=np.float32), f"b{k}"),
-        ]
-        if geo["op"] == "linear":
-            nodes.append(helper.make_node("Gemm", [x, f"w{k}", f"b{k}"], [f"y{k}"], name=f"sq_L{k}", transB=1))
-        else:
-            pads = [*geo["padding"], *geo["padding"]]
-            attrs = {"kernel_shape": list(geo["kernel"]), "strides": list(geo["stride"]), "pads": pads}
-            nodes.append(helper.make_node("Conv", [x, f"w{k}", f"b{k}"], [f"y{k}"], name=f"sq_L{k}", **attrs))
-        nodes.append(helper.make_node("Relu", [f"y{k}"], [f"z{k}"], name=f"sq_L{k}_relu"))
-        x = f"z{k}"
-    spatial = [] if geo["op"] == "linear" else list(geo["in_hw"])
-    out_spatial = [] if geo["op"] == "linear" else list(out_hw(geo))
-    graph = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, widths[0], *spatial])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, widths[-1], *out_spatial])],
-        initializer=inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
-
-
 def _chains(grids: dict, batch: int) -> tuple[dict[str, bytes], dict[str, dict]]:
     """The networks that time every grid point, and ``{file: {layer index: point}}``."""
     pairs: dict[LayerGeometry, set] = {}
@@ -115,7 +81,7 @@ def _chains(grids: dict, batch: int) -> tuple[dict[str, bytes], dict[str, dict]]
         chains = [chain_widths(sorted(pairs[key]))] if keeps_size else [[a, b] for a, b in sorted(pairs[key])]
         for c, widths in enumerate(chains):
             name = f"latency/g{n:02d}_{c:02d}.onnx"
-            files[name] = _chain_onnx(geo, widths, batch, k)
+            files[name] = conv_relu_chain(geo, widths, batch, k)
             points[name] = {str(k + i): [_key_str(key), a, b] for i, (a, b) in enumerate(zip(widths, widths[1:]))}
             k += len(widths) - 1
     return files, points

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from ..errors import MissingExtraError
 from ..threads import torch_threads
 from .backends import _time, cpu_name
 
-__all__ = ["LayerTimer", "onnxruntime_layer_timer", "out_hw", "pytorch_layer_timer", "target_of"]
+__all__ = ["LayerTimer", "conv_relu_chain", "onnxruntime_layer_timer", "out_hw", "pytorch_layer_timer", "target_of"]
 
 LayerTimer = Callable[[Mapping[str, Any], int, int], float]
 
@@ -70,8 +70,8 @@ def onnxruntime_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 
     """ONNX Runtime's CPU execution provider, one Conv (or Gemm) + Relu graph per call,
     built with onnx.helper (no export round trip)."""
     try:
+        import onnx  # noqa: F401  (conv_relu_chain builds the graphs)
         import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         raise MissingExtraError(
             "latency tables on onnxruntime need onnx and onnxruntime: pip install 'squish-plugin[export]'."
@@ -81,9 +81,9 @@ def onnxruntime_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 
     rng = np.random.default_rng(0)
 
     def timer(geo: Mapping[str, Any], cin: int, cout: int) -> float:
-        graph = _one_layer_graph(helper, TensorProto, numpy_helper, rng, geo, batch, cin, cout)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            conv_relu_chain(geo, [cin, cout], batch), opts, providers=["CPUExecutionProvider"]
+        )
         shape = (batch, cin) if geo["op"] == "linear" else (batch, cin, *geo["in_hw"])
         feed = {"x": rng.standard_normal(shape, dtype=np.float32)}
         return _median_ms(lambda: session.run(None, feed), warmup, runs)
@@ -91,27 +91,39 @@ def onnxruntime_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 
     return timer
 
 
-def _one_layer_graph(helper, tensor_proto, numpy_helper, rng, geo, batch, cin, cout):
-    if geo["op"] == "linear":
-        w = numpy_helper.from_array(rng.standard_normal((cout, cin), dtype=np.float32), "w")
-        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
-        x_shape, y_shape = [batch, cin], [batch, cout]
-    else:
-        w = numpy_helper.from_array(rng.standard_normal((cout, cin, *geo["kernel"]), dtype=np.float32), "w")
-        pads = [*geo["padding"], *geo["padding"]]
-        node = helper.make_node(
-            "Conv", ["x", "w", "b"], ["y"], kernel_shape=list(geo["kernel"]), strides=list(geo["stride"]), pads=pads
-        )
-        x_shape, y_shape = [batch, cin, *geo["in_hw"]], [batch, cout, *out_hw(geo)]
-    b = numpy_helper.from_array(np.zeros(cout, dtype=np.float32), "b")
-    relu = helper.make_node("Relu", ["y"], ["z"])
-    return helper.make_graph(
-        [node, relu],
-        "layer",
-        [helper.make_tensor_value_info("x", tensor_proto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("z", tensor_proto.FLOAT, y_shape)],
-        initializer=[w, b],
+def conv_relu_chain(geo: Mapping[str, Any], widths: Sequence[int], batch: int, first: int = 0) -> bytes:
+    """The one Conv+Relu ONNX builder (Gemm+Relu for Linear): a chain of layers of geometry
+    ``geo`` through ``widths`` (two widths: one layer), nodes ``sq_L<first + i>``, as serialized
+    ONNX; the ONNX Runtime layer timer times one layer with it, the TX1 kit whole chains."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, (cin, cout) in enumerate(zip(widths, widths[1:])):
+        k = first + i
+        shape = (cout, cin) if geo["op"] == "linear" else (cout, cin, *geo["kernel"])
+        inits += [
+            numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) * 0.05, f"w{k}"),
+            numpy_helper.from_array(np.zeros(cout, dtype=np.float32), f"b{k}"),
+        ]
+        if geo["op"] == "linear":
+            nodes.append(helper.make_node("Gemm", [x, f"w{k}", f"b{k}"], [f"y{k}"], name=f"sq_L{k}", transB=1))
+        else:
+            pads = [*geo["padding"], *geo["padding"]]
+            attrs = {"kernel_shape": list(geo["kernel"]), "strides": list(geo["stride"]), "pads": pads}
+            nodes.append(helper.make_node("Conv", [x, f"w{k}", f"b{k}"], [f"y{k}"], name=f"sq_L{k}", **attrs))
+        nodes.append(helper.make_node("Relu", [f"y{k}"], [f"z{k}"], name=f"sq_L{k}_relu"))
+        x = f"z{k}"
+    spatial = [] if geo["op"] == "linear" else list(geo["in_hw"])
+    out_spatial = [] if geo["op"] == "linear" else list(out_hw(geo))
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, widths[0], *spatial])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, widths[-1], *out_spatial])],
+        initializer=inits,
     )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 
 def target_of(backend: str, *, batch: int, threads: int) -> dict[str, Any]:

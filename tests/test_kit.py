@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from _helpers import tiny_onnx
-from squish_plugin.deploy.kit import TEMPLATE, collect_results, make_kit
+from squish_plugin.deploy.kit import LOG_MODULE, TEMPLATE, collect_results, make_kit
 from squish_plugin.deploy.trtexec import parse_trtexec_output, parse_trtexec_summary
 from squish_plugin.errors import InvalidArgumentError
 from test_trtexec import TRT7_LOG, renamed_tx1_log
@@ -32,20 +32,25 @@ def kit(tmp_path, onnx_file) -> Path:
     return make_kit({name: onnx_file for name in MODELS}, tmp_path / "kit")
 
 
-def _template():
-    spec = importlib.util.spec_from_file_location("kit_bench_trt", TEMPLATE)
+def _template(path: Path = TEMPLATE, name: str = "kit_bench_trt"):
+    """The kit's file loaded as the device loads it (by path, not as part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _log_module():
+    return _template(LOG_MODULE, "kit_trtexec_log")
+
+
 def test_kit_script_writes_the_package_schema():
-    """The device script carries its own copy of the result format (it cannot import the
-    package); it must be the package's one."""
+    """The device script writes the package's result format: its tag and images/s definition come
+    from the log module the package's schema takes them from."""
     from squish_plugin.deploy import schema
 
     script = _template()
-    assert (script.SCHEMA, script.LATENCY_KEYS) == (schema.SCHEMA, schema.LATENCY_KEYS)
+    assert script.SCHEMA == schema.SCHEMA
     assert script.IMAGES_PER_SECOND_IS == schema.IMAGES_PER_SECOND_IS
     assert script.latency_ips(32, 64.0) == schema.latency_ips(32, 64.0)
 
@@ -64,17 +69,20 @@ def test_kit_results_have_the_package_keys():
 
 
 def test_make_kit_writes_every_file(kit, onnx_file):
-    """The kit holds the models, run_trtexec.sh, bench_trt.py (the template), README.md and manifest.json."""
+    """The kit holds the models, run_trtexec.sh, bench_trt.py (the template) with trtexec_log.py,
+    README.md and manifest.json."""
     assert sorted(p.name for p in kit.iterdir()) == [
         "README.md",
         "bench_trt.py",
         "manifest.json",
         "models",
         "run_trtexec.sh",
+        "trtexec_log.py",
     ]
     for name in MODELS:
         assert (kit / "models" / f"{name}.onnx").read_bytes() == onnx_file.read_bytes()
     assert (kit / "bench_trt.py").read_text() == TEMPLATE.read_text()
+    assert (kit / "trtexec_log.py").read_text() == LOG_MODULE.read_text()
     manifest = json.loads((kit / "manifest.json").read_text())
     assert manifest["models"] == {n: f"models/{n}.onnx" for n in MODELS}
     assert (manifest["batch"], manifest["input_size"], manifest["precisions"]) == (32, 224, ["fp32", "fp16"])
@@ -122,21 +130,37 @@ def test_script_runs_with_a_fake_trtexec(tmp_path, onnx_file):
 
 
 def test_template_is_python36_compatible():
-    """vermin finds nothing in the template that Python 3.6 (JetPack 4.6) lacks."""
+    """vermin finds nothing in the template, or the log module it imports, that Python 3.6 (JetPack 4.6) lacks."""
     pytest.importorskip("vermin")
     run = "import sys, vermin; sys.exit(vermin.main())"  # vermin has no __main__ module
     done = subprocess.run(
-        [sys.executable, "-c", run, "-t=3.6-", "--no-tips", "--violations", str(TEMPLATE)],
+        [sys.executable, "-c", run, "-t=3.6-", "--no-tips", "--violations", str(TEMPLATE), str(LOG_MODULE)],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_template_imports_only_the_standard_library():
-    """Nothing from PyPI: top-level imports are standard library; tensorrt is imported inside main()."""
-    top = [line.split()[1] for line in TEMPLATE.read_text().splitlines() if line.startswith(("import ", "from "))]
-    assert set(top) <= set(sys.stdlib_module_names)
+def test_template_imports_only_the_standard_library_and_the_log_module_beside_it():
+    """Nothing from PyPI: top-level imports are standard library (and trtexec_log.py, which the kit
+    copies beside the script and which imports only the standard library); tensorrt is imported inside main()."""
+    for path, own in ((TEMPLATE, {"trtexec_log"}), (LOG_MODULE, set())):
+        lines = path.read_text().splitlines()
+        top = [line.split()[1] for line in lines if line.startswith(("import ", "from "))]
+        assert set(top) <= set(sys.stdlib_module_names) | own
+
+
+def test_the_kit_and_the_package_read_logs_with_one_parser():
+    """No copy to keep in step: the script defines no parser of its own, the package's functions
+    and the script's come from the same file."""
+    import inspect
+
+    from squish_plugin.deploy import trtexec
+
+    assert "def parse_trtexec_summary" not in TEMPLATE.read_text()
+    kit = _template()
+    assert Path(inspect.getsourcefile(kit.parse_trtexec_output)) == LOG_MODULE
+    assert trtexec.log.__file__ == str(LOG_MODULE)
 
 
 def _same(kit, name: str, *args, **kw):
@@ -155,8 +179,9 @@ def _same(kit, name: str, *args, **kw):
 @pytest.mark.parametrize("log", sorted(p.name for p in LOGS.glob("*.log")))
 @pytest.mark.parametrize("batch", [1, 32])
 def test_template_parser_agrees_with_the_package(log, batch):
-    """The kit's duplicated parser returns what deploy.trtexec returns on every real log, errors included."""
-    text, kit = (LOGS / log).read_text(), _template()
+    """The kit's script returns what deploy.trtexec returns on every real log, errors included (the
+    package only turns the shared parser's KitError into its InvalidArgumentError)."""
+    text, kit = (LOGS / log).read_text(), _log_module()
     _same(kit, "parse_trtexec_summary", text)
     _same(kit, "parse_trtexec_output", text, batch=batch)
 
@@ -168,7 +193,7 @@ def test_template_parser_agrees_with_the_package(log, batch):
 )
 def test_template_parser_agrees_on_edge_logs(text, input_name):
     """Same answers on a TensorRT 7.x log, on another input name (found, or asked for and missing), on nothing."""
-    kit = _template()
+    kit = _log_module()
     for batch in (1, 32):
         _same(kit, "parse_trtexec_output", text, batch=batch, input_name=input_name)
 

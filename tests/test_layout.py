@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "squish_plugin"
 #: the Jetson kit's script is one self-contained file for the device's Python 3.6
 #: (copied alone, importing nothing of the package), not a module of the library
-STANDALONE = {PACKAGE / "deploy" / "_kit" / "bench_trt.py"}
+STANDALONE = {PACKAGE / "deploy" / "_kit" / "bench_trt.py"}  # (trtexec_log.py beside it is a module of both)
 #: floor -> the floors it must never import (CLI -> baselines -> study -> deploy -> synthesis: engine ->
 #: faces -> surgery -> genetics); deploy is a library that knows no recipe or run directory
 FORBIDDEN = {

@@ -14,7 +14,7 @@ Example:
     >>> _ = torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), tmp / "m.onnx", dynamo=False,
     ...                       opset_version=13, input_names=["input"], output_names=["logits"])
     >>> sorted(p.name for p in make_kit({"ancestor": tmp / "m.onnx"}, tmp / "kit").iterdir())
-    ['README.md', 'bench_trt.py', 'manifest.json', 'models', 'run_trtexec.sh']
+    ['README.md', 'bench_trt.py', 'manifest.json', 'models', 'run_trtexec.sh', 'trtexec_log.py']
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ __all__ = ["KIT_SCHEMA", "collect_results", "make_kit"]
 
 KIT_SCHEMA = "squish-plugin/kit-v1"
 TEMPLATE = Path(__file__).with_name("_kit") / "bench_trt.py"
+#: the stdlib-only log parser and schema constants the script imports (the package's own copy)
+LOG_MODULE = TEMPLATE.with_name("trtexec_log.py")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names files and appears unquoted in the script
 # The kit targets TensorRT 8.2, whose trtexec would otherwise build with a 16 MiB
 # workspace; bench_trt.py uses the same 1024 MiB.
@@ -144,7 +146,7 @@ def make_kit(
     """Write the Jetson kit for ``models`` (name -> ONNX file) into ``out`` and return ``out``.
 
     ``out`` gets ``models/<name>.onnx``, ``run_trtexec.sh`` (executable),
-    ``bench_trt.py``, ``README.md`` and ``manifest.json``; with ``latency`` (the
+    ``bench_trt.py`` with the ``trtexec_log.py`` it imports, ``README.md`` and ``manifest.json``; with ``latency`` (the
     ``(files, plan)`` of :func:`~squish_plugin.deploy.kit_latency.latency_kit`) also
     ``latency/`` and ``run_latency.sh``, which measure the latency table on the device.
     """
@@ -163,6 +165,7 @@ def make_kit(
     bench = out / "bench_trt.py"
     atomic_write_text(bench, TEMPLATE.read_text())
     bench.chmod(0o755)
+    atomic_write_text(out / LOG_MODULE.name, LOG_MODULE.read_text())
     atomic_write_text(out / "README.md", _readme(names, batch, size, precisions).replace("{kit}", str(out)))
     manifest = {
         "schema": KIT_SCHEMA,

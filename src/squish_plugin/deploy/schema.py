@@ -26,6 +26,10 @@ import platform
 from collections.abc import Mapping
 from typing import Any
 
+# the schema's tag, latency keys, images/s definition and latency_ips live in the kit's stdlib-only
+# module (``_kit/trtexec_log.py``), which the device script imports too: one copy, no agreement to keep
+from ._kit.trtexec_log import IMAGES_PER_SECOND_IS, LATENCY_KEYS, SCHEMA, latency_ips
+
 __all__ = [
     "IMAGES_PER_SECOND_IS",
     "IPS_DEFINITIONS",
@@ -39,11 +43,6 @@ __all__ = [
     "throughput_ips",
 ]
 
-#: the schema tag of a throughput result (the Jetson kit's script carries its own copy,
-#: as it runs without the package; a test keeps the two equal)
-SCHEMA = "squish-plugin/bench-v1"
-#: what ``latency_ms`` holds, milliseconds per batch
-LATENCY_KEYS = ("median", "p90", "mean", "min", "max")
 #: the keys every result has (results written by earlier kits have only these)
 RESULT_KEYS = (
     "model",
@@ -62,15 +61,8 @@ IPS_DEFINITIONS = {
     "latency_ips": "batch / median latency per batch",
     "throughput_ips": "images / wall time of the timed runs",
 }
-#: which of them ``images_per_second`` (the report's Images/s column) is, for every backend
-IMAGES_PER_SECOND_IS = "latency_ips"
 #: the keys results carry since the two definitions were split
 IPS_KEYS = ("latency_ips", "throughput_ips", "images_per_second_is")
-
-
-def latency_ips(batch: int, median_ms: float) -> float:
-    """Images per second from the median per-batch latency: ``batch / median``."""
-    return batch / (median_ms / 1e3)
 
 
 def throughput_ips(batch: int, runs: int, wall_s: float) -> float:

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -36,7 +35,8 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, MissingExtraError
 from ..persistence import atomic_write_text
-from .schema import IMAGES_PER_SECOND_IS, LATENCY_KEYS, bench_result, latency_ips
+from ._kit import trtexec_log as log
+from .schema import bench_result
 
 __all__ = [
     "DEFAULT_TRTEXEC",
@@ -51,44 +51,6 @@ DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # JetPack and NVIDIA's contai
 PERCENTILE = 90
 # trtexec refuses --shapes for an ONNX whose input shape is fixed (the kit's script then runs it again without).
 STATIC_SHAPE_ERROR = "Static model does not take explicit shapes"
-
-# Lines start with optional "[date-time] [I] " tags; anchoring after them keeps
-# "H2D Latency:" and "End-to-End Host Latency:" from matching "Latency:".
-_TAGS = r"^[ \t]*(?:\[[^\]\n]*\][ \t]*)*"
-_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-_SUMMARY = re.compile(_TAGS + r"=== Performance summary ===", re.M)
-_THROUGHPUT = re.compile(_TAGS + r"Throughput:[ \t]*" + _NUM + r"[ \t]*qps", re.M)
-_STAT_LINE = {
-    "latency": re.compile(_TAGS + r"Latency:(.*)$", re.M),
-    "gpu_compute": re.compile(_TAGS + r"GPU Compute Time:(.*)$", re.M),
-}
-_STAT = re.compile(
-    r"(min|max|mean|median|percentile\(\s*" + _NUM + r"\s*%\s*\)|percentile:\s*" + _NUM + r"\s*%)"
-    r"\s*=\s*" + _NUM + r"\s*ms"
-)
-_DEVICE = re.compile(_TAGS + r"Selected Device:[ \t]*(\S[^\n]*?)[ \t]*$", re.M)
-_VERSION_LINE = re.compile(_TAGS + r"TensorRT version:[ \t]*([\d.]+)", re.M)
-_VERSION_TAG = re.compile(r"\[TensorRT v(\d+)\]")
-_BINDING = re.compile(r"[Ii]nput binding for (\S+) with dimensions (\d+(?:x\d+)*)")
-_TIMED = re.compile(r"Timing trace has (\d+) queries")
-_WARMUP = re.compile(r"Warmup completed (\d+) queries")
-_ERROR = re.compile(r"\[E\][ \t]*(.*\S)")
-# Summaries of trtexec versions older than 8.2's format, named in the error rather than
-# reported as a missing summary: TensorRT 7.x prints a "Host Latency" line and then
-# "min: 63.1 ms (end to end ...)", "max: ...", "mean: ...", "median: ..." lines; 6 and
-# older print "Average over 10 runs is 0.66 ms (host walltime is ...)" lines.
-_OLD_FORMATS = (
-    (
-        re.compile(_TAGS + r"Host Latency[ \t]*\r?\n" + _TAGS + r"min:[ \t]*" + _NUM + r"[ \t]*ms", re.M),
-        "TensorRT 7.x",
-        "its summary is a 'Host Latency' block of 'min:', 'max:', 'mean:' and 'median:' lines",
-    ),
-    (
-        re.compile(_TAGS + r"Average over \d+ runs is[ \t]*" + _NUM + r"[ \t]*ms", re.M),
-        "TensorRT 6 or older",
-        "its timings are 'Average over N runs is ... ms' lines",
-    ),
-)
 
 
 def trtexec_command(
@@ -146,43 +108,6 @@ def _positive_int(name: str, value: Any, *, zero: bool = False) -> None:
         raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}.")
 
 
-def _stats(line: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, pct_a, pct_b, value in _STAT.findall(line):
-        pct = pct_a or pct_b
-        out[f"p{float(pct):g}" if pct else key] = float(value)
-    return out
-
-
-def _tensorrt_version(text: str) -> str | None:
-    if m := _VERSION_LINE.search(text):
-        return m.group(1)
-    if m := _VERSION_TAG.search(text):  # the RUNNING/PASSED tag: v8201 -> 8.2.1, v100300 -> 10.3.0
-        d = m.group(1)
-        parts = (d[:2], d[2:4], d[4:]) if len(d) == 6 else (d[:1], d[1:2], d[2:]) if len(d) == 4 else (d,)
-        return ".".join(str(int(p)) for p in parts)
-    return None
-
-
-def _failure(text: str, missing: str) -> InvalidArgumentError:
-    errors = _ERROR.findall(text)
-    if not errors:
-        return InvalidArgumentError(f"the trtexec log has no {missing} and no [E] error line; was the run cut short?")
-    first, last = errors[0], errors[-1]
-    said = f"its last error was {last!r}" if first == last else f"its errors run from {first!r} to {last!r}"
-    return InvalidArgumentError(f"the trtexec log has no {missing}; {said}.")
-
-
-def _no_summary(text: str) -> InvalidArgumentError:
-    for pattern, version, looks in _OLD_FORMATS:
-        if pattern.search(text):
-            return InvalidArgumentError(
-                f"the trtexec log comes from an unsupported trtexec version, {version} ({looks}, with no "
-                "'=== Performance summary ==='); squish-plugin and its kit read trtexec from TensorRT 8.2 on."
-            )
-    return _failure(text, "'=== Performance summary ===' section")
-
-
 def parse_trtexec_summary(text: str) -> dict[str, Any]:
     """Read trtexec's performance summary alone: throughput, per-batch latency and what ran where.
 
@@ -193,34 +118,7 @@ def parse_trtexec_summary(text: str) -> dict[str, Any]:
     when the summary is missing (quoting trtexec's ``[E]`` lines, or naming a TensorRT
     7.x-or-older log as such).
     """
-    start = _SUMMARY.search(text)
-    if start is None:
-        raise _no_summary(text)
-    summary = text[start.end() :]
-    throughput = _THROUGHPUT.search(summary)
-    latency_line = _STAT_LINE["latency"].search(summary)
-    if throughput is None:
-        raise _failure(text, "'Throughput: ... qps' line in its performance summary")
-    if latency_line is None:
-        raise _failure(text, "'Latency: ...' line in its performance summary")
-    latency = _stats(latency_line.group(1))
-    lacking = [k for k in ("min", "max", "mean", "median") if k not in latency]
-    if lacking:
-        line = latency_line.group(0).strip()
-        raise InvalidArgumentError(f"the trtexec 'Latency:' line has no {lacking[0]} value: {line!r}.")
-    gpu_line = _STAT_LINE["gpu_compute"].search(summary)
-    timed, warm = _TIMED.search(text), _WARMUP.search(text)
-    device = _DEVICE.search(text)
-    return {
-        "qps": float(throughput.group(1)),
-        "latency_ms": {k: latency.get(k) if k == "p90" else latency[k] for k in LATENCY_KEYS},
-        "latency_percentiles_ms": {k: v for k, v in latency.items() if k.startswith("p")},
-        "gpu_compute_ms": _stats(gpu_line.group(1)) if gpu_line else None,
-        "runs": int(timed.group(1)) if timed else None,
-        "warmup_runs": int(warm.group(1)) if warm else None,
-        "device": device.group(1) if device else None,
-        "tensorrt": _tensorrt_version(text),
-    }
+    return _read(log.parse_trtexec_summary, text)
 
 
 def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None) -> dict[str, Any]:
@@ -235,38 +133,15 @@ def parse_trtexec_output(text: str, *, batch: int, input_name: str | None = None
     is never multiplied by a batch the log does not confirm.
     """
     _positive_int("batch", batch)
-    parsed = parse_trtexec_summary(text)
-    shape = _confirmed_shape(text, input_name, batch)
-    ips = latency_ips(batch, parsed["latency_ms"]["median"])
-    return {
-        **parsed,
-        "input_shape": shape,
-        "throughput_ips": parsed["qps"] * batch,
-        "latency_ips": ips,
-        "images_per_second": ips,
-        "images_per_second_is": IMAGES_PER_SECOND_IS,
-    }
+    return _read(log.parse_trtexec_output, text, batch, input_name)
 
 
-def _confirmed_shape(text: str, input_name: str | None, batch: int) -> list[int]:
-    bindings = _BINDING.findall(text)
-    name = input_name if input_name is not None else (bindings[0][0] if bindings else None)
-    shapes = [[int(d) for d in dims.split("x") if d] for seen, dims in bindings if seen == name]
-    if not shapes:
-        named = sorted({seen for seen, _ in bindings})
-        others = f" (it has one for {', '.join(map(repr, named))} only)" if named else ""
-        which = f"input {input_name!r}" if input_name is not None else "any input"
-        raise InvalidArgumentError(
-            f"the trtexec log has no input binding line for {which}{others}, so batch={batch} cannot be "
-            "confirmed; give the whole log trtexec printed, whose binding lines show each input's dimensions."
-        )
-    for shape in shapes:
-        if shape[0] != batch:
-            raise InvalidArgumentError(
-                f"the trtexec log shows input {name!r} as {'x'.join(map(str, shape))}, i.e. batch {shape[0]}, but "
-                f"batch={batch} was asked; export the ONNX with that batch (or a dynamic one)."
-            )
-    return shapes[0]
+def _read(parse: Any, *args: Any) -> dict[str, Any]:
+    """The shared parser (``_kit/trtexec_log.py``, the kit's own) with the package's error type."""
+    try:
+        return parse(*args)
+    except log.KitError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 def resolve_trtexec(trtexec: str | os.PathLike | None = None) -> str:

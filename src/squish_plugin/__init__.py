@@ -13,6 +13,7 @@ from .models import IMAGENET10_WNIDS, IMAGENETTE_WNIDS, imagenet_classes, imagen
 from .persistence import load_pruned, save_pruned
 from .study.engine import EvolutionConfig, GenerationContext, Lineage, evolve
 from .synthesis import EvolutionarySynthesisPruner, SynthesisConfig, model_stats
+from .synthesis.strengths import DataStrengths
 
 try:
     __version__ = version("squish-plugin")
@@ -23,6 +24,7 @@ __all__ = [
     "IMAGENET10_WNIDS",
     "IMAGENETTE_WNIDS",
     "CheckpointError",
+    "DataStrengths",
     "EvolutionConfig",
     "EvolutionarySynthesisPruner",
     "GenerationContext",

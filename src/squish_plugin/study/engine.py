@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -84,10 +85,12 @@ class EvolutionConfig:
             only reports, it never chooses.
         screen_fn: a cheap ``screen_fn(child, ctx) -> score`` run on every offspring
             *before* training: with several offspring only the best-scoring one trains.
-        importance: cluster strength, ``"l1"``, ``"l2"`` or a torch-pruning ``Importance``.
-        strength_fn: ``strength_fn(parent) -> {layer name: strengths}``, called on each
-            parent before its offspring are drawn (data-driven strengths such as
-            :func:`~squish_plugin.synthesis.strengths.data_strengths`); overrides ``importance``.
+        importance: the one knob for cluster strength: ``"l1"``, ``"l2"``, a torch-pruning
+            ``Importance`` (a callable on a group), or
+            :class:`~squish_plugin.synthesis.strengths.DataStrengths` (Taylor or activation
+            strengths measured on images, on each parent before its offspring are drawn).
+        strength_fn: deprecated (a warning): ``strength_fn(parent) -> {layer: strengths}``;
+            use ``importance=DataStrengths(...)``.
         reinitialize: re-initialise each offspring (the control for heredity).
         train_ancestor: train generation 0 too.
         example_inputs: a batch the model accepts (one 224x224 image by default).
@@ -119,6 +122,12 @@ class EvolutionConfig:
             raise InvalidArgumentError(
                 f"offspring_per_generation={k} needs a fitness_fn (or screen_fn) that scores offspring on data "
                 "held out of validation, e.g. a slice of the training set; eval_fn only reports."
+            )
+        if self.strength_fn is not None:
+            warnings.warn(
+                "EvolutionConfig(strength_fn=...) is deprecated: pass importance=DataStrengths(batches, kind).",
+                DeprecationWarning,
+                stacklevel=3,
             )
         if not isinstance(self.synthesis, SynthesisConfig):
             raise InvalidArgumentError(f"synthesis must be a SynthesisConfig, got {type(self.synthesis).__name__}.")

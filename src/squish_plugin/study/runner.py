@@ -52,7 +52,7 @@ from .rundir import (
     timestamped_dir,
 )
 from .runlock import run_lock
-from .selection import checked_ancestor, held_out, screen_by_finetune, strength_fn
+from .selection import checked_ancestor, data_importance, held_out, screen_by_finetune
 from .training import TrainSettings, evaluate, mean_kl, train
 
 __all__ = [
@@ -173,7 +173,7 @@ def fitness_of(recipe: Recipe, split: LoadedSplit, teacher: Teacher) -> Callable
 
 
 def evolution_config(
-    recipe: Recipe, proxy_fn, on_generation=None, *, screen_fn=None, strength_fn=None, latency_table=None
+    recipe: Recipe, proxy_fn, on_generation=None, *, screen_fn=None, importance=None, latency_table=None
 ) -> EvolutionConfig:
     """The engine's settings from a recipe's ``evolution`` section; ``proxy_fn`` scores
     offspring on the held-out slice (or a fixed slice of training images; selection
@@ -193,8 +193,7 @@ def evolution_config(
         offspring_per_generation=evo.offspring_per_generation,
         fitness_fn=proxy_fn if evo.selection == "trained" and several else None,
         screen_fn=screen_fn,
-        importance=evo.importance if evo.importance in ("l1", "l2") else "l1",
-        strength_fn=strength_fn,
+        importance=importance or evo.importance,
         reinitialize=evo.reinitialize,
         example_inputs=torch.zeros(1, 3, size, size),
         on_generation=on_generation,
@@ -266,13 +265,13 @@ class _Study:
         screen = screen_by_finetune(
             recipe, self.train_split, select, lambda child, ctx, seed, epochs: self.fit(child, ctx, epochs, seed)
         )
-        strengths = strength_fn(recipe, self.train_split)
+        strengths = data_importance(recipe, self.train_split)
         return evolution_config(
             recipe,
             lambda model, ctx: select(model),
             self.display.on_generation,
             screen_fn=screen,
-            strength_fn=strengths,
+            importance=strengths,
             latency_table=self.latency_table,
         )
 

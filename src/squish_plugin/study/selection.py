@@ -23,13 +23,13 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..persistence import write_json_atomic
 from ..synthesis.genetics import SCREEN_STREAM, derive_seed
-from ..synthesis.strengths import data_strengths
+from ..synthesis.strengths import DataStrengths
 from . import distributed
 from .data import LoadedSplit, iterate_batches, load_split
 from .holdout import HeldOut, holdout_split, proxy_slice
 from .recipe import Recipe
 
-__all__ = ["ANCESTOR_FILE", "HOLDOUT_FILE", "checked_ancestor", "held_out", "screen_by_finetune", "strength_fn"]
+__all__ = ["ANCESTOR_FILE", "HOLDOUT_FILE", "checked_ancestor", "held_out", "data_importance", "screen_by_finetune"]
 
 HOLDOUT_FILE = "holdout.json"
 ANCESTOR_FILE = "ancestor.json"
@@ -90,7 +90,7 @@ def checked_ancestor(
     return decision
 
 
-def strength_fn(recipe: Recipe, train_split: LoadedSplit) -> Callable[[nn.Module], dict[str, torch.Tensor]] | None:
+def data_importance(recipe: Recipe, train_split: LoadedSplit) -> DataStrengths | None:
     """Data-driven strengths (``evolution.importance`` taylor or activation) measured on a
     fixed, evenly spaced sample of ``evolution.strength_images`` training images at the
     training crop (centre windows: no augmentation), or None for filter norms."""
@@ -107,7 +107,7 @@ def strength_fn(recipe: Recipe, train_split: LoadedSplit) -> Callable[[nn.Module
                 x = x[..., top : top + crop, top : top + crop]
             yield x, y
 
-    return lambda parent: data_strengths(parent, batches(), kind=evo.importance)
+    return DataStrengths(batches, kind=evo.importance)
 
 
 def screen_by_finetune(

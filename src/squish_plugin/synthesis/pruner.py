@@ -18,6 +18,7 @@ from .genetics import (
     synthesis_probabilities,
 )
 from .latency import LatencyTable
+from .strengths import DataStrengths
 from .surgery import PrunableLayer, Surgeon, clone_model
 
 __all__ = ["EvolutionarySynthesisPruner"]
@@ -54,10 +55,10 @@ class EvolutionarySynthesisPruner:
         forward_fn: ``forward_fn(model, example_inputs)`` runs the model, as in
             torch-pruning, for models called another way.
         importance: cluster strength: ``"l1"`` (the filter's L1 norm, the default),
-            ``"l2"``, a torch-pruning ``Importance`` (a callable on a group), or a
-            mapping ``{layer name: one strength per output channel}`` measured on data
-            (:func:`~squish_plugin.synthesis.strengths.data_strengths`: first-order
-            Taylor or activation strengths).
+            ``"l2"``, a torch-pruning ``Importance`` (a callable on a group),
+            :class:`~squish_plugin.synthesis.strengths.DataStrengths` (first-order Taylor or
+            activation strengths measured on images, on the model as it is at each draw), or
+            a mapping ``{layer name: one strength per output channel}`` measured once.
         ignored_layers: modules whose output channels must be left alone, each with every
             module inside it (``[model.layer4]`` protects the stage, as torch-pruning reads
             it), and ``nn.Parameter``s torch-pruning must never cut.
@@ -102,17 +103,22 @@ class EvolutionarySynthesisPruner:
         config = config or SynthesisConfig()
         if env is not None:
             config = replace(config, env=env)
-        if not isinstance(importance, (str, Mapping)) and not callable(importance):
+        if not isinstance(importance, (str, Mapping, DataStrengths)) and not callable(importance):
             raise InvalidArgumentError(
-                f"importance must be 'l1', 'l2', a callable on a group or a mapping of strengths, got {importance!r}."
+                "importance must be 'l1', 'l2', a callable on a group, DataStrengths or a mapping of strengths, "
+                f"got {importance!r}."
             )
         if isinstance(importance, str) and importance not in ("l1", "l2"):
-            raise InvalidArgumentError(f"importance must be 'l1' or 'l2', got {importance!r}.")
+            raise InvalidArgumentError(
+                f"importance must be 'l1' or 'l2', got {importance!r} (Taylor or activation strengths "
+                "measured on images: importance=DataStrengths(batches, kind))."
+            )
         derive_seed(seed)  # validates
         self.model = model
         self.config = config
         self.seed = seed
         self.importance = importance
+        self._measured: Mapping[str, torch.Tensor] | None = None  # DataStrengths of the model as it is
         self.generation = 0
         self.latency_table = latency_table
         self._example_inputs = example_inputs
@@ -159,17 +165,21 @@ class EvolutionarySynthesisPruner:
 
     def strengths(self) -> list[torch.Tensor]:
         """Strength of every cluster, one tensor per prunable layer."""
-        out = []
+        out, importance = [], self.importance
+        if isinstance(importance, DataStrengths):
+            if self._measured is None:
+                self._measured = importance.measure(self.model)
+            importance = self._measured
         for layer in self.surgeon.layers:
-            if isinstance(self.importance, Mapping):
-                out.append(_given_strength(self.importance, layer))
-            elif isinstance(self.importance, str):
+            if isinstance(importance, Mapping):
+                out.append(_given_strength(importance, layer))
+            elif isinstance(importance, str):
                 weight = layer.module.weight
                 if getattr(layer.module, "transposed", False):
                     weight = weight.transpose(0, 1)
-                out.append(cluster_strength(weight, self.importance))
+                out.append(cluster_strength(weight, importance))
             else:
-                scores = torch.as_tensor(self.importance(self.surgeon.group(layer)))
+                scores = torch.as_tensor(importance(self.surgeon.group(layer)))
                 out.append(scores.detach().float().flatten().abs())
         return out
 
@@ -242,6 +252,7 @@ class EvolutionarySynthesisPruner:
 
     def _retrace(self) -> None:
         self._traced = None  # traced again when next needed
+        self._measured = None  # and data strengths measured again
 
 
 def _given_strength(strengths: Mapping[str, torch.Tensor], layer: PrunableLayer) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Data-driven cluster strengths: what a channel does on real images, not only how
 large its filter is, as the strength ``s_c`` inside the paper's genetic encoding.
 
-``"taylor"`` is the first-order Taylor estimate of the loss change when a channel is
-removed (Molchanov et al., ICLR 2017): the mean over images of ``|sum over positions
-of a * dL/da|`` at the Conv/Linear output ``a``; ``"activation"`` is the mean absolute
-output (an activation-based strength). Both are averaged over the batches given.
+As the pruner's (and ``evolve``'s) ``importance``: :class:`DataStrengths`, measured on the
+model as it is whenever its offspring are drawn. ``"taylor"`` is the first-order Taylor
+estimate of the loss change when a channel is removed (Molchanov et al., ICLR 2017): the
+mean over images of ``|sum over positions of a * dL/da|`` at the Conv/Linear output ``a``;
+``"activation"`` is the mean absolute output (an activation-based strength). Both are averaged over the batches given.
 
 Example:
     >>> import torch, torchvision
@@ -14,11 +15,14 @@ Example:
     >>> scores = data_strengths(model, [batch], kind="taylor")
     >>> scores["features.0"].shape
     torch.Size([64])
+    >>> from squish_plugin import EvolutionarySynthesisPruner
+    >>> pruner = EvolutionarySynthesisPruner(model, importance=DataStrengths(lambda: [batch]), env=0.9)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +31,30 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from .surgery import autograd_on
 
-__all__ = ["STRENGTH_KINDS", "data_strengths"]
+__all__ = ["STRENGTH_KINDS", "DataStrengths", "data_strengths"]
 
 STRENGTH_KINDS = ("taylor", "activation")
+
+
+@dataclass(frozen=True)
+class DataStrengths:
+    """Cluster strengths measured on images, as an ``importance``: ``batches()`` gives a fresh
+    iterable of ``(images, labels)`` each time the strengths are measured (the same images
+    every time: a fixed sample), ``kind`` is ``"taylor"`` or ``"activation"``."""
+
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    kind: str = "taylor"
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRENGTH_KINDS:
+            raise InvalidArgumentError(f"data-driven strength must be one of {STRENGTH_KINDS}, got {self.kind!r}.")
+        if not callable(self.batches):
+            raise InvalidArgumentError("DataStrengths needs batches: a callable returning (images, labels) batches.")
+
+    def measure(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``{module name: one strength per output channel}`` of ``model`` now."""
+        return data_strengths(model, self.batches(), kind=self.kind, loss_fn=self.loss_fn)
 
 
 def data_strengths(

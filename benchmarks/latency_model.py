@@ -1,0 +1,166 @@
+"""Issue #28 B: how well the latency table predicts whole networks on its own target, the table
+and every network timed in ONE sitting (one process, networks interleaved round by round).
+
+Networks (structures only: speed depends on widths, not weights), all SqueezeNet-10 at 224 px:
+the ancestor; every generation of the latency-aware study (`benchmarks/results/imagenette-latency/
+seed-S`, kind `latency`, parent = the generation before) and of the parameter-budget study
+(`imagenette-seeds/seed-S`, kind `params`); NNI's L1 pruner on the parameter-budget
+study's schedule, generations 1-8 (kind `nni`); and seeded random-width networks never used in
+fitting (kind `random`, seeds 1000+, half on the table's lattice). The table is measured first,
+as `squish-plugin bench table examples/imagenette-latency.yaml --force` measures it (ONNX Runtime
+CPU EP, fp32, batch 32, 2 threads, `round_to: auto`), into a temporary cache.
+
+    python benchmarks/latency_model.py     # -> benchmarks/results/latency/model-error.csv (+ .json summary)
+
+Run it on an idle machine: nothing else heavy beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from squish_plugin import squeezenet1_1_ancestor
+from squish_plugin.deploy.backends import MachineLoad, cpu_name
+from squish_plugin.deploy.latency import time_networks, with_widths
+from squish_plugin.study.latency import ensure_table
+from squish_plugin.study.recipe import load_recipe
+from squish_plugin.synthesis.latency import load_table
+from squish_plugin.synthesis.surgery import Surgeon, predict_ms
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+COLUMNS = ["network", "kind", "parent", "measured_ms", "predicted_ms"]
+
+
+def _lineage(path: Path) -> list[dict]:
+    return json.loads((path / "lineage.json").read_text())["records"]
+
+
+def networks(ancestor: torch.nn.Module, seed: int, randoms: int, lattice: int) -> dict[str, tuple]:
+    """``{name: (kind, parent, model)}``."""
+    inputs = torch.zeros(1, 3, 224, 224)
+    nets: dict[str, tuple] = {"ancestor": ("ancestor", "", ancestor)}
+    for kind, folder in (("latency", "imagenette-latency"), ("params", "imagenette-seeds")):
+        records = _lineage(RESULTS / folder / f"seed-{seed}")
+        for r in records[1:]:
+            parent = "ancestor" if r["parent"] == 0 else f"{kind}-gen{r['parent']:02d}"
+            nets[f"{kind}-gen{r['generation']:02d}"] = (kind, parent, with_widths(ancestor, r["widths"], inputs))
+    nets.update(_nni(ancestor, RESULTS / "imagenette-seeds" / f"seed-{seed}"))
+    layers = Surgeon(ancestor, inputs).layers
+    for i in range(randoms):
+        rng = np.random.default_rng([1000 + seed, i])
+        multiple = lattice if i % 2 == 0 else 1
+        widths = {}
+        for layer in layers:
+            keep = max(1, round(layer.width * float(rng.uniform(0.25, 1.0))))
+            widths[layer.name] = min(layer.width, multiple * math.ceil(keep / multiple))
+        nets[f"random-{i:02d}"] = ("random", "", with_widths(ancestor, widths, inputs))
+    return nets
+
+
+def _nni(ancestor: torch.nn.Module, run: Path) -> dict[str, tuple]:
+    """NNI's L1 pruner applied iteratively to the run's parameter count at every generation (the
+    head-to-head's schedule; the structure its four pruners share), at generations 1..8."""
+    import copy
+
+    from squish_plugin.baselines.pruners import PruneContext, prune_to
+
+    records = {r["generation"]: r for r in _lineage(run)}
+    ctx = PruneContext(torch.zeros(1, 3, 224, 224), None, 0)
+    out, model = {}, copy.deepcopy(ancestor)
+    for g in range(1, 9):
+        model = prune_to(model, "nni-l1", records[g]["params"], ctx)
+        out[f"nni-l1-gen{g:02d}"] = ("nni", "", copy.deepcopy(model).eval())
+    return out
+
+
+def summary(rows: list[dict]) -> dict:
+    err = np.array([r["predicted_ms"] / r["measured_ms"] - 1 for r in rows])
+    measured = np.array([r["measured_ms"] for r in rows])
+    predicted = np.array([r["predicted_ms"] for r in rows])
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    spearman = float(np.corrcoef(rank(measured), rank(predicted))[0, 1])
+    by = {r["network"]: r for r in rows}
+    ratios = []
+    for r in rows:
+        if r["kind"] == "latency":
+            parent = by[r["parent"]]
+            measured_ratio = r["measured_ms"] / parent["measured_ms"]
+            predicted_ratio = r["predicted_ms"] / parent["predicted_ms"]
+            ratios.append(predicted_ratio / measured_ratio - 1)
+    kinds = {}
+    for kind in sorted({r["kind"] for r in rows}):
+        e = np.array([r["predicted_ms"] / r["measured_ms"] - 1 for r in rows if r["kind"] == kind])
+        kinds[kind] = {"n": len(e), "min": round(float(e.min()), 4), "max": round(float(e.max()), 4)}
+    return {
+        "networks": len(rows),
+        "within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
+        "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
+        "rmspe": round(float(np.sqrt(np.mean(err**2))), 4),
+        "spearman": round(spearman, 4),
+        "ratio_errors_latency_generations": [round(x, 4) for x in ratios],
+        "ratios_within_5pct": round(float(np.mean(np.abs(np.array(ratios)) <= 0.05)), 4) if ratios else None,
+        "by_kind": kinds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0, help="which seed's studies and NNI networks")
+    parser.add_argument("--randoms", type=int, default=12)
+    parser.add_argument("--table", type=Path, help="use this table instead of measuring one (not one sitting)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latency" / "model-error.csv")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, MachineLoad() as load:
+        if args.table:
+            table_path = args.table
+        else:
+            os.environ["SQUISH_CACHE"] = tmp
+            recipe = load_recipe(ROOT / "examples" / "imagenette-latency.yaml")
+            table_path = ensure_table(recipe, force=True)
+        table = load_table(table_path)
+        table_s = time.perf_counter() - started
+        ancestor = squeezenet1_1_ancestor(10, weights=None).eval()
+        nets = networks(ancestor, args.seed, args.randoms, table.round_to or 1)
+        measured = time_networks({n: m for n, (_, _, m) in nets.items()}, "onnxruntime", batch=32, threads=2)
+        kept = table.to_dict()
+    rows = []
+    for name, (kind, parent, model) in nets.items():
+        predicted = predict_ms(model, table, torch.zeros(1, 3, 224, 224))
+        rows.append({"network": name, "kind": kind, "parent": parent, "measured_ms": round(measured[name], 4),
+                     "predicted_ms": round(predicted, 4)})  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    result = summary(rows)
+    result.update(
+        cpu=cpu_name(),
+        load=load.record(),
+        table_seconds=round(table_s, 1),
+        total_seconds=round(time.perf_counter() - started, 1),
+        table_round_to=kept["round_to"],
+        table_scale=kept["scale"],
+        table_offset_ms=kept["offset_ms"],
+        table_off_lattice=kept["off_lattice"],
+    )
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out.parent / "model-table.json").write_text(json.dumps(kept, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "ratio_errors_latency_generations"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

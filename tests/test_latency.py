@@ -148,11 +148,22 @@ def whole(layer_timer):
 
 def test_round_to_auto_picks_the_multiple_the_target_runs_fastest(ancestor):
     """On a backend that runs aligned widths 3x faster, rounding up to 16 wins despite
-    the extra channels; on a smooth one no rounding (1) wins; 32 only adds channels."""
-    chosen, figures = choose_round_to(ancestor, whole(aligned16))
+    the extra channels; on a smooth one no rounding (1) wins; 32 only adds channels. Every
+    candidate network is timed in one call (interleaved on a real target)."""
+    calls = []
+
+    def networks(layer_timer):
+        def timer(nets):
+            calls.append(sorted(nets))
+            return {name: whole(layer_timer)(net) for name, net in nets.items()}
+
+        return timer
+
+    chosen, figures = choose_round_to(ancestor, networks(aligned16))
     assert chosen == 16 and figures["ms"]["16"] < min(figures["ms"]["1"], figures["ms"]["32"])
     assert figures["params"]["16"] > figures["params"]["1"]
-    assert choose_round_to(ancestor, whole(smooth), candidates=(1, 16))[0] == 1
+    assert len(calls) == 1 and len(calls[0]) == 6 * 5  # 6 candidates x 5 cuts, together
+    assert choose_round_to(ancestor, networks(smooth), candidates=(1, 16))[0] == 1
 
 
 def test_rounded_offspring_keep_the_budget_and_the_lattice(ancestor):

@@ -124,7 +124,7 @@ def layer_grids(
 
 def choose_round_to(
     model: nn.Module,
-    whole_timer: Callable[[nn.Module], float],
+    networks_timer: Callable[[Mapping[str, nn.Module]], Mapping[str, float]],
     *,
     example_inputs: torch.Tensor | None = None,
     candidates: Sequence[int] = ROUND_TO_CANDIDATES,
@@ -132,22 +132,20 @@ def choose_round_to(
 ) -> tuple[int, dict[str, Any]]:
     """The channel multiple the target runs ``model`` fastest at, by timing whole networks:
     for each candidate ``m`` and each of ``fractions``, ``model`` with every prunable layer
-    cut to that fraction of its width rounded *up* to ``m`` (``whole_timer(net) -> ms``).
-    Rounding up adds channels, so a multiple wins only where the target runs aligned
-    widths faster (a whole network, because runtimes such as ONNX Runtime's blocked
-    layouts pay off across layers, not in one layer alone). The multiple with the least
-    time in all wins, the smallest within :data:`ROUND_TO_SLACK` of it on a near tie.
-    Returns ``(m, the figures)``."""
+    cut to that fraction of its width rounded *up* to ``m``, all of them timed in one call
+    (``networks_timer({name: net}) -> {name: ms}``, interleaved: a host that drifts drifts for
+    every candidate alike). Rounding up adds channels, so a multiple wins only where the
+    target runs aligned widths faster (a whole network, because runtimes such as ONNX
+    Runtime's blocked layouts pay off across layers, not in one layer alone). The multiple
+    with the least time in all wins, the smallest within :data:`ROUND_TO_SLACK` of it on a
+    near tie. Returns ``(m, the figures)``."""
     inputs = default_example_inputs() if example_inputs is None else example_inputs
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in candidates) or not candidates:
         raise InvalidArgumentError(f"round_to candidates must be integers >= 1, got {list(candidates)}.")
-    per_cut, params = {}, {}
-    for m in sorted(candidates):
-        per_cut[m], params[m] = [], 0
-        for f in fractions:
-            net = cut_to(model, f, m, inputs)
-            per_cut[m].append(float(whole_timer(net)))
-            params[m] += sum(p.numel() for p in net.parameters())
+    nets = {(m, f): cut_to(model, f, m, inputs) for m in sorted(candidates) for f in fractions}
+    timed = networks_timer({f"round{m}-cut{f}": net for (m, f), net in nets.items()})
+    per_cut = {m: [float(timed[f"round{m}-cut{f}"]) for f in fractions] for m in sorted(candidates)}
+    params = {m: sum(p.numel() for f in fractions for p in nets[(m, f)].parameters()) for m in sorted(candidates)}
     totals = {m: sum(v) for m, v in per_cut.items()}
     chosen = fastest_multiple(totals)
     figures = {"ms": {str(m): round(v, 4) for m, v in totals.items()}, "params": {str(m): v for m, v in params.items()}}

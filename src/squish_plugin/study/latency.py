@@ -167,7 +167,7 @@ def _measure(model, timers: TableTimers, inputs, recipe: Recipe, target, echo) -
     lat, many = recipe.evolution.latency, timers.networks
     round_to, notes = recipe.evolution.round_to, {}
     if round_to == "auto":
-        round_to, notes = choose_round_to(model, lambda net: many({"net": net})["net"], example_inputs=inputs)
+        round_to, notes = choose_round_to(model, many, example_inputs=inputs)
         echo(f"round_to auto: {round_to} (ms per candidate: {notes['ms']})")
     echo(f"measuring the latency table on {lat.backend} ({lat.threads} threads, batch {lat.batch}) ...")
     extra = {"round_to_figures": notes} if notes else None

@@ -299,10 +299,12 @@ def run_study(
             "choose a global batch size every process gets an equal part of."
         )
     with torch_threads(recipe.train.threads):
-        return _run(recipe, run_dir, resume, console, (world, timers))
+        return _run(recipe, run_dir, resume, console, world, timers)
 
 
-def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, setup: tuple) -> Path:
+def _run(
+    recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, world: int, timers: TableTimers | None
+) -> Path:
     train_all, val_split = load_data(recipe)
     ancestor = _ancestor(recipe, train_all.classes)
     warning = resolution_warning(recipe, ancestor)
@@ -311,11 +313,11 @@ def _run(recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, s
     run_dir = open_run_dir(recipe, run_dir, resume)
     with run_lock(run_dir, "squish-plugin run") if distributed.is_main() else contextlib.nullcontext():
         record_recipe(recipe, run_dir, resume)
-        return _evolve_and_finish(recipe, run_dir, resume, console, setup, (train_all, val_split), ancestor)
+        return _evolve_and_finish(recipe, run_dir, resume, console, world, timers, (train_all, val_split), ancestor)
 
 
-def _evolve_and_finish(recipe, run_dir, resume, console, setup, data, ancestor) -> Path:
-    (world, timers), (train_all, val_split) = setup, data
+def _evolve_and_finish(recipe, run_dir, resume, console, world, timers, data, ancestor) -> Path:
+    train_all, val_split = data
     console.print(f"run directory: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
     held = read_lineage(run_dir) if resume and (run_dir / LINEAGE_FILE).is_file() else []
     complete = bool(held) and held[-1]["generation"] >= recipe.evolution.generations

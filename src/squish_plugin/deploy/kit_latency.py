@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, layer_geometry
-from .latency import ROUND_TO_CANDIDATES, ROUND_TO_FRACTIONS, cut_to, geometry_key, layer_grids
+from .latency import ROUND_TO_CANDIDATES, ROUND_TO_FRACTIONS, cut_to, layer_grids
 from .timers import conv_relu_chain, out_hw
 
 __all__ = ["PLAN_FORMAT", "chain_widths", "latency_kit", "parse_profile", "table_from_results"]
@@ -71,7 +71,7 @@ def _chains(grids: dict, batch: int) -> tuple[dict[str, bytes], dict[str, dict]]
     pairs: dict[LayerGeometry, set] = {}
     geos: dict[LayerGeometry, dict] = {}
     for geo, cins, couts in grids.values():
-        key = geometry_key(geo)
+        key = LayerGeometry.of(geo)
         geos[key] = geo
         pairs.setdefault(key, set()).update((a, b) for a in cins for b in couts)
     files, points, k = {}, {}, 0
@@ -89,7 +89,7 @@ def _chains(grids: dict, batch: int) -> tuple[dict[str, bytes], dict[str, dict]]
 
 def _key_str(key: LayerGeometry) -> str:
     """A geometry as the kit's plan writes it (JSON: op, kernel, stride, padding, in_hw)."""
-    return json.dumps([key.op, list(key.kernel), list(key.stride), list(key.padding), list(key.in_hw)])
+    return json.dumps(list(key.to_dict().values()))
 
 
 def latency_kit(

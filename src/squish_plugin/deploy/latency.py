@@ -89,7 +89,7 @@ def measure_table(
     timed: dict[tuple, float] = {}
     layers = {}
     for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items():
-        key = geometry_key(geo)
+        key = LayerGeometry.of(geo)
         rows = []
         for cin in cins:
             for cout in couts:
@@ -99,11 +99,6 @@ def measure_table(
         layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=tuple(rows))
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(timed)}
     return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta)
-
-
-def geometry_key(geo: Mapping[str, Any]) -> LayerGeometry:
-    """What a layer's time depends on besides its widths (hashable)."""
-    return LayerGeometry.of(geo)
 
 
 def layer_grids(

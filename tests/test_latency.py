@@ -14,6 +14,7 @@ from _helpers import blocked16, smooth
 from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
 from squish_plugin.deploy.calibration import fit_whole
 from squish_plugin.deploy.latency import (
+    calibration_members,
     calibration_networks,
     choose_round_to,
     cut_to,
@@ -225,7 +226,8 @@ def test_one_fit_over_calibration_networks_recovers_scale_offset_and_off_lattice
 
     table = measure_table(ancestor, blocked, step=16, round_to=16)
     nets = calibration_networks(ancestor, 16, inputs, count=4)
-    assert {"ancestor", "cut-0.5", "exact-0.6", "random-0", "random-3"} <= set(nets)
+    assert {"ancestor", "round16-cut0.45", "round1-cut0.6", "random-0", "random-3"} <= set(nets)
+    assert calibration_members(nets, 16) == sorted(nets)  # a set for one multiple: every network calibrates
     fitted = fit_whole(table, nets, {n: whole(net) for n, net in nets.items()})
     assert (fitted.scale, fitted.off_lattice, fitted.offset_ms) == pytest.approx((0.9, 2.0, -5.0), rel=1e-3)
     assert all(abs(r["error"]) < 1e-3 for r in fitted.notes["calibration"].values())

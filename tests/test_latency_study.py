@@ -36,6 +36,7 @@ class FakeTarget:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
+        self.network_calls: list[list[str]] = []
         self.full = layer_geometry(squeezenet1_1_ancestor(num_classes=10, weights=None), torch.zeros(1, 3, SIZE, SIZE))
         self.timers = TableTimers(self.layer, self.networks)
 
@@ -48,6 +49,7 @@ class FakeTarget:
         return 0.9 * sum(aligned16(self.full[n], g["cin"], g["cout"]) for n, g in geometry.items()) - 0.5
 
     def networks(self, nets):
+        self.network_calls.append(sorted(nets))
         return {name: self.whole(net) for name, net in nets.items()}
 
 
@@ -115,6 +117,36 @@ def test_the_table_is_measured_once_then_read_from_the_cache(fake_target, monkey
     ensure_table(recipe, timers=fake_target.timers, echo=said.append)
     assert "measuring again" in said[0]
     assert len(fake_target.calls) > measured
+
+
+def test_a_table_times_its_calibration_set_and_candidates_in_one_call_with_progress(fake_target):
+    """round_to auto: the whole networks (the calibration set the TX1 kit uses too, the
+    round_to candidates among them) are timed in one call, and the progress callback hears of
+    every layer timing up to the table's count."""
+    from squish_plugin.deploy.latency import ROUND_TO_CANDIDATES, calibration_networks
+
+    heard = []
+    path = ensure_table(
+        _recipe(LATENCY), timers=fake_target.timers, echo=lambda _: None, progress=lambda *a: heard.append(a)
+    )
+    model = squeezenet1_1_ancestor(num_classes=10, weights=None)
+    shared = calibration_networks(model, ROUND_TO_CANDIDATES, torch.zeros(1, 3, SIZE, SIZE))
+    assert fake_target.network_calls == [sorted(shared)]
+    timings = [(done, total) for stage, done, total in heard if stage == "layer timings"]
+    table = json.loads(path.read_text())
+    assert timings[-1] == (table["notes"]["timed_layers"],) * 2 == (len(fake_target.calls),) * 2
+    assert [d for d, _ in timings] == list(range(1, len(timings) + 1))
+    fit = table["notes"]["calibration"]
+    assert {"ancestor", "round16-cut0.3", "round1-cut0.3", "random-0", "random-1"} <= set(fit)
+    assert not any(name.startswith(("round8-", "round32-")) for name in fit)  # another lattice: not a member
+
+
+def test_bench_table_shows_its_progress(fake_target, monkeypatch):
+    """`bench table` draws a bar per stage: the layer timings, counted to the table's total."""
+    monkeypatch.setattr(study_latency, "target_timers", lambda recipe, progress=None: fake_target.timers)
+    result = runner.invoke(app, ["bench", "table", str(EXAMPLES / "quickstart.yaml"), *set_args(LATENCY)])
+    assert result.exit_code == 0, result.output
+    assert "layer timings" in result.output and f"{len(fake_target.calls)}/{len(fake_target.calls)}" in result.output
 
 
 @pytest.mark.parametrize(

@@ -244,11 +244,24 @@ def bench_table(
     force: Annotated[bool, typer.Option("--force", help="measure again even if the table file exists")] = False,
 ) -> None:
     """Measure the per-layer latency table (and round_to: auto) a recipe reads, on its backend."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from .study.latency import ensure_table
     from .study.recipe import load_recipe
 
     resolved = load_recipe(recipe, set_ or [])
-    path = ensure_table(resolved, echo=typer.echo, force=force)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        stages: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in stages:
+                stages[stage] = bar.add_task(stage, total=total)
+            bar.update(stages[stage], completed=done, total=total)
+
+        path = ensure_table(
+            resolved, echo=lambda line: bar.console.print(line, markup=False), force=force, progress=progress
+        )
     if path is None:
         _fail("the recipe reads no latency table: set evolution.resource: latency or evolution.round_to: auto.")
     typer.echo(f"latency table: {path}")

@@ -260,20 +260,26 @@ def bench_interleaved(
     warmup: int = 3,
     runs: int = 10,
     rounds: int = 1,
+    progress: Callable[[int, int], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """PyTorch or ONNX Runtime throughput of several models measured in ``rounds``
     interleaved rounds (A B C, A B C, ...), each model timed ``runs`` batches per round
     after ``warmup`` untimed ones: a machine that slows down for a while slows every model
-    alike, and each figure is the median over all ``rounds * runs`` batches."""
+    alike, and each figure is the median over all ``rounds * runs`` batches.
+    ``progress(done, total)`` hears of every model timed in a round."""
     make = {"pytorch": pytorch_runner, "onnxruntime": onnxruntime_runner}[backend]
     runners = {name: make(target, batch=batch, size=size, threads=threads) for name, target in targets.items()}
     seconds: dict[str, list[float]] = {name: [] for name in targets}
     with torch_threads(threads if backend == "pytorch" else None):
         for run, _ in runners.values():
             _time(run, warmup, 0)
+        total, done = rounds * len(runners), 0
         for _ in range(rounds):
             for name, (run, _) in runners.items():
                 seconds[name] += _time(run, 0, runs)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     out = []
     for name, (_, env) in runners.items():
         res = result(name, backend, "fp32", batch, size, seconds[name], warmup, {**env, "rounds": rounds})

@@ -12,9 +12,9 @@ network -- each Conv+Relu of the chain one (cin, cout) pair, with a link layer w
 pairs do not meet -- and one profile times them all; a layer that changes the size (conv1)
 gets one small network per grid point. Nodes are named ``sq_L<k>`` (TensorRT names a fused
 layer after its nodes, ``sq_L3 + sq_L3_relu``), so each profile row maps back to its grid
-point; reformatting layers are left to the calibration: the ancestor and two cut-down
-networks timed whole (trtexec's summary, host latency per batch), which fits the table's
-scale and offset as on the CPU.
+point; reformatting layers are left to the calibration: the set of whole networks a CPU
+table is calibrated on (trtexec's summary, host latency per batch), which also chooses
+``round_to`` and fits the table's scale, offset and off-lattice factor as on the CPU.
 
 Example:
     >>> from squish_plugin.deploy.kit_latency import chain_widths
@@ -35,12 +35,12 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, layer_geometry
-from .latency import ROUND_TO_CANDIDATES, ROUND_TO_FRACTIONS, cut_to, layer_grids
+from .latency import ROUND_TO_CANDIDATES, calibration_members, calibration_networks, layer_grids
 from .timers import conv_relu_chain, out_hw
 
 __all__ = ["PLAN_FORMAT", "chain_widths", "latency_kit", "parse_profile", "table_from_results"]
 
-PLAN_FORMAT = "squish-plugin/latency-kit-v1"
+PLAN_FORMAT = "squish-plugin/latency-kit-v2"  # v2: the calibration set the CPU's tables use
 NODE = re.compile(r"sq_L(\d+)(?![\d])")
 KIT_STEP = 8  # the kit's grid lies on multiples of 8: 16- and 32-lattices are on it too
 
@@ -96,18 +96,17 @@ def latency_kit(
     model: nn.Module, *, batch: int = 32, size: int = 224, step: int = KIT_STEP, points: int = GRID_POINTS
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """``({kit path: ONNX bytes}, plan)`` for the device: the chains of the grid and, timed
-    whole, the ancestor and the ``round_to`` candidates (it cut to each of
-    ``ROUND_TO_FRACTIONS`` of every width rounded up to each candidate multiple); the
-    ancestor, the chosen multiple's candidates and the exact-width ones calibrate the table."""
+    whole, the calibration set a CPU table uses
+    (:func:`~squish_plugin.deploy.latency.calibration_networks` over every ``round_to``
+    candidate: the ancestor, it cut to each fraction of every width rounded up to each
+    candidate multiple, and the seeded random widths); the chosen multiple's members
+    (:func:`~squish_plugin.deploy.latency.calibration_members`) calibrate the table."""
     from .export import export_onnx
 
     inputs = torch.zeros(1, 3, size, size)
     grids = layer_grids(model, inputs, step, points)
     files, timed = _chains(grids, batch)
-    whole = {"calib-ancestor": model}
-    whole.update(
-        {f"round{m}-cut{f}": cut_to(model, f, m, inputs) for m in ROUND_TO_CANDIDATES for f in ROUND_TO_FRACTIONS}
-    )
+    whole = calibration_networks(model, ROUND_TO_CANDIDATES, inputs)
     networks = {}
     import tempfile
 
@@ -166,7 +165,7 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     (:func:`~squish_plugin.deploy.calibration.fit_splits`) on the ancestor, the chosen
     multiple's candidates and the exact-width ones (off the lattice)."""
     from .calibration import fit_splits
-    from .latency import fastest_multiple
+    from .latency import round_to_from_times
     from .trtexec import parse_trtexec_output
 
     folder = Path(results_dir) / "latency"
@@ -181,23 +180,23 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
             if int(k) not in times:
                 raise InvalidArgumentError(f"profile '{path}' has no row for layer sq_L{k} ({cin} -> {cout}).")
             timed[(key, cin, cout)] = times[int(k)]
-    whole = {}
-    for name in plan["whole"]:
+    whole, widths = {}, {}
+    for name, net in plan["whole"].items():
         log = folder / f"{Path(name).stem}_{precision}.trtexec.log"
         if not log.is_file():
             raise InvalidArgumentError(f"the kit's log '{log}' is missing: run run_latency.sh on the device.")
-        whole[name] = parse_trtexec_output(log.read_text(), batch=plan["batch"])["latency_ms"]["median"]
-    rounds = {m: sum(v for n, v in whole.items() if f"/round{m}-" in n) for m in ROUND_TO_CANDIDATES}
-    round_to = fastest_multiple(rounds)
+        whole[Path(name).stem] = parse_trtexec_output(log.read_text(), batch=plan["batch"])["latency_ms"]["median"]
+        widths[Path(name).stem] = net["widths"]
+    round_to, figures = round_to_from_times(whole, ROUND_TO_CANDIDATES)
     layers = {name: _grid(g, timed, round_to) for name, g in plan["layers"].items()}
     target = {"backend": "trtexec", "device": "the kit's device", "precision": precision, "batch": plan["batch"]}
-    notes = {"round_to_ms": {str(m): round(v, 4) for m, v in rounds.items()}, "timed_layers": len(timed)}
+    notes = {"round_to_figures": figures, "timed_layers": len(timed)}
     table = LatencyTable(
         target={**target, "input_size": plan["input_size"]}, layers=layers, round_to=round_to, notes=notes
     )
-    calib = [n for n in whole if "/calib-" in n or f"/round{round_to}-" in n or ("/round1-" in n and round_to > 1)]
-    splits = {n: table.split_ms((k, *w) for k, w in sorted(plan["whole"][n]["widths"].items())) for n in calib}
-    return fit_splits(table, splits, whole)
+    calib = calibration_members(whole, round_to)
+    splits = {n: table.split_ms((k, *w) for k, w in sorted(widths[n].items())) for n in calib}
+    return fit_splits(table, splits, {n: whole[n] for n in calib})
 
 
 def _grid(g: dict[str, Any], timed: dict[tuple, float], round_to: int) -> LayerGrid:
@@ -221,6 +220,12 @@ def _read_plan(path: Path) -> dict[str, Any]:
         plan = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(f"'{path}' is not JSON ({exc}).") from None
+    older = isinstance(plan, dict) and str(plan.get("format", "")).startswith("squish-plugin/latency-kit-")
+    if older and plan["format"] != PLAN_FORMAT:
+        raise InvalidArgumentError(
+            f"'{path}' is a {plan['format']!r} plan, from an older kit: make the kit again "
+            f"(bench kit --latency) and run it ({PLAN_FORMAT!r} expected)."
+        )
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise InvalidArgumentError(f"'{path}' is not a latency kit plan ({PLAN_FORMAT!r} expected).")
     return plan

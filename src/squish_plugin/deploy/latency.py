@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,10 @@ from .timers import LayerTimer, onnxruntime_layer_timer, out_hw, pytorch_layer_t
 __all__ = [
     "ROUND_TO_CANDIDATES",
     "LayerTimer",
+    "calibration_members",
     "calibration_networks",
     "choose_round_to",
+    "round_to_from_times",
     "cut_to",
     "layer_macs",
     "measure_table",
@@ -53,9 +55,6 @@ __all__ = [
 
 ROUND_TO_CANDIDATES = (1, 2, 4, 8, 16, 32)
 ROUND_TO_FRACTIONS = (0.3, 0.45, 0.6, 0.75, 0.9)  # every prunable layer cut to these of its width: off the lattice
-#: besides the ancestor, it cut to these fractions of every width (on the rounding lattice)
-#: calibrates the table's scale and offset against whole networks
-CALIBRATION_FRACTIONS = (0.75, 0.5, 0.3)
 RANDOM_NETWORKS = 8  # and this many networks of random widths, as the synthesis draws them
 ROUND_TO_SLACK = 0.03  # on a near tie (within 3% of the fastest) the smallest multiple wins: finer cuts
 
@@ -82,21 +81,28 @@ def measure_table(
     target: Mapping[str, Any] | None = None,
     round_to: int | None = None,
     notes: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], Any] | None = None,
 ) -> LatencyTable:
     """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths
     (:func:`layer_grids`), each distinct (geometry, cin, cout) once, into a
-    :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.calibration.fit_whole`)."""
+    :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.calibration.fit_whole`);
+    ``progress(done, total)`` hears of every point timed."""
+    grids = {
+        name: (LayerGeometry.of(geo), geo, cins, couts)
+        for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items()
+    }
+    total = len({(key, cin, cout) for key, _, cins, couts in grids.values() for cin in cins for cout in couts})
     timed: dict[tuple, float] = {}
     layers = {}
-    for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items():
-        key = LayerGeometry.of(geo)
-        rows = []
+    for name, (key, geo, cins, couts) in grids.items():
         for cin in cins:
             for cout in couts:
                 if (key, cin, cout) not in timed:
                     timed[(key, cin, cout)] = float(timer(geo, cin, cout))
-            rows.append(tuple(timed[(key, cin, cout)] for cout in couts))
-        layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=tuple(rows))
+                    if progress is not None:
+                        progress(len(timed), total)
+        rows = tuple(tuple(timed[(key, cin, cout)] for cout in couts) for cin in cins)
+        layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=rows)
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(timed)}
     return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta)
 
@@ -123,29 +129,49 @@ def choose_round_to(
     *,
     example_inputs: torch.Tensor | None = None,
     candidates: Sequence[int] = ROUND_TO_CANDIDATES,
-    fractions: Sequence[float] = ROUND_TO_FRACTIONS,
 ) -> tuple[int, dict[str, Any]]:
     """The channel multiple the target runs ``model`` fastest at, by timing whole networks:
-    for each candidate ``m`` and each of ``fractions``, ``model`` with every prunable layer
-    cut to that fraction of its width rounded *up* to ``m``, all of them timed in one call
-    (``networks_timer({name: net}) -> {name: ms}``, interleaved: a host that drifts drifts for
-    every candidate alike). Rounding up adds channels, so a multiple wins only where the
-    target runs aligned widths faster (a whole network, because runtimes such as ONNX
-    Runtime's blocked layouts pay off across layers, not in one layer alone). The multiple
-    with the least time in all wins, the smallest within :data:`ROUND_TO_SLACK` of it on a
-    near tie. Returns ``(m, the figures)``."""
+    for each candidate ``m`` and each of :data:`ROUND_TO_FRACTIONS`, ``model`` with every
+    prunable layer cut to that fraction of its width rounded *up* to ``m``, all of them timed
+    in one call (``networks_timer({name: net}) -> {name: ms}``, interleaved: a host that
+    drifts drifts for every candidate alike). Rounding up adds channels, so a multiple wins
+    only where the target runs aligned widths faster (a whole network, because runtimes such
+    as ONNX Runtime's blocked layouts pay off across layers, not in one layer alone). The
+    rule is :func:`round_to_from_times`'. A table's measurement times these networks with its
+    calibration set instead (:func:`calibration_networks` holds them). Returns ``(m, the
+    figures)``."""
     inputs = default_example_inputs() if example_inputs is None else example_inputs
-    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in candidates) or not candidates:
+    multiples = check_candidates(candidates)
+    wanted = {f"round{m}-cut{f}" for m in multiples for f in ROUND_TO_FRACTIONS}
+    nets = {n: net for n, net in calibration_networks(model, multiples, inputs, count=0).items() if n in wanted}
+    return round_to_from_times(networks_timer(nets), candidates, nets)
+
+
+def check_candidates(candidates: Sequence[int]) -> tuple[int, ...]:
+    if not candidates or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in candidates):
         raise InvalidArgumentError(f"round_to candidates must be integers >= 1, got {list(candidates)}.")
-    nets = {(m, f): cut_to(model, f, m, inputs) for m in sorted(candidates) for f in fractions}
-    timed = networks_timer({f"round{m}-cut{f}": net for (m, f), net in nets.items()})
-    per_cut = {m: [float(timed[f"round{m}-cut{f}"]) for f in fractions] for m in sorted(candidates)}
-    params = {m: sum(p.numel() for f in fractions for p in nets[(m, f)].parameters()) for m in sorted(candidates)}
+    return tuple(sorted(set(candidates)))
+
+
+def round_to_from_times(
+    measured_ms: Mapping[str, float], candidates: Sequence[int], nets: Mapping[str, nn.Module] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The multiple with the least time over its ``round{m}-cut{f}`` networks in all, the
+    smallest within :data:`ROUND_TO_SLACK` of it on a near tie, and the figures (with the
+    candidates' parameters when ``nets`` are given)."""
+    per_cut = round_to_totals(measured_ms, candidates)
     totals = {m: sum(v) for m, v in per_cut.items()}
-    chosen = fastest_multiple(totals)
-    figures = {"ms": {str(m): round(v, 4) for m, v in totals.items()}, "params": {str(m): v for m, v in params.items()}}
+    figures: dict[str, Any] = {"ms": {str(m): round(v, 4) for m, v in totals.items()}}
+    if nets is not None:
+        params = {m: sum(_params(nets[f"round{m}-cut{f}"]) for f in ROUND_TO_FRACTIONS) for m in per_cut}
+        figures["params"] = {str(m): v for m, v in params.items()}
     figures["ms_per_cut"] = {str(m): [round(v, 4) for v in ms] for m, ms in per_cut.items()}
-    return chosen, {**figures, "fractions": list(fractions), "slack": ROUND_TO_SLACK}
+    figures.update(fractions=list(ROUND_TO_FRACTIONS), slack=ROUND_TO_SLACK)
+    return fastest_multiple(totals), figures
+
+
+def _params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
 
 
 def fastest_multiple(totals: Mapping[int, float]) -> int:
@@ -200,11 +226,19 @@ def table_error(table: LatencyTable, models: Mapping[str, nn.Module], measured_m
 
 
 def time_networks(
-    models: Mapping[str, nn.Module], backend: str, *, batch: int, threads: int, size: int = 224, rounds: int = 5
+    models: Mapping[str, nn.Module],
+    backend: str,
+    *,
+    batch: int,
+    threads: int,
+    size: int = 224,
+    rounds: int = 5,
+    progress: Callable[[int, int], Any] | None = None,
 ) -> dict[str, float]:
     """Median ms per batch of each whole network on ``backend`` (ONNX Runtime: exported
     first), timed in ``rounds`` interleaved rounds in one process, as ``benchmarks/speed_table.py``
-    times them: a machine that drifts drifts for all of them alike."""
+    times them: a machine that drifts drifts for all of them alike (``progress(done, total)``
+    per network and round)."""
     import tempfile
 
     from .backends import bench_interleaved
@@ -218,27 +252,50 @@ def time_networks(
             else:
                 targets[name] = Path(tmp) / f"{i}.onnx"
                 export_onnx(models[name].eval(), targets[name], batch=batch, size=size)
-        kw = {"batch": batch, "size": size, "threads": threads, "rounds": rounds, "runs": 6}
+        kw = {"batch": batch, "size": size, "threads": threads, "rounds": rounds, "runs": 6, "progress": progress}
         results = bench_interleaved(targets, backend=backend, **kw)
     return {r["model"]: float(r["latency_ms"]["median"]) for r in results}
 
 
 def calibration_networks(
-    model: nn.Module, round_to: int, example_inputs: torch.Tensor, *, count: int = RANDOM_NETWORKS, seed: int = 0
+    model: nn.Module,
+    round_to: int | Sequence[int],
+    example_inputs: torch.Tensor,
+    *,
+    count: int = RANDOM_NETWORKS,
+    seed: int = 0,
 ) -> dict[str, nn.Module]:
-    """The whole networks a table is calibrated on: ``model``, it cut to
-    :data:`CALIBRATION_FRACTIONS` of every width on the ``round_to`` lattice and (when
-    ``round_to`` > 1) to :data:`ROUND_TO_FRACTIONS` exactly (off the lattice), and ``count``
-    networks of seeded random widths (each layer kept at 25-100%), alternately on and off
-    the lattice, as the synthesis draws them."""
+    """The one set of whole networks a table is calibrated on, on the CPU and on the TX1 kit
+    alike: ``model`` (``ancestor``), it cut to each of :data:`ROUND_TO_FRACTIONS` of every
+    width rounded up to each multiple (``round{m}-cut{f}``: the multiples are ``round_to``'s
+    candidates, or ``(1, round_to)`` for one multiple; these also choose ``round_to: auto``,
+    timed in the same call), and ``count`` networks of seeded random widths (each layer kept at
+    25-100%; ``random-{i}``), alternately on the lattice of every multiple and off it, as the
+    synthesis draws them. :func:`calibration_members` names those that calibrate a table on
+    one multiple."""
+    multiples = sorted({1, round_to} if isinstance(round_to, int) else {1, *round_to})
     nets = {"ancestor": model}
-    nets.update({f"cut-{f}": cut_to(model, f, round_to, example_inputs) for f in CALIBRATION_FRACTIONS})
-    if round_to > 1:
-        nets.update({f"exact-{f}": cut_to(model, f, 1, example_inputs) for f in ROUND_TO_FRACTIONS})
+    nets.update(
+        {f"round{m}-cut{f}": cut_to(model, f, m, example_inputs) for m in multiples for f in ROUND_TO_FRACTIONS}
+    )
     layers = Surgeon(model, example_inputs).layers
+    every = math.lcm(*multiples)  # a width on this lattice is on every multiple's
     for i in range(count):
         rng = np.random.default_rng([seed, i])
-        multiple = round_to if i % 2 == 0 else 1
+        multiple = every if i % 2 == 0 else 1
         widths = {layer.name: _cut(layer.width, float(rng.uniform(0.25, 1.0)), multiple) for layer in layers}
         nets[f"random-{i}"] = with_widths(model, widths, example_inputs)
     return nets
+
+
+def calibration_members(names: Iterable[str], round_to: int) -> list[str]:
+    """Those of :func:`calibration_networks`' ``names`` that calibrate a table on the
+    ``round_to`` lattice: the ancestor, the cuts on that lattice and off it (``round1``), the
+    random widths (sorted)."""
+    keep = {"ancestor"} | {f"round{m}-cut{f}" for m in {1, round_to} for f in ROUND_TO_FRACTIONS}
+    return sorted(n for n in names if n in keep or n.startswith("random-"))
+
+
+def round_to_totals(measured_ms: Mapping[str, float], candidates: Sequence[int]) -> dict[int, list[float]]:
+    """``{m: [ms of round{m}-cut{f} for f in ROUND_TO_FRACTIONS]}`` from whole networks' times."""
+    return {m: [float(measured_ms[f"round{m}-cut{f}"]) for f in ROUND_TO_FRACTIONS] for m in sorted(candidates)}

@@ -31,7 +31,14 @@ from torch import nn
 
 from ..deploy.backends import MachineLoad, cpu_name
 from ..deploy.calibration import fit_whole
-from ..deploy.latency import calibration_networks, choose_round_to, measure_table, time_networks
+from ..deploy.latency import (
+    ROUND_TO_CANDIDATES,
+    calibration_members,
+    calibration_networks,
+    measure_table,
+    round_to_from_times,
+    time_networks,
+)
 from ..deploy.timers import LayerTimer, onnxruntime_layer_timer, pytorch_layer_timer, target_of
 from ..errors import InvalidArgumentError
 from ..persistence import write_json_atomic
@@ -41,6 +48,7 @@ from .recipe import Recipe
 
 __all__ = [
     "RUN_TABLE_FILE",
+    "TableProgress",
     "TableTimers",
     "ensure_table",
     "needs_table",
@@ -152,31 +160,50 @@ class TableTimers:
     networks: Callable[[Mapping[str, nn.Module]], dict[str, float]]
 
 
-def target_timers(recipe: Recipe) -> TableTimers:
+#: ``progress(stage, done, total)``: how far a table's measurement has come
+TableProgress = Callable[[str, int, int], Any]
+
+
+def target_timers(recipe: Recipe, progress: TableProgress | None = None) -> TableTimers:
     """The recipe's own target: ONNX Runtime's CPU provider or eager PyTorch, at its threads
-    and batch, whole networks at its evaluation size."""
+    and batch, whole networks at its evaluation size (``progress`` hears of each network timed)."""
     lat, size = recipe.evolution.latency, recipe.data.eval_size
     make = onnxruntime_layer_timer if lat.backend == "onnxruntime" else pytorch_layer_timer
+    told = None if progress is None else (lambda done, total: progress("whole networks", done, total))
     return TableTimers(
         make(batch=lat.batch, threads=lat.threads),
-        lambda nets: time_networks(nets, lat.backend, batch=lat.batch, threads=lat.threads, size=size),
+        lambda nets: time_networks(nets, lat.backend, batch=lat.batch, threads=lat.threads, size=size, progress=told),
     )
 
 
-def _measure(model, timers: TableTimers, inputs, recipe: Recipe, target, echo) -> LatencyTable:
-    lat, many = recipe.evolution.latency, timers.networks
-    round_to, notes = recipe.evolution.round_to, {}
-    if round_to == "auto":
-        round_to, notes = choose_round_to(model, many, example_inputs=inputs)
-        echo(f"round_to auto: {round_to} (ms per candidate: {notes['ms']})")
+def _measure(model, timers: TableTimers, inputs, recipe: Recipe, target, echo, progress) -> LatencyTable:
+    """The calibration set (with ``round_to: auto``'s candidates among it) timed whole in one
+    call, then the grid on the chosen lattice, then one fit over the set's members."""
+    round_to = recipe.evolution.round_to
+    auto = round_to == "auto"
+    nets = calibration_networks(model, ROUND_TO_CANDIDATES if auto else (round_to or 1), inputs)
+    echo(f"timing {len(nets)} whole networks (the calibration set{', round_to candidates among them' if auto else ''})")
+    measured = timers.networks(nets)
+    notes = {}
+    if auto:
+        round_to, figures = round_to_from_times(measured, ROUND_TO_CANDIDATES, nets)
+        notes = {"round_to_figures": figures}
+        echo(f"round_to auto: {round_to} (ms per candidate: {figures['ms']})")
+    lat = recipe.evolution.latency
     echo(f"measuring the latency table on {lat.backend} ({lat.threads} threads, batch {lat.batch}) ...")
-    extra = {"round_to_figures": notes} if notes else None
+    told = None if progress is None else (lambda done, total: progress("layer timings", done, total))
     table = measure_table(
-        model, timers.layer, example_inputs=inputs, step=round_to, target=target, round_to=round_to, notes=extra
+        model,
+        timers.layer,
+        example_inputs=inputs,
+        step=round_to,
+        target=target,
+        round_to=round_to,
+        notes=notes,
+        progress=told,
     )
-    nets = calibration_networks(model, round_to or 1, inputs)
-    echo(f"timing {len(nets)} whole networks to calibrate it ...")
-    return fit_whole(table, nets, many(nets))
+    members = calibration_members(nets, round_to or 1)
+    return fit_whole(table, {n: nets[n] for n in members}, {n: measured[n] for n in members})
 
 
 def ensure_table(
@@ -185,10 +212,12 @@ def ensure_table(
     echo: Callable[[str], Any] = print,
     force: bool = False,
     timers: TableTimers | None = None,
+    progress: TableProgress | None = None,
 ) -> Path | None:
     """Measure the latency table ``recipe`` reads (``resource: latency`` or ``round_to:
     auto``) with ``timers`` (default: :func:`target_timers`, the recipe's backend) unless the
-    file is there, measured on this CPU; return its path, ``None`` when it needs none."""
+    file is there, measured on this CPU; return its path, ``None`` when it needs none.
+    ``progress(stage, done, total)`` hears how far the measurement has come."""
     if not needs_table(recipe):
         return None
     path, lat = table_path(recipe), recipe.evolution.latency
@@ -205,7 +234,8 @@ def ensure_table(
     inputs = torch.zeros(1, 3, recipe.data.eval_size, recipe.data.eval_size)
     target = {**target_of(lat.backend, batch=lat.batch, threads=lat.threads), "input_size": recipe.data.eval_size}
     with MachineLoad() as load:  # the table is only as good as the machine was idle
-        table = _measure(model, timers or target_timers(recipe), inputs, recipe, target, echo)
+        timers = timers or target_timers(recipe, progress)
+        table = _measure(model, timers, inputs, recipe, target, echo, progress)
     table = replace(table, target={**table.target, "machine_load": load.record()})
     if load.record()["busy"]:
         echo(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from squish_plugin.study.ancestor import recipe_ancestor as _ancestor
 from squish_plugin.study.checks import ancestor_lr
 from squish_plugin.study.recipe import Recipe, RecipeError, load_recipe, validate_recipe
-from squish_plugin.study.runner import _ancestor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MINIMAL = {"name": "d", "data": {"root": "x"}}

@@ -259,3 +259,19 @@ def test_real_layer_timers_time_more_work_as_longer(backend):
     assert timer(geo, 64, 64) > timer(geo, 4, 4) > 0
     linear = {**geo, "op": "linear", "kernel": (1, 1), "padding": (0, 0), "in_hw": (1, 1)}
     assert timer(linear, 1024, 1024) > timer(linear, 64, 64) > 0
+
+
+def test_a_latency_prediction_runs_the_model_once_and_the_trace_knows_the_geometry(ancestor, table):
+    """One probe pass: the surgeon's trace gives the geometry layer_geometry's own pass gives,
+    and predicting a network's latency runs its forward once, not once per question."""
+    from squish_plugin.synthesis.surgery import Surgeon
+
+    inputs = torch.zeros(1, 3, 224, 224)
+    assert Surgeon(ancestor, inputs).geometry() == layer_geometry(ancestor, inputs)
+    runs = []
+    handle = ancestor.register_forward_pre_hook(lambda *_: runs.append(1))
+    try:
+        predict_ms(ancestor, table, inputs)
+    finally:
+        handle.remove()
+    assert len(runs) == 1

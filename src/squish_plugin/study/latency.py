@@ -44,6 +44,7 @@ from ..errors import InvalidArgumentError
 from ..persistence import write_json_atomic
 from ..synthesis.latency import LatencyTable, load_table
 from . import distributed
+from .ancestor import recipe_ancestor
 from .recipe import Recipe
 
 __all__ = [
@@ -133,22 +134,16 @@ def _table_device(path: Path) -> str | None:
 
 
 def _recipe_model(recipe: Recipe) -> nn.Module:
-    from ..models import squeezenet1_1_ancestor
-    from ..persistence import load_pruned
-
-    if recipe.model.init:
-        return load_pruned(recipe.model.init)
-    classes = recipe.model.num_classes or len(recipe.data.classes or [])
-    if not classes:
+    """The study's ancestor, structure only (a table needs no trained weights), for the
+    recipe's classes: counted from the training folder when the recipe names none."""
+    classes = list(recipe.data.classes or [])
+    count = recipe.model.num_classes or len(classes)
+    if not count:
         split = Path(recipe.data.root) / recipe.data.train_split
         if not split.is_dir():
             raise InvalidArgumentError(f"data folder '{split}' does not exist (the table needs the number of classes).")
-        classes = sum(1 for p in split.iterdir() if p.is_dir())
-    if recipe.model.arch != "squeezenet1_1_ancestor":
-        from ..zoo import zoo_model
-
-        return zoo_model(recipe.model.arch, classes, None)
-    return squeezenet1_1_ancestor(classes, weights=None)
+        count = sum(1 for p in split.iterdir() if p.is_dir())
+    return recipe_ancestor(recipe, classes or [str(i) for i in range(count)], structure_only=True)
 
 
 @dataclass(frozen=True)

@@ -18,22 +18,19 @@ import torch
 from rich.console import Console
 
 from ..errors import InvalidArgumentError
-from ..models import squeezenet1_1_ancestor
 from ..persistence import load_pruned
 from ..synthesis.genetics import SynthesisConfig
 from ..synthesis.surgery import model_stats
 from ..threads import torch_threads
-from ..zoo import zoo_model
 from . import distributed
+from .ancestor import recipe_ancestor
 from .checks import (
     ancestor_lr,
     check_data,
     data_problems,
     fit_problems,
-    head_problem,
     resolution_warning,
     size_warnings,
-    wnid_head,
 )
 from .data import LoadedSplit, load_split
 from .engine import LINEAGE_FILE, EvolutionConfig, GenerationContext, evolve, read_lineage
@@ -103,31 +100,6 @@ class Teacher:
         if self._ancestor is None:
             self._ancestor = load_pruned(self.run_dir / "checkpoints" / "gen_00.pt")
         return self._ancestor
-
-
-def _ancestor(recipe: Recipe, classes: tuple[str, ...]) -> torch.nn.Module:
-    m = recipe.model
-    num_classes = m.num_classes or len(classes)
-    if num_classes != len(classes):
-        raise InvalidArgumentError(f"model.num_classes is {num_classes} but the data has {len(classes)} classes.")
-    if m.init is not None:
-        model = load_pruned(m.init)
-        out = [mod for mod in model.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))][-1]
-        if out.weight.shape[0] != num_classes:
-            raise InvalidArgumentError(
-                f"model.init '{m.init}' has {out.weight.shape[0]} outputs but the data has {num_classes} classes."
-            )
-        return model
-    if m.arch != "squeezenet1_1_ancestor":
-        return zoo_model(m.arch, num_classes, m.weights, seed=recipe.seed)
-    head = None
-    if m.head == "pretrained" or (m.head == "auto" and wnid_head(recipe, classes)):
-        problem = head_problem(recipe, classes)
-        if problem:
-            raise InvalidArgumentError(problem)
-        head = list(classes)
-    weights = None if m.weights == "none" else m.weights
-    return squeezenet1_1_ancestor(num_classes, weights=weights, head=head, seed=recipe.seed)
 
 
 def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
@@ -306,7 +278,7 @@ def _run(
     recipe: Recipe, run_dir: Path | None, resume: bool, console: Console, world: int, timers: TableTimers | None
 ) -> Path:
     train_all, val_split = load_data(recipe)
-    ancestor = _ancestor(recipe, train_all.classes)
+    ancestor = recipe_ancestor(recipe, train_all.classes)
     warning = resolution_warning(recipe, ancestor)
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")

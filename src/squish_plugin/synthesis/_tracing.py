@@ -78,6 +78,7 @@ class Trace:
     feeds: dict[object, nn.Module] = field(default_factory=dict)  # graph node -> untraced layer it feeds
     inputs: dict[nn.Module, object] = field(default_factory=dict)  # layer -> input grad_fn (or storage)
     outputs: dict[int, nn.Module] = field(default_factory=dict)  # output storage -> layer
+    in_shapes: dict[nn.Module, tuple[int, ...]] = field(default_factory=dict)  # layer -> its input's shape
 
     @property
     def classifier(self) -> nn.Module:
@@ -88,6 +89,7 @@ class Trace:
             tensor = first_tensor(args)
             if tensor is not None:
                 self.inputs[module] = tensor.grad_fn or tensor.untyped_storage().data_ptr()
+                self.in_shapes[module] = tuple(tensor.shape)
 
         def after(module: nn.Module, _args: object, out: object) -> None:
             if isinstance(out, torch.Tensor):

@@ -241,16 +241,35 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
 def layer_geometry(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
     """``{name: geometry}`` of every Conv2d/Linear that runs on ``example_inputs``: op,
     kernel, stride, padding, input height/width, input and output channels (one forward
-    pass with hooks, model order)."""
+    pass with hooks, model order). A :class:`~squish_plugin.synthesis.surgery.Surgeon` has
+    the same from its trace (``Surgeon.geometry()``), without another pass."""
     names = {m: n for n, m in model.named_modules()}
-    found: dict[str, dict[str, Any]] = {}
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
 
     def hook(module: nn.Module, inputs: tuple, _out: object) -> None:
-        x = inputs[0]
+        shapes[module] = tuple(inputs[0].shape)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return geometry_of(shapes, names)
+
+
+def geometry_of(
+    in_shapes: Mapping[nn.Module, tuple[int, ...]], names: Mapping[nn.Module, str]
+) -> dict[str, dict[str, Any]]:
+    """``{name: geometry}`` of the Conv/Linear layers in ``in_shapes`` (each layer's input
+    shape as it ran, in the order they ran)."""
+    found: dict[str, dict[str, Any]] = {}
+    for module, shape in in_shapes.items():
         if isinstance(module, nn.Linear):
             geo = {"op": "linear", "kernel": (1, 1), "stride": (1, 1), "padding": (0, 0), "in_hw": (1, 1)}
             found[names[module]] = {**geo, "cin": module.in_features, "cout": module.out_features}
-            return
+            continue
         if module.groups != 1 or len(module.kernel_size) != 2 or isinstance(module.padding, str):
             raise InvalidArgumentError(
                 f"layer '{names[module]}': the latency table covers ungrouped 2-D convolutions with numeric padding."
@@ -260,18 +279,10 @@ def layer_geometry(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
             "kernel": tuple(module.kernel_size),
             "stride": tuple(module.stride),
             "padding": tuple(module.padding),
-            "in_hw": tuple(x.shape[-2:]),
+            "in_hw": tuple(shape[-2:]),
             "cin": module.in_channels,
             "cout": module.out_channels,
         }
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
-    try:
-        with torch.no_grad():
-            model.eval()(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
     return found
 
 
@@ -351,13 +362,13 @@ def latency_model(
     table: LatencyTable,
     out_dims: Mapping[nn.Module, Mapping[int, int]],
     in_dims: Mapping[nn.Module, Mapping[int, int]],
-    example_inputs: torch.Tensor,
+    geometry: Mapping[str, Mapping[str, Any]],
     layers: int,
 ) -> LatencyModel:
     """``model``'s latency on ``table``'s target as a function of the kept fractions of its
-    ``layers`` prunable layers (couplings as for ``resource_model``); the table must hold
-    every Conv/Linear that runs, measured at the same geometry."""
-    geometry = layer_geometry(model, example_inputs)
+    ``layers`` prunable layers (couplings as for ``resource_model``; ``geometry`` of every
+    Conv/Linear that runs, as :func:`layer_geometry` gives it); the table must hold every
+    one of them, measured at the same geometry."""
     check_geometry(table, geometry)
     modules = dict(model.named_modules())
     terms = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -18,7 +19,7 @@ from torch import nn
 from ..errors import InvalidArgumentError, UntraceableModelError
 from ._arguments import batch_size, check_inputs, check_unwrapped, ignored_modules
 from ._tracing import EvalMode, PrunableLayer, autograd_on, find_layers, first_line, is_out, trace
-from .latency import LatencyTable, latency_model
+from .latency import LatencyTable, geometry_of, latency_model
 from .resources import ROOT_TYPES, ResourceModel, resource_model
 
 __all__ = [
@@ -121,10 +122,16 @@ class Surgeon:
             model, self.example_inputs, self.unwrapped_parameters, self.ignored_params, forward_fn, guessed=guessed
         )
         self.graph, self.output_shapes, self.classifier = seen.graph, seen.shapes, seen.classifier
+        self._in_shapes = seen.in_shapes
         self.layers, self.kept_whole, self._groups = find_layers(model, seen, set(self.ignored) | {self.classifier})
         if not self.layers:
             hint = "".join(f"; {name!r} is kept whole: {why}" for name, why in list(self.kept_whole.items())[:2])
             raise UntraceableModelError(f"the model has no prunable Conv/Linear layer besides its classifier{hint}.")
+
+    def geometry(self) -> dict[str, dict[str, Any]]:
+        """``{name: geometry}`` of every Conv2d/Linear that ran in the trace, as
+        :func:`~squish_plugin.synthesis.latency.layer_geometry` gives it (no second pass)."""
+        return geometry_of(self._in_shapes, self.names)
 
     @property
     def grouped(self) -> list[str]:
@@ -162,7 +169,7 @@ class Surgeon:
         if resource == "latency":
             if table is None:
                 raise InvalidArgumentError('resource="latency" needs a latency table (latency_table=...).')
-            return latency_model(self.model, table, *self.couplings(), self.example_inputs, len(self.layers))
+            return latency_model(self.model, table, *self.couplings(), self.geometry(), len(self.layers))
         batch = batch_size(self.example_inputs)
         return resource_model(self.model, *self.couplings(), self.output_shapes, batch, resource)
 

@@ -20,9 +20,9 @@ import torch
 
 from squish_plugin import squeezenet1_1_ancestor
 from squish_plugin.deploy.backends import MachineLoad, cpu_name
-from squish_plugin.deploy.calibration import fit_whole
 from squish_plugin.deploy.latency import calibration_networks, measure_table, time_networks, with_widths
-from squish_plugin.deploy.timers import onnxruntime_layer_timer
+from squish_plugin.deploy.latency.calibration import fit_whole
+from squish_plugin.deploy.latency.timers import onnxruntime_layer_timer
 from squish_plugin.persistence import atomic_write_text, write_json_atomic
 from squish_plugin.study.engine import read_lineage
 from squish_plugin.study.runner import squishednet_models

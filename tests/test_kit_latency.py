@@ -18,7 +18,7 @@ from _helpers import QUICK, set_args
 from squish_plugin import squeezenet1_1_ancestor
 from squish_plugin.cli import app
 from squish_plugin.deploy.kit import make_kit
-from squish_plugin.deploy.kit_latency import chain_widths, latency_kit, parse_profile, table_from_results
+from squish_plugin.deploy.latency.kit import chain_widths, latency_kit, parse_profile, table_from_results
 from squish_plugin.errors import InvalidArgumentError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -163,7 +163,7 @@ def test_one_conv_relu_builder_serves_the_cpu_timer_and_the_kit():
     `conv_relu_chain` (two widths: one layer; more: a chain), no second copy in deploy/."""
     import onnx
 
-    from squish_plugin.deploy import timers
+    from squish_plugin.deploy.latency import timers
 
     geo = {"op": "conv", "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1), "in_hw": (16, 16)}
     one = onnx.load_from_string(timers.conv_relu_chain(geo, [8, 16], batch=4))
@@ -172,9 +172,9 @@ def test_one_conv_relu_builder_serves_the_cpu_timer_and_the_kit():
     assert [d.dim_value for d in out] == [4, 16, 8, 8]
     chain = onnx.load_from_string(timers.conv_relu_chain(geo | {"stride": (1, 1)}, [8, 16, 24], batch=4, first=5))
     assert [n.name for n in chain.graph.node] == ["sq_L5", "sq_L5_relu", "sq_L6", "sq_L6_relu"]
-    deploy = Path(timers.__file__).parent
-    builders = [p.name for p in deploy.glob("*.py") if 'make_node("Conv"' in p.read_text()]
-    assert builders == ["timers.py"]
+    deploy = Path(timers.__file__).parents[1]
+    builders = [p.relative_to(deploy).as_posix() for p in deploy.rglob("*.py") if 'make_node("Conv"' in p.read_text()]
+    assert builders == ["latency/timers.py"]
 
 
 def test_the_kit_times_the_calibration_set_a_cpu_table_uses(device_results, tmp_path):

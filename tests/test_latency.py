@@ -12,7 +12,6 @@ import torch
 
 from _helpers import blocked16, smooth
 from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
-from squish_plugin.deploy.calibration import fit_whole
 from squish_plugin.deploy.latency import (
     calibration_members,
     calibration_networks,
@@ -25,6 +24,7 @@ from squish_plugin.deploy.latency import (
     table_error,
     with_widths,
 )
+from squish_plugin.deploy.latency.calibration import fit_whole
 from squish_plugin.errors import InvalidArgumentError
 from squish_plugin.synthesis.genetics import SynthesisConfig
 from squish_plugin.synthesis.latency import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from squish_plugin.deploy.backends import bench_pytorch
-from squish_plugin.deploy.timers import pytorch_layer_timer
+from squish_plugin.deploy.latency.timers import pytorch_layer_timer
 from squish_plugin.study import runner
 from squish_plugin.study.recipe import load_recipe
 from squish_plugin.threads import torch_threads

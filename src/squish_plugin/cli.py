@@ -296,7 +296,7 @@ def bench_collect(
     if into is None and latency_table is None:
         _fail("bench collect needs --into RUN_DIR and/or --latency-table FILE.")
     if latency_table is not None:
-        from .deploy.kit_latency import table_from_results
+        from .deploy.latency.kit import table_from_results
         from .persistence import write_json_atomic
 
         if precision not in ("fp32", "fp16"):

@@ -147,7 +147,7 @@ def make_kit(
 
     ``out`` gets ``models/<name>.onnx``, ``run_trtexec.sh`` (executable),
     ``bench_trt.py`` with the ``trtexec_log.py`` it imports, ``README.md`` and ``manifest.json``; with ``latency`` (the
-    ``(files, plan)`` of :func:`~squish_plugin.deploy.kit_latency.latency_kit`) also
+    ``(files, plan)`` of :func:`~squish_plugin.deploy.latency.kit.latency_kit`) also
     ``latency/`` and ``run_latency.sh``, which measure the latency table on the device.
     """
     models = _check_models(models)
@@ -185,7 +185,7 @@ def make_kit(
 
 
 def _write_latency(out: Path, files: dict[str, bytes], plan: dict[str, Any], precisions: list[str]) -> None:
-    from .kit_latency import latency_script
+    from .latency.kit import latency_script
 
     for name, data in files.items():
         atomic_write_bytes(out / name, data)

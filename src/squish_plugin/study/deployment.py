@@ -174,7 +174,7 @@ def kit_for_run(
     models = {name: run_dir / info["path"] for name, info in manifest["models"].items()}
     extra = None
     if latency:
-        from ..deploy.kit_latency import latency_kit
+        from ..deploy.latency.kit import latency_kit
 
         records = read_lineage(run_dir)
         ancestor = load_pruned(run_dir / records[0]["checkpoint"]).eval()

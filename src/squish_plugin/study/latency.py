@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from ..deploy.backends import MachineLoad, cpu_name
-from ..deploy.calibration import fit_whole
 from ..deploy.latency import (
     ROUND_TO_CANDIDATES,
     calibration_members,
@@ -39,7 +38,8 @@ from ..deploy.latency import (
     round_to_from_times,
     time_networks,
 )
-from ..deploy.timers import LayerTimer, onnxruntime_layer_timer, pytorch_layer_timer, target_of
+from ..deploy.latency.calibration import fit_whole
+from ..deploy.latency.timers import LayerTimer, onnxruntime_layer_timer, pytorch_layer_timer, target_of
 from ..errors import InvalidArgumentError
 from ..persistence import write_json_atomic
 from ..synthesis.latency import LatencyTable, load_table

@@ -27,8 +27,8 @@ from dataclasses import replace
 import numpy as np
 from torch import nn
 
-from ..errors import InvalidArgumentError
-from ..synthesis.latency import LatencyTable, layer_geometry
+from ...errors import InvalidArgumentError
+from ...synthesis.latency import LatencyTable, layer_geometry
 
 __all__ = ["fit_splits", "fit_whole", "layer_splits"]
 

@@ -1,12 +1,6 @@
-"""Measuring a latency table on a target: layer timers (ONNX Runtime on the CPU, eager
-PyTorch), the per-layer grid of :mod:`squish_plugin.synthesis.latency`, the channel
-multiple the target runs fastest (``round_to: auto``), and the check of the table's
-prediction against whole networks timed on the same target.
-
-A *layer timer* is any callable ``timer(geometry, cin, cout) -> ms per batch`` for one
-Conv/Linear (with its ReLU) of ``geometry`` (op, kernel, stride, padding, input
-height/width) at ``cin -> cout`` channels; tests hand in fake ones, the TX1 kit measures
-the same grid with trtexec on the device.
+"""The grid a latency table times (every Conv/Linear at a grid of widths), the channel
+multiple the target runs fastest (``round_to: auto``), the one calibration set of whole
+networks (the CPU's and the TX1 kit's), and whole networks timed interleaved.
 
 Example:
     >>> from squish_plugin import squeezenet1_1_ancestor
@@ -28,27 +22,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError
-from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, grid_widths, layer_geometry
-from ..synthesis.resources import round_up
-from ..synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
-from .timers import LayerTimer, onnxruntime_layer_timer, out_hw, pytorch_layer_timer, target_of
+from ...errors import InvalidArgumentError
+from ...synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, grid_widths, layer_geometry
+from ...synthesis.resources import round_up
+from ...synthesis.surgery import Surgeon, clone_model, default_example_inputs, predict_ms
+from .timers import LayerTimer, out_hw
 
 __all__ = [
+    "RANDOM_NETWORKS",
     "ROUND_TO_CANDIDATES",
-    "LayerTimer",
+    "ROUND_TO_FRACTIONS",
     "calibration_members",
     "calibration_networks",
     "choose_round_to",
-    "round_to_from_times",
     "cut_to",
+    "fastest_multiple",
+    "layer_grids",
     "layer_macs",
     "measure_table",
-    "onnxruntime_layer_timer",
-    "predict_ms",
-    "pytorch_layer_timer",
+    "round_to_from_times",
     "table_error",
-    "target_of",
     "time_networks",
     "with_widths",
 ]
@@ -85,7 +78,7 @@ def measure_table(
 ) -> LatencyTable:
     """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths
     (:func:`layer_grids`), each distinct (geometry, cin, cout) once, into a
-    :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.calibration.fit_whole`);
+    :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.latency.calibration.fit_whole`);
     ``progress(done, total)`` hears of every point timed."""
     grids = {
         name: (LayerGeometry.of(geo), geo, cins, couts)
@@ -241,8 +234,8 @@ def time_networks(
     per network and round)."""
     import tempfile
 
-    from .backends import bench_interleaved
-    from .export import export_onnx
+    from ..backends import bench_interleaved
+    from ..export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         targets: dict[str, Any] = {}

@@ -3,7 +3,7 @@ ONNX Runtime's CPU provider or in eager PyTorch (``timer(geometry, cin, cout) ->
 and the ONNX graphs of single layers the timers and the TX1 kit build with onnx.helper.
 
 Example:
-    >>> from squish_plugin.deploy.timers import pytorch_layer_timer
+    >>> from squish_plugin.deploy.latency.timers import pytorch_layer_timer
     >>> geo = {"op": "conv", "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1), "in_hw": (8, 8)}
     >>> pytorch_layer_timer(batch=2, threads=1, warmup=0, runs=1)(geo, 4, 8) > 0
     True
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MissingExtraError
-from ..threads import torch_threads
-from .backends import _time, cpu_name
+from ...errors import MissingExtraError
+from ...threads import torch_threads
+from ..backends import _time, cpu_name
 
 __all__ = ["LayerTimer", "conv_relu_chain", "onnxruntime_layer_timer", "out_hw", "pytorch_layer_timer", "target_of"]
 

@@ -17,7 +17,7 @@ table is calibrated on (trtexec's summary, host latency per batch), which also c
 ``round_to`` and fits the table's scale, offset and off-lattice factor as on the CPU.
 
 Example:
-    >>> from squish_plugin.deploy.kit_latency import chain_widths
+    >>> from squish_plugin.deploy.latency.kit import chain_widths
     >>> chain_widths([(16, 32), (32, 16), (64, 16)])
     [16, 32, 16, 64, 16]
 """
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError
-from ..synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, layer_geometry
-from .latency import ROUND_TO_CANDIDATES, calibration_members, calibration_networks, layer_grids
+from ...errors import InvalidArgumentError
+from ...synthesis.latency import GRID_POINTS, LatencyTable, LayerGeometry, LayerGrid, layer_geometry
+from .grid import ROUND_TO_CANDIDATES, calibration_members, calibration_networks, layer_grids
 from .timers import conv_relu_chain, out_hw
 
 __all__ = ["PLAN_FORMAT", "chain_widths", "latency_kit", "parse_profile", "table_from_results"]
@@ -101,7 +101,7 @@ def latency_kit(
     candidate: the ancestor, it cut to each fraction of every width rounded up to each
     candidate multiple, and the seeded random widths); the chosen multiple's members
     (:func:`~squish_plugin.deploy.latency.calibration_members`) calibrate the table."""
-    from .export import export_onnx
+    from ..export import export_onnx
 
     inputs = torch.zeros(1, 3, size, size)
     grids = layer_grids(model, inputs, step, points)
@@ -162,11 +162,11 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     ``results`` folder brought back): every grid point from the chain profiles, ``round_to``
     chosen from the candidates' times by the rule of
     :func:`~squish_plugin.deploy.latency.choose_round_to`, and the whole-network terms fitted
-    (:func:`~squish_plugin.deploy.calibration.fit_splits`) on the ancestor, the chosen
+    (:func:`~squish_plugin.deploy.latency.calibration.fit_splits`) on the ancestor, the chosen
     multiple's candidates and the exact-width ones (off the lattice)."""
+    from ..trtexec import parse_trtexec_output
     from .calibration import fit_splits
-    from .latency import round_to_from_times
-    from .trtexec import parse_trtexec_output
+    from .grid import round_to_from_times
 
     folder = Path(results_dir) / "latency"
     plan = _read_plan(folder / "plan.json")
@@ -236,7 +236,7 @@ def latency_script(plan: dict[str, Any], precisions: Sequence[str]) -> str:
     networks' summaries, per precision; everything lands in ``results/latency/``."""
     import shlex
 
-    from .trtexec import trtexec_command
+    from ..trtexec import trtexec_command
 
     lines = [
         "#!/bin/sh",

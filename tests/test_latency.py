@@ -69,6 +69,30 @@ def test_grid_interpolates_bilinearly_never_falls_and_refuses_wider_layers():
         grid.lookup(17, 8)
 
 
+def test_below_its_first_width_a_grid_floors_or_extrapolates_as_its_table_says(tmp_path):
+    """A table measured now carries on the line through the first two widths below the grid
+    (small networks were priced at the first width's time: +25-57% on the CPU), never below the
+    first time scaled by the width; a table file without the key (and a run's copy of one) keeps
+    the floor it was drawn with; an unknown rule is one sentence."""
+    grid = LayerGrid(geometry=GEO, cin=(8, 16), cout=(16,), ms=((2.0,), (3.0,)))
+    assert grid.lookup(4, 16) == 2.0
+    assert grid.lookup(4, 16, extrapolate=True) == pytest.approx(1.5)  # 2.0 - 4 x (3.0 - 2.0) / 8
+    steep = LayerGrid(geometry=GEO, cin=(8, 16), cout=(16,), ms=((1.0,), (6.0,)))
+    assert steep.lookup(4, 16, extrapolate=True) == pytest.approx(0.5)  # the line would go below 0: 1.0 x 4/8
+    fresh = measure_table(squeezenet1_1_ancestor(num_classes=10, weights=None), smooth, points=2)
+    assert fresh.below_grid == "extrapolate"
+    data = fresh.to_dict()
+    assert LatencyTable.from_dict(data).below_grid == "extrapolate"
+    old = {k: v for k, v in data.items() if k != "below_grid"}
+    assert LatencyTable.from_dict(old).below_grid == "floor"
+    first = next(iter(fresh.layers.values()))
+    name = next(iter(fresh.layers))
+    narrow = (first.cin[0] / 2, first.cout[0] / 2)
+    assert LatencyTable.from_dict(old).layer_ms(name, *narrow) > fresh.layer_ms(name, *narrow)
+    with pytest.raises(InvalidArgumentError, match="below_grid must be one of floor, extrapolate"):
+        LatencyTable.from_dict({**data, "below_grid": "zero"})
+
+
 def test_grid_widths_follow_the_lattice():
     assert grid_widths(64, None, 8) == (8, 16, 24, 32, 40, 48, 56, 64)
     assert grid_widths(48, 16, 8) == (16, 32, 48)

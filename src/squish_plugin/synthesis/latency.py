@@ -48,6 +48,7 @@ __all__ = [
 
 TABLE_FORMAT = "squish-plugin/latency-table-v1"
 GRID_POINTS = 8  # per dimension: widths k/8 of the ancestor's, k = 1..8
+BELOW_GRID = ("floor", "extrapolate")  # what a layer narrower than its grid's first width costs
 
 
 @dataclass(frozen=True)
@@ -100,16 +101,24 @@ class LayerGrid:
                 monotone[i][j] = max(monotone[i][j], above)
         object.__setattr__(self, "envelope", tuple(tuple(row) for row in monotone))
 
-    def lookup(self, cin: float, cout: float) -> float:
-        """Bilinear interpolation; below the first grid width the first width's time (a
-        conservative floor), above the last one refused."""
+    def lookup(self, cin: float, cout: float, *, extrapolate: bool = False) -> float:
+        """Bilinear interpolation; above the last grid width refused. Below the first one the
+        first width's time (a conservative floor), or with ``extrapolate`` the line through the
+        first two widths carried on, never below the first width's time scaled by the width."""
         if cin > self.cin[-1] + 1e-6 or cout > self.cout[-1] + 1e-6:
             raise InvalidArgumentError(
                 f"a layer of {cin:.0f} -> {cout:.0f} channels lies outside its latency grid "
                 f"(up to {self.cin[-1]} -> {self.cout[-1]}): measure a table for this model."
             )
-        i, a = _bracket(self.cin, cin)
-        j, b = _bracket(self.cout, cout)
+        i, a = _bracket(self.cin, cin, extrapolate)
+        j, b = _bracket(self.cout, cout, extrapolate)
+        value = self._bilinear(i, a, j, b)
+        if a >= 0 and b >= 0:
+            return value
+        share = min(cin / self.cin[0], 1.0) * min(cout / self.cout[0], 1.0)
+        return max(value, share * self._bilinear(i, max(a, 0.0), j, max(b, 0.0)))
+
+    def _bilinear(self, i: int, a: float, j: int, b: float) -> float:
         i2, j2 = min(i + 1, len(self.cin) - 1), min(j + 1, len(self.cout) - 1)
         m = self.envelope
         top = m[i][j] * (1 - b) + m[i][j2] * b
@@ -130,9 +139,12 @@ class LayerGrid:
         )
 
 
-def _bracket(axis: Sequence[int], value: float) -> tuple[int, float]:
-    """``(i, t)``: ``value`` lies ``t`` of the way from ``axis[i]`` to ``axis[i + 1]``."""
+def _bracket(axis: Sequence[int], value: float, extrapolate: bool = False) -> tuple[int, float]:
+    """``(i, t)``: ``value`` lies ``t`` of the way from ``axis[i]`` to ``axis[i + 1]`` (below
+    the first width: ``t`` 0, or negative along the first interval with ``extrapolate``)."""
     if value <= axis[0]:
+        if extrapolate and len(axis) > 1:
+            return 0, (value - axis[0]) / (axis[1] - axis[0])
         return 0, 0.0
     for i in range(len(axis) - 1):
         if value <= axis[i + 1]:
@@ -149,7 +161,10 @@ class LatencyTable:
     figures that chose it in ``notes``; ``scale * sum + offset_ms`` turns the sum of layer
     times into the whole network's (1 and 0 if not calibrated). The grids lie on the
     ``round_to`` lattice; a concrete layer with a width off it (its full width aside) runs
-    ``off_lattice`` times its interpolated time (1 if not measured)."""
+    ``off_lattice`` times its interpolated time (1 if not measured). Below a grid's first
+    width, ``below_grid`` says what a layer costs: ``floor`` (the first width's time: tables
+    written before it was measured, and their runs) or ``extrapolate`` (see
+    :meth:`LayerGrid.lookup`)."""
 
     target: Mapping[str, Any]
     layers: Mapping[str, LayerGrid]
@@ -158,6 +173,11 @@ class LatencyTable:
     offset_ms: float = 0.0
     off_lattice: float = 1.0
     notes: Mapping[str, Any] = field(default_factory=dict)
+    below_grid: str = "floor"
+
+    def __post_init__(self) -> None:
+        if self.below_grid not in BELOW_GRID:
+            raise InvalidArgumentError(f"below_grid must be one of {', '.join(BELOW_GRID)}, got {self.below_grid!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +187,7 @@ class LatencyTable:
             "offset_ms": self.offset_ms,
             "off_lattice": self.off_lattice,
             "round_to": self.round_to,
+            "below_grid": self.below_grid,
             "notes": dict(self.notes),
             "layers": {name: grid.to_dict() for name, grid in sorted(self.layers.items())},
         }
@@ -187,9 +208,11 @@ class LatencyTable:
         if not math.isfinite(offset) or not (math.isfinite(off) and off > 0):
             raise InvalidArgumentError(f"{source}: offset_ms must be finite (ms) and off_lattice a number > 0.")
         target, notes = dict(data.get("target", {})), dict(data.get("notes", {}))
-        return cls(
-            target=target, layers=layers, round_to=round_to, scale=scale, offset_ms=offset, off_lattice=off, notes=notes
-        )
+        below = data.get("below_grid", "floor")
+        if below not in BELOW_GRID:
+            raise InvalidArgumentError(f"{source}: below_grid must be one of {', '.join(BELOW_GRID)}, got {below!r}.")
+        kw = {"scale": scale, "offset_ms": offset, "off_lattice": off, "notes": notes, "below_grid": below}
+        return cls(target=target, layers=layers, round_to=round_to, **kw)
 
     def whole_ms(self, layer_sum: float) -> float:
         """The whole network's ms for a sum of layer times (never below 5% of the scaled sum:
@@ -212,7 +235,7 @@ class LatencyTable:
     def layer_ms(self, name: str, cin: float, cout: float) -> float:
         if name not in self.layers:
             raise InvalidArgumentError(f"the latency table has no layer '{name}': measure a table for this model.")
-        return self.layers[name].lookup(cin, cout)
+        return self.layers[name].lookup(cin, cout, extrapolate=self.below_grid == "extrapolate")
 
     def split_ms(self, widths: Iterable[tuple[str, float, float]]) -> tuple[float, float]:
         """The raw layer sums ``(on, off the lattice)`` of the layers ``(name, cin, cout)``."""

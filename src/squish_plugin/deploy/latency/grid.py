@@ -75,11 +75,13 @@ def measure_table(
     round_to: int | None = None,
     notes: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], Any] | None = None,
+    below_grid: str = "extrapolate",
 ) -> LatencyTable:
     """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths
     (:func:`layer_grids`), each distinct (geometry, cin, cout) once, into a
     :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.latency.calibration.fit_whole`);
-    ``progress(done, total)`` hears of every point timed."""
+    ``progress(done, total)`` hears of every point timed; ``below_grid`` is how the table
+    prices a layer narrower than its grid's first width (:class:`LatencyTable`)."""
     grids = {
         name: (LayerGeometry.of(geo), geo, cins, couts)
         for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items()
@@ -97,7 +99,7 @@ def measure_table(
         rows = tuple(tuple(timed[(key, cin, cout)] for cout in couts) for cin in cins)
         layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=rows)
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(timed)}
-    return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta)
+    return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta, below_grid=below_grid)
 
 
 def layer_grids(

@@ -192,7 +192,11 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     target = {"backend": "trtexec", "device": "the kit's device", "precision": precision, "batch": plan["batch"]}
     notes = {"round_to_figures": figures, "timed_layers": len(timed)}
     table = LatencyTable(
-        target={**target, "input_size": plan["input_size"]}, layers=layers, round_to=round_to, notes=notes
+        target={**target, "input_size": plan["input_size"]},
+        layers=layers,
+        round_to=round_to,
+        notes=notes,
+        below_grid="extrapolate",
     )
     calib = calibration_members(whole, round_to)
     splits = {n: table.split_ms((k, *w) for k, w in sorted(widths[n].items())) for n in calib}

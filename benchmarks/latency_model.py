@@ -8,7 +8,9 @@ seed-S`, kind `latency`, parent = the generation before) and of the parameter-bu
 study's schedule, generations 1-8 (kind `nni`); and seeded random-width networks never used in
 fitting (kind `random`, seeds 1000+, half on the table's lattice). The table is measured first,
 as `squish-plugin bench table examples/imagenette-latency.yaml --force` measures it (ONNX Runtime
-CPU EP, fp32, batch 32, 2 threads, `round_to: auto`), into a temporary cache.
+CPU EP, fp32, batch 32, 2 threads), into a temporary cache, on the lattice the latency-aware study
+drew its networks on (its own table's `round_to`, 16; `--round-to auto` lets the table choose again:
+in one sitting it chose 32, and the study's 16-lattice networks then ran off it).
 
     python benchmarks/latency_model.py     # -> benchmarks/results/latency/model-error.csv (+ .json summary)
 
@@ -142,17 +144,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="which seed's studies and NNI networks")
     parser.add_argument("--randoms", type=int, default=12)
+    parser.add_argument("--round-to", help="the table's round_to (default: the latency-aware study's own; 'auto')")
     parser.add_argument("--table", type=Path, help="use this table instead of measuring one (not one sitting)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency" / "model-error.csv")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    study = RESULTS / "imagenette-latency" / f"seed-{args.seed}" / "latency_table.json"
+    lattice = args.round_to or load_table(study).round_to  # the lattice the latency-aware study drew on
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, MachineLoad() as load:
         if args.table:
             table_path = args.table
         else:
             os.environ["SQUISH_CACHE"] = tmp
-            recipe = load_recipe(ROOT / "examples" / "imagenette-latency.yaml")
+            recipe = load_recipe(ROOT / "examples" / "imagenette-latency.yaml", [f"evolution.round_to={lattice}"])
             table_path = ensure_table(recipe, force=True)
         table = load_table(table_path)
         table_s = time.perf_counter() - started

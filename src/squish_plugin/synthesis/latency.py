@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .resources import ROOT_TYPES, LinearForm, active_index, channel_form, round_up
+from .geometry import LayerGeometry, geometry_of, layer_geometry
+from .resources import LinearForm, active_index, channel_form, round_up
 
 __all__ = [
     "TABLE_FORMAT",
@@ -41,6 +42,7 @@ __all__ = [
     "LayerGeometry",
     "LayerGrid",
     "grid_widths",
+    "geometry_of",
     "layer_geometry",
     "latency_model",
     "load_table",
@@ -49,27 +51,6 @@ __all__ = [
 TABLE_FORMAT = "squish-plugin/latency-table-v1"
 GRID_POINTS = 8  # per dimension: widths k/8 of the ancestor's, k = 1..8
 BELOW_GRID = ("floor", "extrapolate")  # what a layer narrower than its grid's first width costs
-
-
-@dataclass(frozen=True)
-class LayerGeometry:
-    """What a layer's time depends on besides its widths: the one geometry type of tables,
-    timers and the TX1 kit (hashable: it keys the timings a table shares between layers)."""
-
-    op: str  # "conv" or "linear"
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    in_hw: tuple[int, int]
-
-    @classmethod
-    def of(cls, data: Mapping[str, Any]) -> LayerGeometry:
-        """From :func:`layer_geometry`'s (or a table file's) per-layer mapping."""
-        pairs = {k: tuple(int(v) for v in data[k]) for k in ("kernel", "stride", "padding", "in_hw")}
-        return cls(str(data["op"]), **pairs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"op": self.op, **{k: list(getattr(self, k)) for k in ("kernel", "stride", "padding", "in_hw")}}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +63,9 @@ class LayerGrid:
     cin: tuple[int, ...]
     cout: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]  # ms[i][j] at cin[i], cout[j], as measured
+    #: this layer off the lattice runs ``off_ratio`` x its interpolated time (timed; 1: not timed,
+    #: the table's one fitted ``off_lattice`` carries it)
+    off_ratio: float = 1.0
     envelope: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +78,8 @@ class LayerGrid:
             )
         if any(not (math.isfinite(v) and v >= 0) for row in self.ms for v in row):
             raise InvalidArgumentError("a latency grid's times must be finite milliseconds >= 0.")
+        if not (math.isfinite(self.off_ratio) and self.off_ratio > 0):
+            raise InvalidArgumentError(f"a latency grid's off_ratio must be a number > 0, got {self.off_ratio}.")
         monotone = [list(row) for row in self.ms]  # measured times are noisy
         for i in range(len(self.cin)):
             for j in range(len(self.cout)):
@@ -127,7 +113,8 @@ class LayerGrid:
 
     def to_dict(self) -> dict[str, Any]:
         widths = {"cin": list(self.cin), "cout": list(self.cout)}
-        return {**self.geometry.to_dict(), **widths, "ms": [list(row) for row in self.ms]}
+        ratio = {} if self.off_ratio == 1.0 else {"off_ratio": self.off_ratio}
+        return {**self.geometry.to_dict(), **widths, "ms": [list(row) for row in self.ms], **ratio}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerGrid:
@@ -136,6 +123,7 @@ class LayerGrid:
             cin=tuple(int(v) for v in data["cin"]),
             cout=tuple(int(v) for v in data["cout"]),
             ms=tuple(tuple(float(v) for v in row) for row in data["ms"]),
+            off_ratio=float(data.get("off_ratio", 1.0)),
         )
 
 
@@ -161,7 +149,8 @@ class LatencyTable:
     figures that chose it in ``notes``; ``scale * sum + offset_ms`` turns the sum of layer
     times into the whole network's (1 and 0 if not calibrated). The grids lie on the
     ``round_to`` lattice; a concrete layer with a width off it (its full width aside) runs
-    ``off_lattice`` times its interpolated time (1 if not measured). Below a grid's first
+    its grid's ``off_ratio`` (timed per geometry) times ``off_lattice`` (fitted on whole
+    networks; 1 if not measured) times its interpolated time. Below a grid's first
     width, ``below_grid`` says what a layer costs: ``floor`` (the first width's time: tables
     written before it was measured, and their runs) or ``extrapolate`` (see
     :meth:`LayerGrid.lookup`)."""
@@ -242,7 +231,10 @@ class LatencyTable:
         on = off = 0.0
         for name, cin, cout in widths:
             ms = self.layer_ms(name, cin, cout)
-            on, off = (on, off + ms) if self.off_grid(name, cin, cout) else (on + ms, off)
+            if self.off_grid(name, cin, cout):
+                off += ms * self.layers[name].off_ratio
+            else:
+                on += ms
         return on, off
 
 
@@ -256,57 +248,6 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgumentError(f"latency table '{path}' is not readable JSON ({exc}).") from None
     return LatencyTable.from_dict(data, f"latency table '{path}'")
-
-
-# --------------------------------------------------------------------------- a network's geometry
-
-
-def layer_geometry(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
-    """``{name: geometry}`` of every Conv2d/Linear that runs on ``example_inputs``: op,
-    kernel, stride, padding, input height/width, input and output channels (one forward
-    pass with hooks, model order). A :class:`~squish_plugin.synthesis.surgery.Surgeon` has
-    the same from its trace (``Surgeon.geometry()``), without another pass."""
-    names = {m: n for n, m in model.named_modules()}
-    shapes: dict[nn.Module, tuple[int, ...]] = {}
-
-    def hook(module: nn.Module, inputs: tuple, _out: object) -> None:
-        shapes[module] = tuple(inputs[0].shape)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
-    try:
-        with torch.no_grad():
-            model.eval()(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return geometry_of(shapes, names)
-
-
-def geometry_of(
-    in_shapes: Mapping[nn.Module, tuple[int, ...]], names: Mapping[nn.Module, str]
-) -> dict[str, dict[str, Any]]:
-    """``{name: geometry}`` of the Conv/Linear layers in ``in_shapes`` (each layer's input
-    shape as it ran, in the order they ran)."""
-    found: dict[str, dict[str, Any]] = {}
-    for module, shape in in_shapes.items():
-        if isinstance(module, nn.Linear):
-            geo = {"op": "linear", "kernel": (1, 1), "stride": (1, 1), "padding": (0, 0), "in_hw": (1, 1)}
-            found[names[module]] = {**geo, "cin": module.in_features, "cout": module.out_features}
-            continue
-        if module.groups != 1 or len(module.kernel_size) != 2 or isinstance(module.padding, str):
-            raise InvalidArgumentError(
-                f"layer '{names[module]}': the latency table covers ungrouped 2-D convolutions with numeric padding."
-            )
-        found[names[module]] = {
-            "op": "conv",
-            "kernel": tuple(module.kernel_size),
-            "stride": tuple(module.stride),
-            "padding": tuple(module.padding),
-            "in_hw": tuple(shape[-2:]),
-            "cin": module.in_channels,
-            "cout": module.out_channels,
-        }
-    return found
 
 
 def grid_widths(width: int, step: int | None = None, points: int = GRID_POINTS) -> tuple[int, ...]:

@@ -19,7 +19,8 @@ from torch import nn
 from ..errors import InvalidArgumentError, UntraceableModelError
 from ._arguments import batch_size, check_inputs, check_unwrapped, ignored_modules
 from ._tracing import EvalMode, PrunableLayer, autograd_on, find_layers, first_line, is_out, trace
-from .latency import LatencyTable, geometry_of, latency_model
+from .geometry import geometry_of
+from .latency import LatencyTable, latency_model
 from .resources import ROOT_TYPES, ResourceModel, resource_model
 
 __all__ = [

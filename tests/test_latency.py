@@ -299,30 +299,3 @@ def test_a_latency_prediction_runs_the_model_once_and_the_trace_knows_the_geomet
     finally:
         handle.remove()
     assert len(runs) == 1
-
-
-def test_each_geometry_times_its_own_off_lattice_cost(ancestor):
-    """A target whose 3x3 convolutions run 3x slower off the 16-lattice and its 1x1 ones 1.5x:
-    the table times one odd point per geometry (its off_ratio), so one fit predicts networks of
-    odd widths closer than a single fitted factor for every layer does."""
-    inputs = torch.zeros(1, 3, 224, 224)
-    geo = layer_geometry(ancestor, inputs)
-
-    def target(g, cin, cout):
-        return blocked16(g, cin, cout, slow=3.0 if g["kernel"] == (3, 3) else 1.5)
-
-    def whole(net):
-        return sum(target(geo[n], g["cin"], g["cout"]) for n, g in layer_geometry(net, inputs).items())
-
-    table = measure_table(ancestor, target, step=16, round_to=16)
-    ratios = {grid.geometry.kernel: grid.off_ratio for grid in table.layers.values() if grid.off_ratio != 1.0}
-    assert ratios[(3, 3)] == pytest.approx(3.0, rel=1e-3) and ratios[(1, 1)] == pytest.approx(1.5, rel=1e-3)
-    assert LatencyTable.from_dict(table.to_dict()).layers == table.layers  # the ratios are written and read
-    nets = calibration_networks(ancestor, 16, inputs, count=4)
-    measured = {n: whole(net) for n, net in nets.items()}
-    fitted = fit_whole(table, nets, measured)
-    odd = cut_to(ancestor, 0.7, 1)
-    error = abs(predict_ms(odd, fitted) / whole(odd) - 1)
-    flat = {n: replace(g, off_ratio=1.0) for n, g in table.layers.items()}
-    one_factor = fit_whole(replace(table, layers=flat), nets, measured)
-    assert error < 0.006 and 2 * error < abs(predict_ms(odd, one_factor) / whole(odd) - 1)

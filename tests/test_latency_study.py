@@ -78,11 +78,9 @@ def test_latency_study_draws_against_the_measured_table(tmp_path, fake_target, c
     assert "round_to auto: 16" in capsys.readouterr().out and fake_target.calls
     table = json.loads((run / "latency_table.json").read_text())
     assert table["round_to"] == 16
-    # off the lattice 3x slower: timed per geometry (off_ratio), the fitted factor left near 1; the
-    # calibration's random widths under 16 (which this fake prices as 16) are extrapolated below the grid
-    ratios = {layer.get("off_ratio", 1.0) for layer in table["layers"].values()}
-    assert ratios - {1.0} and all(r == pytest.approx(3.0, rel=1e-3) for r in ratios - {1.0})
-    assert (table["scale"], table["off_lattice"]) == pytest.approx((0.9, 1.0), rel=0.02)
+    # off the lattice 3x slower; the calibration's random widths under 16 (which this fake prices
+    # as 16) are extrapolated below the grid, so the fit is close, not exact
+    assert (table["scale"], table["off_lattice"]) == pytest.approx((0.9, 3.0), rel=0.02)
     assert table["offset_ms"] == pytest.approx(-0.5, abs=0.2)
     assert list((tmp_path / "cache" / "latency").glob("onnxruntime-*.json"))
     recs = json.loads((run / "lineage.json").read_text())["records"]
@@ -139,8 +137,7 @@ def test_a_table_times_its_calibration_set_and_candidates_in_one_call_with_progr
     assert fake_target.network_calls == [sorted(shared)]
     timings = [(done, total) for stage, done, total in heard if stage == "layer timings"]
     table = json.loads(path.read_text())
-    timed = table["notes"]["timed_layers"] + table["notes"]["off_lattice_timings"]
-    assert timings[-1] == (timed, timed) == (len(fake_target.calls),) * 2
+    assert timings[-1] == (table["notes"]["timed_layers"],) * 2 == (len(fake_target.calls),) * 2
     assert [d for d, _ in timings] == list(range(1, len(timings) + 1))
     fit = table["notes"]["calibration"]
     assert {"ancestor", "round16-cut0.3", "round1-cut0.3", "random-0", "random-1"} <= set(fit)

@@ -63,9 +63,6 @@ class LayerGrid:
     cin: tuple[int, ...]
     cout: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]  # ms[i][j] at cin[i], cout[j], as measured
-    #: this layer off the lattice runs ``off_ratio`` x its interpolated time (timed; 1: not timed,
-    #: the table's one fitted ``off_lattice`` carries it)
-    off_ratio: float = 1.0
     envelope: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -78,8 +75,6 @@ class LayerGrid:
             )
         if any(not (math.isfinite(v) and v >= 0) for row in self.ms for v in row):
             raise InvalidArgumentError("a latency grid's times must be finite milliseconds >= 0.")
-        if not (math.isfinite(self.off_ratio) and self.off_ratio > 0):
-            raise InvalidArgumentError(f"a latency grid's off_ratio must be a number > 0, got {self.off_ratio}.")
         monotone = [list(row) for row in self.ms]  # measured times are noisy
         for i in range(len(self.cin)):
             for j in range(len(self.cout)):
@@ -113,8 +108,7 @@ class LayerGrid:
 
     def to_dict(self) -> dict[str, Any]:
         widths = {"cin": list(self.cin), "cout": list(self.cout)}
-        ratio = {} if self.off_ratio == 1.0 else {"off_ratio": self.off_ratio}
-        return {**self.geometry.to_dict(), **widths, "ms": [list(row) for row in self.ms], **ratio}
+        return {**self.geometry.to_dict(), **widths, "ms": [list(row) for row in self.ms]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerGrid:
@@ -123,7 +117,6 @@ class LayerGrid:
             cin=tuple(int(v) for v in data["cin"]),
             cout=tuple(int(v) for v in data["cout"]),
             ms=tuple(tuple(float(v) for v in row) for row in data["ms"]),
-            off_ratio=float(data.get("off_ratio", 1.0)),
         )
 
 
@@ -149,8 +142,8 @@ class LatencyTable:
     figures that chose it in ``notes``; ``scale * sum + offset_ms`` turns the sum of layer
     times into the whole network's (1 and 0 if not calibrated). The grids lie on the
     ``round_to`` lattice; a concrete layer with a width off it (its full width aside) runs
-    its grid's ``off_ratio`` (timed per geometry) times ``off_lattice`` (fitted on whole
-    networks; 1 if not measured) times its interpolated time. Below a grid's first
+    ``off_lattice`` times its interpolated time (fitted on whole networks; 1 if not measured).
+    Below a grid's first
     width, ``below_grid`` says what a layer costs: ``floor`` (the first width's time: tables
     written before it was measured, and their runs) or ``extrapolate`` (see
     :meth:`LayerGrid.lookup`)."""
@@ -231,10 +224,7 @@ class LatencyTable:
         on = off = 0.0
         for name, cin, cout in widths:
             ms = self.layer_ms(name, cin, cout)
-            if self.off_grid(name, cin, cout):
-                off += ms * self.layers[name].off_ratio
-            else:
-                on += ms
+            on, off = (on, off + ms) if self.off_grid(name, cin, cout) else (on + ms, off)
         return on, off
 
 

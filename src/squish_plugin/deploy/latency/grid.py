@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ __all__ = [
     "cut_to",
     "fastest_multiple",
     "layer_grids",
-    "off_lattice_points",
     "layer_macs",
     "measure_table",
     "round_to_from_times",
@@ -89,47 +87,17 @@ def measure_table(
         for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items()
     }
     plan = {(key, cin, cout): geo for key, geo, cins, couts in grids.values() for cin in cins for cout in couts}
-    off = off_lattice_points(grids, round_to)
     timed: dict[tuple, float] = {}
-    for (key, cin, cout), geo in [*plan.items(), *((k, g) for k, g in off.items() if k not in plan)]:
+    for (key, cin, cout), geo in plan.items():
         timed[(key, cin, cout)] = float(timer(geo, cin, cout))
         if progress is not None:
-            progress(len(timed), len(plan) + len(off))
+            progress(len(timed), len(plan))
     layers = {}
     for name, (key, _, cins, couts) in grids.items():
         rows = tuple(tuple(timed[(key, cin, cout)] for cout in couts) for cin in cins)
         layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=rows)
-    ratios = {}
-    for name, (key, _, _, _) in grids.items():
-        point = next((p for p in off if p[0] == key), None)
-        if point is not None and key not in ratios:
-            base = layers[name].lookup(point[1], point[2])
-            ratios[key] = max(timed[point] / base, 1e-3) if base > 0 else 1.0
-    layers = {name: replace(g, off_ratio=ratios.get(g.geometry, 1.0)) for name, g in layers.items()}
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(plan)}
-    meta["off_lattice_timings"] = len(off)
     return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta, below_grid=below_grid)
-
-
-def off_lattice_points(grids: Mapping[str, tuple], round_to: int | None) -> dict[tuple, dict[str, Any]]:
-    """``{(geometry, cin, cout): geometry mapping}``: for each geometry with a width pruning can
-    change, one point off the ``round_to`` lattice (5 channels below the middle of its grid: odd,
-    as the widths of a parameter budget are), whose time against the grid's gives that
-    geometry's ``off_ratio``. None without a lattice (``round_to`` 1 or unset)."""
-    if not round_to or round_to == 1:
-        return {}
-
-    def off(axis: tuple[int, ...]) -> int:
-        if len(axis) == 1:
-            return axis[0]
-        mid = axis[len(axis) // 2]
-        return mid - 5 if mid - 5 >= 1 else mid - 1
-
-    out: dict[tuple, dict[str, Any]] = {}
-    for key, geo, cins, couts in grids.values():
-        if (len(cins) > 1 or len(couts) > 1) and all(k[0] != key for k in out):
-            out[(key, off(cins), off(couts))] = geo
-    return out
 
 
 def layer_grids(

@@ -171,7 +171,15 @@ def target_timers(recipe: Recipe, progress: TableProgress | None = None) -> Tabl
     )
 
 
-def _measure(model, timers: TableTimers, inputs, recipe: Recipe, target, echo, progress) -> LatencyTable:
+def _measure(
+    model: nn.Module,
+    timers: TableTimers,
+    inputs: torch.Tensor,
+    recipe: Recipe,
+    target: Mapping[str, Any],
+    echo: Callable[[str], Any],
+    progress: TableProgress | None,
+) -> LatencyTable:
     """The calibration set (with ``round_to: auto``'s candidates among it) timed whole in one
     call, then the grid on the chosen lattice, then one fit over the set's members."""
     round_to = recipe.evolution.round_to

@@ -18,6 +18,10 @@ from squish_plugin.baselines.controls import FINISHED, finished_rows, write_fini
 RESULTS = Path("benchmarks/results")
 RUNS = [RESULTS / "imagenette-seeds" / f"seed-{s}" for s in range(3)]
 ORDER = ["ancestor", "SquishedNet-1", "SquishedNet-2", "SquishedNet-3", "SquishedNet-4", "10x"]
+#: issue #25's goals: G1, the most points a finished network may lose against the ancestor;
+#: G2, evolutionary >= the finished best baseline + 1.0 (margin above both sds) and >= scratch + 3.0
+G1 = {"SquishedNet-1": 1.0, "SquishedNet-4": 3.0, "10x": 5.0}
+G2_SCRATCH = {"SquishedNet-4": 3.0, "10x": 3.0}
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -52,6 +56,36 @@ def main() -> None:
             f"| {net} | {method} | {len(members)} | {params:,} | {epochs:.1f} | {top1:.2f} ± {sd:.2f} "
             f"| {top1 - ancestor:+.2f} | {held_text} |"
         )
+    print()
+    for line in goals(groups, ancestor):
+        print(line)
+
+
+def goals(groups: dict[tuple[str, str], list[dict]], ancestor: float) -> list[str]:
+    """Issue #25's G1 and G2, each said plainly as met or not (G2 once the controls are there)."""
+    ours = {net: _mean_sd([m["top1"] for m in ms]) for (net, method), ms in groups.items() if method == "evolutionary"}
+    lines = []
+    for net, allowed in G1.items():
+        if net in ours:
+            gap = ancestor - ours[net][0]
+            lines.append(f"G1 {net}: {gap:.2f} points below the ancestor (goal <= {allowed}): {_met(gap <= allowed)}")
+    for (net, method), members in sorted(groups.items()):
+        if method in ("evolutionary", "ancestor") or net not in ours:
+            continue
+        mean, sd = _mean_sd([m["top1"] for m in members])
+        margin, ours_sd = ours[net][0] - mean, ours[net][1]
+        if method == "scratch":
+            need = G2_SCRATCH.get(net)
+            if need is not None:
+                lines.append(f"G2 {net} vs scratch: {margin:+.2f} (goal >= +{need}): {_met(margin >= need)}")
+            continue
+        ok = margin >= 1.0 and margin > max(sd, ours_sd)
+        lines.append(f"G2 {net} vs {method}: {margin:+.2f} (goal >= +1.0 and > sd {max(sd, ours_sd):.2f}): {_met(ok)}")
+    return lines
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 if __name__ == "__main__":

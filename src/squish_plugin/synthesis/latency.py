@@ -143,10 +143,9 @@ class LatencyTable:
     times into the whole network's (1 and 0 if not calibrated). The grids lie on the
     ``round_to`` lattice; a concrete layer with a width off it (its full width aside) runs
     ``off_lattice`` times its interpolated time (fitted on whole networks; 1 if not measured).
-    Below a grid's first
-    width, ``below_grid`` says what a layer costs: ``floor`` (the first width's time: tables
-    written before it was measured, and their runs) or ``extrapolate`` (see
-    :meth:`LayerGrid.lookup`)."""
+    Below a grid's first width, ``below_grid`` says what a layer costs: ``floor`` (the first
+    width's time: tables written before it was measured, and their runs) or ``extrapolate``
+    (see :meth:`LayerGrid.lookup`)."""
 
     target: Mapping[str, Any]
     layers: Mapping[str, LayerGrid]
@@ -190,11 +189,13 @@ class LatencyTable:
         if not math.isfinite(offset) or not (math.isfinite(off) and off > 0):
             raise InvalidArgumentError(f"{source}: offset_ms must be finite (ms) and off_lattice a number > 0.")
         target, notes = dict(data.get("target", {})), dict(data.get("notes", {}))
-        below = data.get("below_grid", "floor")
-        if below not in BELOW_GRID:
-            raise InvalidArgumentError(f"{source}: below_grid must be one of {', '.join(BELOW_GRID)}, got {below!r}.")
-        kw = {"scale": scale, "offset_ms": offset, "off_lattice": off, "notes": notes, "below_grid": below}
-        return cls(target=target, layers=layers, round_to=round_to, **kw)
+        kw = {"scale": scale, "offset_ms": offset, "off_lattice": off, "notes": notes}
+        try:  # the table checks its below_grid rule itself; say which file holds a bad one
+            return cls(
+                target=target, layers=layers, round_to=round_to, below_grid=data.get("below_grid", "floor"), **kw
+            )
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{source}: {exc}") from None
 
     def whole_ms(self, layer_sum: float) -> float:
         """The whole network's ms for a sum of layer times (never below 5% of the scaled sum:

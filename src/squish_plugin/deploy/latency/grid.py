@@ -134,16 +134,10 @@ def choose_round_to(
     calibration set instead (:func:`calibration_networks` holds them). Returns ``(m, the
     figures)``."""
     inputs = default_example_inputs() if example_inputs is None else example_inputs
-    multiples = check_candidates(candidates)
-    wanted = {f"round{m}-cut{f}" for m in multiples for f in ROUND_TO_FRACTIONS}
-    nets = {n: net for n, net in calibration_networks(model, multiples, inputs, count=0).items() if n in wanted}
-    return round_to_from_times(networks_timer(nets), candidates, nets)
-
-
-def check_candidates(candidates: Sequence[int]) -> tuple[int, ...]:
     if not candidates or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in candidates):
         raise InvalidArgumentError(f"round_to candidates must be integers >= 1, got {list(candidates)}.")
-    return tuple(sorted(set(candidates)))
+    nets = _round_cuts(model, sorted(set(candidates)), inputs)
+    return round_to_from_times(networks_timer(nets), candidates, nets)
 
 
 def round_to_from_times(
@@ -152,7 +146,7 @@ def round_to_from_times(
     """The multiple with the least time over its ``round{m}-cut{f}`` networks in all, the
     smallest within :data:`ROUND_TO_SLACK` of it on a near tie, and the figures (with the
     candidates' parameters when ``nets`` are given)."""
-    per_cut = round_to_totals(measured_ms, candidates)
+    per_cut = {m: [float(measured_ms[f"round{m}-cut{f}"]) for f in ROUND_TO_FRACTIONS] for m in sorted(candidates)}
     totals = {m: sum(v) for m, v in per_cut.items()}
     figures: dict[str, Any] = {"ms": {str(m): round(v, 4) for m, v in totals.items()}}
     if nets is not None:
@@ -267,11 +261,8 @@ def calibration_networks(
     synthesis draws them. :func:`calibration_members` names those that calibrate a table on
     one multiple."""
     multiples = sorted({1, round_to} if isinstance(round_to, int) else {1, *round_to})
-    nets = {"ancestor": model}
-    nets.update(
-        {f"round{m}-cut{f}": cut_to(model, f, m, example_inputs) for m in multiples for f in ROUND_TO_FRACTIONS}
-    )
-    layers = Surgeon(model, example_inputs).layers
+    nets = {"ancestor": model, **_round_cuts(model, multiples, example_inputs)}
+    layers = Surgeon(model, example_inputs).layers if count else []
     every = math.lcm(*multiples)  # a width on this lattice is on every multiple's
     for i in range(count):
         rng = np.random.default_rng([seed, i])
@@ -289,6 +280,7 @@ def calibration_members(names: Iterable[str], round_to: int) -> list[str]:
     return sorted(n for n in names if n in keep or n.startswith("random-"))
 
 
-def round_to_totals(measured_ms: Mapping[str, float], candidates: Sequence[int]) -> dict[int, list[float]]:
-    """``{m: [ms of round{m}-cut{f} for f in ROUND_TO_FRACTIONS]}`` from whole networks' times."""
-    return {m: [float(measured_ms[f"round{m}-cut{f}"]) for f in ROUND_TO_FRACTIONS] for m in sorted(candidates)}
+def _round_cuts(model: nn.Module, multiples: Sequence[int], inputs: torch.Tensor) -> dict[str, nn.Module]:
+    """``round{m}-cut{f}``: ``model`` cut to each of :data:`ROUND_TO_FRACTIONS` of every width,
+    rounded up to each of ``multiples``."""
+    return {f"round{m}-cut{f}": cut_to(model, f, m, inputs) for m in multiples for f in ROUND_TO_FRACTIONS}

@@ -162,8 +162,8 @@ def table_from_results(results_dir: str | Path, precision: str = "fp16") -> Late
     ``results`` folder brought back): every grid point from the chain profiles, ``round_to``
     chosen from the candidates' times by the rule of
     :func:`~squish_plugin.deploy.latency.choose_round_to`, and the whole-network terms fitted
-    (:func:`~squish_plugin.deploy.latency.calibration.fit_splits`) on the ancestor, the chosen
-    multiple's candidates and the exact-width ones (off the lattice)."""
+    (:func:`~squish_plugin.deploy.latency.calibration.fit_splits`) on the calibration set's
+    members for that multiple (:func:`~squish_plugin.deploy.latency.calibration_members`)."""
     from ..trtexec import parse_trtexec_output
     from .calibration import fit_splits
     from .grid import round_to_from_times

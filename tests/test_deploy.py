@@ -313,3 +313,42 @@ def test_export_is_all_or_nothing(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert {p.name: p.read_bytes() for p in (run / "onnx").iterdir()} == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_onnxruntime_sessions_stop_spinning_when_a_run_returns(tmp_path, monkeypatch):
+    """Interleaved timings: every ONNX Runtime session (whole network or one layer) is built with
+    force_spinning_stop, so an idle session's threads do not slow the next model timed."""
+    ort = pytest.importorskip("onnxruntime")
+    from squish_plugin.deploy import backends
+    from squish_plugin.deploy.latency.timers import onnxruntime_layer_timer
+
+    seen, real = [], ort.InferenceSession
+
+    def spy(path, opts, **kw):
+        seen.append(opts.get_session_config_entry(backends.SPIN_STOP))
+        return real(path, opts, **kw)
+
+    export_onnx(torchvision.models.squeezenet1_1(num_classes=10), tmp_path / "s.onnx", size=32)
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    run, env = backends.onnxruntime_runner(tmp_path / "s.onnx", batch=1, size=32)
+    run()
+    geo = {"op": "conv", "kernel": (1, 1), "stride": (1, 1), "padding": (0, 0), "in_hw": (4, 4)}
+    onnxruntime_layer_timer(batch=1, threads=1, warmup=0, runs=1)(geo, 4, 8)
+    assert seen == ["1", "1"] and env["force_spinning_stop"] is True
+
+
+def test_whole_networks_are_timed_by_their_fastest_round(monkeypatch):
+    """bench_interleaved keeps each model's median per round; time_networks (a table's
+    calibration, round_to: auto) takes the fastest round, not the median of all batches."""
+    from squish_plugin.deploy import backends
+    from squish_plugin.deploy.latency import time_networks
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    (res,) = backends.bench_interleaved({"m": model}, backend="pytorch", batch=1, size=16, warmup=0, runs=2, rounds=3)
+    assert len(res["round_medians_ms"]) == 3 and min(res["round_medians_ms"]) >= res["latency_ms"]["min"]
+
+    def fake(targets, **kw):
+        return [{"model": "m", "latency_ms": {"median": 4.0}, "round_medians_ms": [5.0, 3.0, 4.0]}]
+
+    monkeypatch.setattr(backends, "bench_interleaved", fake)
+    assert time_networks({"m": model}, "pytorch", batch=1, threads=1) == {"m": 3.0}

@@ -13,6 +13,7 @@ import torch
 from _helpers import blocked16, smooth
 from squish_plugin import EvolutionarySynthesisPruner, squeezenet1_1_ancestor
 from squish_plugin.deploy.latency import (
+    ROUND_TO_FRACTIONS,
     calibration_members,
     calibration_networks,
     choose_round_to,
@@ -187,7 +188,7 @@ def test_round_to_auto_picks_the_multiple_the_target_runs_fastest(ancestor):
     chosen, figures = choose_round_to(ancestor, networks(aligned16))
     assert chosen == 16 and figures["ms"]["16"] < min(figures["ms"]["1"], figures["ms"]["32"])
     assert figures["params"]["16"] > figures["params"]["1"]
-    assert len(calls) == 1 and len(calls[0]) == 6 * 5  # 6 candidates x 5 cuts, together
+    assert len(calls) == 1 and len(calls[0]) == 6 * len(ROUND_TO_FRACTIONS)  # 6 candidates x every cut, together
     assert choose_round_to(ancestor, networks(smooth), candidates=(1, 16))[0] == 1
 
 

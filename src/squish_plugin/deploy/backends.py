@@ -80,6 +80,9 @@ def _time(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
     return times
 
 
+#: ONNX Runtime's session option that stops its threads spinning once a run returns
+SPIN_STOP = "session.force_spinning_stop"
+
 #: other processes using this many cores on average during a measurement make it "busy"
 BUSY_CORES = 0.5
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -215,6 +218,10 @@ def onnxruntime_runner(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Worker threads spin while a run lasts, as deployed, and stop when it returns: left
+    # spinning (ONNX Runtime's default), an idle session's pool keeps cores busy long after
+    # its run and slows the next model of an interleaved round (issue #28).
+    opts.add_session_config_entry(SPIN_STOP, "1")
     providers = ["CPUExecutionProvider"]
     if cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -229,6 +236,7 @@ def onnxruntime_runner(
         "threads": threads,
         "onnxruntime": ort.__version__,
         "providers": session.get_providers(),
+        "force_spinning_stop": True,
     }
     return (lambda: session.run(None, feed)), env
 
@@ -266,24 +274,29 @@ def bench_interleaved(
     interleaved rounds (A B C, A B C, ...), each model timed ``runs`` batches per round
     after ``warmup`` untimed ones: a machine that slows down for a while slows every model
     alike, and each figure is the median over all ``rounds * runs`` batches.
-    ``progress(done, total)`` hears of every model timed in a round."""
+    ``progress(done, total)`` hears of every model timed in a round. Each result also keeps
+    ``round_medians_ms``, its median in each round: the fastest round is what a latency
+    model calibrates on (a burst of another tenant's work slows some rounds, never speeds one)."""
     make = {"pytorch": pytorch_runner, "onnxruntime": onnxruntime_runner}[backend]
     runners = {name: make(target, batch=batch, size=size, threads=threads) for name, target in targets.items()}
     seconds: dict[str, list[float]] = {name: [] for name in targets}
+    per_round: dict[str, list[float]] = {name: [] for name in targets}
     with torch_threads(threads if backend == "pytorch" else None):
         for run, _ in runners.values():
             _time(run, warmup, 0)
         total, done = rounds * len(runners), 0
         for _ in range(rounds):
             for name, (run, _) in runners.items():
-                seconds[name] += _time(run, 0, runs)
+                times = _time(run, 0, runs)
+                seconds[name] += times
+                per_round[name].append(statistics.median(times) * 1e3)
                 done += 1
                 if progress is not None:
                     progress(done, total)
     out = []
     for name, (_, env) in runners.items():
         res = result(name, backend, "fp32", batch, size, seconds[name], warmup, {**env, "rounds": rounds})
-        out.append(res)
+        out.append({**res, "round_medians_ms": per_round[name]})
     return out
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ...errors import MissingExtraError
 from ...threads import torch_threads
-from ..backends import _time, cpu_name
+from ..backends import SPIN_STOP, _time, cpu_name
 
 __all__ = ["LayerTimer", "conv_relu_chain", "onnxruntime_layer_timer", "out_hw", "pytorch_layer_timer", "target_of"]
 
@@ -78,6 +78,7 @@ def onnxruntime_layer_timer(*, batch: int = 32, threads: int = 2, warmup: int = 
         ) from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry(SPIN_STOP, "1")  # as the whole networks are timed
     rng = np.random.default_rng(0)
 
     def timer(geo: Mapping[str, Any], cin: int, cout: int) -> float:

@@ -127,9 +127,9 @@ def test_collected_table_has_every_grid_point_the_devices_round_to_and_its_calib
     # (random widths below the grid's first point are extrapolated: the offset within 0.03 ms)
     assert (table.scale, table.off_lattice) == pytest.approx((1.0, 2.0), rel=0.05)
     assert table.offset_ms == pytest.approx(0.3, abs=0.03)
-    # every lattice network exact; those with widths under the grid (priced as 16 by this fake
-    # device) within 3%
-    assert all(abs(r["error"]) < 1e-3 for n, r in fit.items() if n.startswith(("round16-", "ancestor")))
+    # every lattice network within 0.3% (the fit weighs relative errors, so the networks with widths
+    # under the grid, priced as 16 by this fake device, pull it a little); those within 3%
+    assert all(abs(r["error"]) < 3e-3 for n, r in fit.items() if n.startswith(("round16-", "ancestor")))
     assert all(abs(r["error"]) < 0.03 for r in fit.values())
     with pytest.raises(InvalidArgumentError, match="missing"):
         table_from_results(device_results, "fp32")  # the kit ran fp16 only

@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -301,3 +302,24 @@ def test_a_latency_prediction_runs_the_model_once_and_the_trace_knows_the_geomet
     finally:
         handle.remove()
     assert len(runs) == 1
+
+
+def test_calibration_fits_relative_errors():
+    """The whole-network terms minimise the squared *relative* errors (a 12 ms network weighs as
+    much as a 120 ms one): on times no line fits exactly, the fitted terms are those of the
+    least-squares problem scaled by each measured time, not the plain one."""
+    from squish_plugin.deploy.latency.calibration import fit_splits
+    from squish_plugin.synthesis.latency import LatencyTable
+
+    table = LatencyTable(target={"backend": "fake"}, layers={}, round_to=16)
+    splits = {"a": (10.0, 0.0), "b": (20.0, 5.0), "c": (100.0, 0.0), "d": (0.0, 150.0), "e": (40.0, 40.0)}
+    measured = {"a": 12.0, "b": 30.0, "c": 80.0, "d": 210.0, "e": 95.0}
+    fitted = fit_splits(table, splits, measured)
+    names = sorted(splits)
+    y = np.array([measured[n] for n in names])
+    design = np.array([[*splits[n], 1.0] for n in names])
+    relative = np.linalg.lstsq(design / y[:, None], np.ones_like(y), rcond=None)[0]
+    plain = np.linalg.lstsq(design, y, rcond=None)[0]
+    got = (fitted.scale, fitted.scale * fitted.off_lattice, fitted.offset_ms)
+    assert got == pytest.approx(tuple(relative), rel=1e-9)
+    assert not np.allclose(relative, plain, rtol=1e-3)

@@ -5,8 +5,10 @@ differently (ONNX Runtime keeps blocked layouts across aligned layers, fuses, an
 fixed cost per run). Three numbers turn the sums into whole-network times:
 ``measured = scale * (on + off_lattice * off) + offset_ms``, where ``on`` and ``off`` are a
 network's layer sums on and off the table's ``round_to`` lattice. Linear in
-``(scale, scale * off_lattice, offset_ms)``, they are fitted by least squares over all the
-calibration networks at once (timed in one interleaved run, so a machine that drifts drifts
+``(scale, scale * off_lattice, offset_ms)``, they are fitted by least squares on *relative*
+errors (each network's residual over its measured time: a 12 ms network counts as much as a
+120 ms one, as in the percentages a latency model is judged by) over all the calibration
+networks at once (timed in one interleaved run, so a machine that drifts drifts
 for all of them alike), and the residuals are kept in the table's ``notes``.
 
 Example:
@@ -64,10 +66,11 @@ def fit_splits(
         scale = slow = float(y[0] / (on[0] + off[0]))
         offset = 0.0
     elif not (on.any() and off.any()):  # one kind of layer only: a line through the sums
-        scale, offset = (float(v) for v in np.polyfit(on + off, y, 1))
+        scale, offset = (float(v) for v in np.polyfit(on + off, y, 1, w=1 / y))
         slow = scale * (table.off_lattice if on.any() else 1.0)
     else:
-        coef = np.linalg.lstsq(np.stack([on, off, np.ones_like(on)], axis=1), y, rcond=None)[0]
+        design = np.stack([on, off, np.ones_like(on)], axis=1) / y[:, None]
+        coef = np.linalg.lstsq(design, np.ones_like(y), rcond=None)[0]
         scale, slow, offset = (float(v) for v in coef)
     if not scale > 0:
         raise InvalidArgumentError(

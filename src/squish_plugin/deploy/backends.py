@@ -205,10 +205,17 @@ def bench_pytorch(
 
 
 def onnxruntime_runner(
-    onnx_path: str | os.PathLike, *, batch: int = 32, size: int = 224, threads: int = 2, cuda: bool = False
+    onnx_path: str | os.PathLike,
+    *,
+    batch: int = 32,
+    size: int = 224,
+    threads: int = 2,
+    cuda: bool = False,
+    spin_stop: bool = True,
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
     """``(run one batch, environment)`` for ONNX Runtime: the CPU execution provider, or
-    CUDA where present and asked for."""
+    CUDA where present and asked for; ``spin_stop=False`` leaves the threads spinning after a
+    run (ONNX Runtime's default; see below)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -221,7 +228,7 @@ def onnxruntime_runner(
     # Worker threads spin while a run lasts, as deployed, and stop when it returns: left
     # spinning (ONNX Runtime's default), an idle session's pool keeps cores busy long after
     # its run and slows the next model of an interleaved round (issue #28).
-    opts.add_session_config_entry(SPIN_STOP, "1")
+    opts.add_session_config_entry(SPIN_STOP, "1" if spin_stop else "0")
     providers = ["CPUExecutionProvider"]
     if cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -236,7 +243,7 @@ def onnxruntime_runner(
         "threads": threads,
         "onnxruntime": ort.__version__,
         "providers": session.get_providers(),
-        "force_spinning_stop": True,
+        "force_spinning_stop": spin_stop,
     }
     return (lambda: session.run(None, feed)), env
 

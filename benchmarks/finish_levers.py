@@ -44,6 +44,8 @@ VARIANTS = {
     # seed 0's SquishedNet-4 reached held-out 82.79 with it), twice the epochs, and more whole-image ones
     "shipped-x2": {"epochs": 20, "alpha": 0.9, "full_size_epochs": 4},
     "shipped-last-224x4": {"epochs": 10, "alpha": 0.9, "full_size_epochs": 4},
+    # the shipped finishing with its forward passes in bfloat16 (train.precision: bf16)
+    "shipped-bf16": {"epochs": 10, "alpha": 0.9, "full_size_epochs": 2, "precision": "bf16"},
 }
 
 

@@ -50,6 +50,7 @@ BAD = [
     ({"train__lr": "fast"}, "'train.lr'"),
     ({"train__lrr": 0.1}, "unknown key 'train.lrr'"),
     ({"train__optimizer": "rmsprop"}, "'train.optimizer'"),
+    ({"train__precision": "fp16"}, "'train.precision'"),
     ({"train__batch_size": 0}, "'train.batch_size'"),
     ({"bogus": 1}, "unknown key 'bogus'"),
     ({"model__head": "pretrained", "model__weights": None}, "needs model.weights"),
@@ -157,3 +158,16 @@ def test_resume_needs_a_run_directory(tmp_path):
     result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", "train.lr=0.1"])
     assert result.exit_code == 2 and "only --set evolution.generations=N" in result.output
     assert "'train.lr=0.1'" in result.output
+
+
+def test_bf16_on_a_cpu_without_it_stops_before_any_run_directory(tmp_path, monkeypatch):
+    """train.precision bf16 where the CPU has no bfloat16: one sentence naming the fix, exit 2,
+    no run directory written."""
+    from squish_plugin.study import training
+
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: False)
+    path = _recipe(tmp_path, train__precision="bf16", train__device="cpu")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "train.precision bf16 needs a CPU with AVX512-BF16 or AMX" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()

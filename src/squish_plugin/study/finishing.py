@@ -70,6 +70,7 @@ class FinishSettings:
     channels_last: bool = True
     device: str = "cpu"
     deterministic: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -97,11 +98,13 @@ class FinishSettings:
             distill_temperature=self.temperature,
             device=self.device,
             deterministic=self.deterministic,
+            precision=self.precision,
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed finishing must share with the one that wrote its state."""
-        return {k: v for k, v in asdict(self).items() if k != "device"}
+        """What a resumed finishing must share with the one that wrote its state (precision only
+        where it is not fp32, so states written before it existed still resume)."""
+        return {k: v for k, v in asdict(self).items() if k != "device" and (k, v) != ("precision", "fp32")}
 
 
 def _read_state(path: Path, model: nn.Module, settings: FinishSettings, seed: int) -> dict[str, Any] | None:

@@ -155,6 +155,9 @@ class TrainSection(RecipeSection):
     grad_clip: float | None = Field(5.0, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     channels_last: bool = True
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward passes in bfloat16 autocast (CUDA, or a CPU with AVX512-BF16 / AMX)"
+    )
     threads: int = Field(2, ge=1, le=256)
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",

@@ -50,7 +50,7 @@ from .rundir import (
 )
 from .runlock import run_lock
 from .selection import checked_ancestor, data_importance, held_out, screen_by_finetune
-from .training import TrainSettings, evaluate, mean_kl, train
+from .training import TrainSettings, check_precision, evaluate, mean_kl, train
 
 __all__ = [
     "check_data",
@@ -105,6 +105,7 @@ class Teacher:
 def load_data(recipe: Recipe) -> tuple[LoadedSplit, LoadedSplit]:
     """The recipe's training and validation splits, decoded (and cached) once."""
     d = recipe.data
+    check_precision(recipe.train.precision, distributed.device_for(recipe.train.device))
     check_data(recipe)
     if not distributed.is_main():
         distributed.barrier()  # rank 0 decodes (and caches) first; the others then read its cache

@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency_model import networks  # noqa: E402
-
 from squish_plugin import squeezenet1_1_ancestor  # noqa: E402
 from squish_plugin.deploy.latency import with_widths  # noqa: E402
 from squish_plugin.synthesis.latency import load_table  # noqa: E402
@@ -42,8 +41,11 @@ def figures(pairs: list[tuple[str, float, float]]) -> dict:
     err = np.array([p / m - 1 for _, m, p in pairs])
     ancestors = {n.split("/")[0]: (m, p) for n, m, p in pairs if n.endswith("ancestor")}
     ratio = np.array(
-        [(p / ancestors[n.split("/")[0]][1]) / (m / ancestors[n.split("/")[0]][0]) - 1 for n, m, p in pairs
-         if not n.endswith("ancestor")]  # fmt: skip
+        [
+            (p / ancestors[n.split("/")[0]][1]) / (m / ancestors[n.split("/")[0]][0]) - 1
+            for n, m, p in pairs
+            if not n.endswith("ancestor")
+        ]  # fmt: skip
     )
     return {
         "networks": len(pairs),

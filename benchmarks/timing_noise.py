@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency_model import RESULTS, networks  # noqa: E402
-
 from squish_plugin import squeezenet1_1_ancestor  # noqa: E402
 from squish_plugin.deploy.backends import MachineLoad, _time, cpu_name, onnxruntime_runner  # noqa: E402
 from squish_plugin.deploy.export import export_onnx  # noqa: E402

@@ -68,7 +68,9 @@ def main() -> None:
                     step_ms(model, opt, teacher, images, labels, precision)
                 for _ in range(ROUNDS):
                     for precision in times:
-                        times[precision] += [step_ms(model, opt, teacher, images, labels, precision) for _ in range(STEPS)]
+                        times[precision] += [
+                            step_ms(model, opt, teacher, images, labels, precision) for _ in range(STEPS)
+                        ]
                 fp32, bf16 = (statistics.median(times[p]) for p in ("fp32", "bf16"))
                 row = {"net": name, "size": size, "fp32_ms": round(fp32, 1), "bf16_ms": round(bf16, 1),
                        "speedup": round(fp32 / bf16, 2)}  # fmt: skip

@@ -20,7 +20,16 @@ from ..errors import InvalidArgumentError
 from . import distributed
 from .data import LoadedSplit, iterate_batches
 
-__all__ = ["PRECISIONS", "TrainSettings", "check_precision", "cpu_bf16_supported", "evaluate", "mean_kl", "steps_per_epoch", "train"]
+__all__ = [
+    "PRECISIONS",
+    "TrainSettings",
+    "check_precision",
+    "cpu_bf16_supported",
+    "evaluate",
+    "mean_kl",
+    "steps_per_epoch",
+    "train",
+]
 
 StepCallback = Callable[[int, int, float], None]
 

@@ -133,8 +133,8 @@ def predictions(table, nets: dict[str, tuple], measured: dict[str, float]) -> li
 
 
 def refit(table, ancestor: torch.nn.Module, below_grid: str):
-    """The same table with the other rule below a grid's first width, fitted again on the same
-    calibration timings (the table's notes keep them): the two rules on one set of measurements."""
+    """``table`` with ``below_grid`` as its rule below a grid's first width, fitted again with this
+    code on its own calibration timings (the table's notes keep them)."""
     multiples = ROUND_TO_CANDIDATES if "round_to_figures" in table.notes else (table.round_to or 1)
     nets = calibration_networks(ancestor, multiples, torch.zeros(1, 3, 224, 224))  # as the table was measured
     measured = {name: row["measured_ms"] for name, row in table.notes["calibration"].items()}
@@ -155,11 +155,16 @@ def refit_only(args: argparse.Namespace) -> None:
     write_rows(args.out, rows)
     result.update(summary(rows), table_scale=fitted.scale, table_offset_ms=fitted.offset_ms,
                   table_off_lattice=fitted.off_lattice)  # fmt: skip
-    other = "floor" if table.below_grid == "extrapolate" else "extrapolate"
-    result[f"with_below_grid_{other}"] = summary(predictions(refit(table, ancestor, other), nets, measured))
+    result.update(other_rule(table, ancestor, nets, measured))
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out.parent / "model-table.json").write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if "ratio_errors" not in k}, indent=2))
+
+
+def other_rule(table, ancestor: torch.nn.Module, nets: dict[str, tuple], measured: dict[str, float]) -> dict:
+    """``{"with_below_grid_<the other rule>": summary}``: the other below-grid rule on the same timings."""
+    other = "floor" if table.below_grid == "extrapolate" else "extrapolate"
+    return {f"with_below_grid_{other}": summary(predictions(refit(table, ancestor, other), nets, measured))}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -213,8 +218,7 @@ def main() -> None:
         table_off_lattice=kept["off_lattice"],
         table_below_grid=kept["below_grid"],
     )
-    other = "floor" if table.below_grid == "extrapolate" else "extrapolate"
-    result[f"with_below_grid_{other}"] = summary(predictions(refit(table, ancestor, other), nets, measured))
+    result.update(other_rule(table, ancestor, nets, measured))
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out.parent / "model-table.json").write_text(json.dumps(kept, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "ratio_errors_latency_generations"}, indent=2))

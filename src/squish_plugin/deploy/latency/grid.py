@@ -225,10 +225,9 @@ def time_networks(
     """Ms per batch of each whole network on ``backend`` (ONNX Runtime: exported first): the
     median of its fastest round, timed in ``rounds`` interleaved rounds in one process, so a
     machine that drifts drifts for all of them alike (``progress(done, total)`` per network and
-    round). The fastest round, not the median of all: on a shared host, other tenants' bursts
-    slow rounds 11-21% apart (coefficient of variation), and the same graph in four sessions
-    spread 1-6% by its fastest round against 2-10% by its overall median
-    (benchmarks/README.md, issue #28)."""
+    round). The fastest round, not the median of all: on a shared host other tenants' bursts
+    slow some rounds (round-to-round variation 9-12% even with ONNX Runtime's threads stopped
+    between runs), never speed one up (``benchmarks/timing_noise.py``, issue #28)."""
     import tempfile
 
     from ..backends import bench_interleaved

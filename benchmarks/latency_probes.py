@@ -1,0 +1,187 @@
+"""Issue #28 B: model changes tried on the latency table and not kept, made reproducible.
+
+Two parts. ``--sitting`` times, in one sitting (one process): the table as `latency_model.py`
+measures it (with its calibration networks), an *off-lattice grid* (every layer timed alone at
+``w - 7`` for each of its prunable grid widths ``w``: odd widths, off the 16-lattice), and the
+same 51 networks as `latency_model.py`, interleaved; the raw timings go to
+``results/latency/probe-sitting.json``. Without ``--sitting`` it times nothing and evaluates,
+on the committed sitting (`model-table.json` + `model-error.csv`) and on the probe sitting:
+
+- ``as shipped``: the table's own model (``scale * (on + off_lattice * off) + offset``);
+- ``off-lattice grid``: layers off the lattice priced from the off-lattice grid (probe sitting only);
+- ``proportional below a one-point axis``: a prunable axis whose grid holds one width (the first
+  Fire modules' squeeze: 16) priced in proportion to the width below it instead of at its floor;
+- leave-one-out over the calibration networks (each fitted on the others, predicted), the fit
+  weighing relative errors (shipped) and absolute ones.
+
+    python benchmarks/latency_probes.py --sitting   # ~5 min, idle machine
+    python benchmarks/latency_probes.py             # -> benchmarks/results/latency/probes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import latency_model as lm  # noqa: E402
+from squish_plugin import squeezenet1_1_ancestor  # noqa: E402
+from squish_plugin.deploy.backends import MachineLoad  # noqa: E402
+from squish_plugin.deploy.latency import ROUND_TO_CANDIDATES, calibration_networks, layer_grids, time_networks  # noqa: E402
+from squish_plugin.deploy.latency.grid import _prunable_dims  # noqa: E402
+from squish_plugin.deploy.latency.timers import onnxruntime_layer_timer  # noqa: E402
+from squish_plugin.synthesis.latency import LatencyTable, LayerGrid, layer_geometry, load_table  # noqa: E402
+
+LAT = lm.RESULTS / "latency"
+INPUTS = torch.zeros(1, 3, 224, 224)
+
+
+def sitting(out: Path) -> None:
+    from squish_plugin.study.latency import ensure_table
+    from squish_plugin.study.recipe import load_recipe
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    ancestor = squeezenet1_1_ancestor(10, weights=None).eval()
+    with tempfile.TemporaryDirectory() as tmp, MachineLoad() as load:
+        os.environ["SQUISH_CACHE"] = tmp
+        recipe = load_recipe(lm.ROOT / "examples" / "imagenette-latency.yaml", ["evolution.round_to=16"])
+        table = load_table(ensure_table(recipe, force=True))
+        prunable, timer, off = _prunable_dims(ancestor, INPUTS), onnxruntime_layer_timer(batch=32, threads=2), {}
+        for name, (geo, cins, couts) in sorted(layer_grids(ancestor, INPUTS, 16, table.notes["grid_points"]).items()):
+            free_in, free_out = prunable.get(name, (False, False))
+            oc = [w - 7 for w in cins] if free_in else list(cins)
+            oo = [w - 7 for w in couts] if free_out else list(couts)
+            off[name] = {"cin": oc, "cout": oo, "ms": [[float(timer(geo, a, b)) for b in oo] for a in oc]}
+        nets = lm.networks(ancestor, 0, 12, 16)
+        measured = time_networks({n: m for n, (_, _, m) in nets.items()}, "onnxruntime", batch=32, threads=2)
+    record = {"table": table.to_dict(), "off_grid": off, "measured_ms": measured, "load": load.record(),
+              "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _fit(x: np.ndarray, y: np.ndarray, relative: bool) -> np.ndarray:
+    w = 1 / y if relative else np.ones_like(y)
+    return np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
+
+
+def _predict(x: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    return np.maximum(x @ coef, 0.05 * coef[0] * x[:, 0])  # as LatencyTable.whole_ms floors it
+
+
+def _figures(err: np.ndarray) -> dict:
+    return {"within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
+            "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
+            "rmspe": round(float(np.sqrt(np.mean(err**2))), 4)}  # fmt: skip
+
+
+class Pricing:
+    """Each network's ``(on, off)`` layer sums under one variant of the table."""
+
+    def __init__(self, table: LatencyTable, off_grid: dict | None = None, proportional: bool = False) -> None:
+        self.table, self.proportional = table, proportional
+        self.off = {n: LayerGrid(geometry=table.layers[n].geometry, cin=tuple(d["cin"]), cout=tuple(d["cout"]),
+                                 ms=tuple(tuple(r) for r in d["ms"])) for n, d in (off_grid or {}).items()}  # fmt: skip
+
+    def layer(self, name: str, cin: int, cout: int, off: bool) -> float:
+        if off and self.off:
+            g = self.off[name]
+            return g.lookup(min(cin, g.cin[-1]), min(cout, g.cout[-1]), extrapolate=True)
+        ms = self.table.layer_ms(name, cin, cout)
+        g = self.table.layers[name]
+        if self.proportional:  # a one-point axis: in proportion below its width, not at its floor
+            ms *= min(cin / g.cin[0], 1) if len(g.cin) == 1 else 1
+            ms *= min(cout / g.cout[0], 1) if len(g.cout) == 1 else 1
+        return ms
+
+    def sums(self, layers: list[tuple[str, int, int]]) -> tuple[float, float]:
+        on = off = 0.0
+        for name, cin, cout in layers:
+            o = self.table.off_grid(name, cin, cout)
+            ms = self.layer(name, cin, cout, o)
+            on, off = (on, off + ms) if o else (on + ms, off)
+        return on, off
+
+
+def widths(model: torch.nn.Module) -> list[tuple[str, int, int]]:
+    """``(layer, cin, cout)`` of every Conv/Linear of ``model``."""
+    return [(k, g["cin"], g["cout"]) for k, g in sorted(layer_geometry(model, INPUTS).items())]
+
+
+def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, measured: dict) -> dict:
+    """``calibration`` and ``nets``: ``{name: widths(model)}``."""
+    x_cal = np.array([[*pricing.sums(calibration[n]), 1.0] for n in sorted(cal_ms)])
+    y_cal = np.array([cal_ms[n] for n in sorted(cal_ms)])
+    x = np.array([[*pricing.sums(nets[n]), 1.0] for n in nets])
+    y = np.array([measured[n] for n in nets])
+    coef = _fit(x_cal, y_cal, relative=True)
+    err = _predict(x, coef) / y - 1
+    worst = sorted(zip(nets, err.tolist()), key=lambda t: -abs(t[1]))[:5]
+    loo = {}
+    for label, relative in (("relative", True), ("absolute", False)):
+        e = [_predict(x_cal[i : i + 1], _fit(np.delete(x_cal, i, 0), np.delete(y_cal, i), relative))[0] / y_cal[i] - 1
+             for i in range(len(y_cal))]  # fmt: skip
+        loo[label] = round(float(np.sqrt(np.mean(np.square(e)))), 4)
+    return {**_figures(err), "scale": round(coef[0], 4), "off_lattice": round(coef[1] / coef[0], 4),
+            "offset_ms": round(coef[2], 3), "calibration_loo_rmspe": loo,
+            "worst": {n: round(e, 4) for n, e in worst}}  # fmt: skip
+
+
+def analyse(out: Path) -> None:
+    ancestor = squeezenet1_1_ancestor(10, weights=None).eval()
+    nets = {n: widths(m) for n, (_, _, m) in lm.networks(ancestor, 0, 12, 16).items()}
+    with (LAT / "model-error.csv").open() as fh:
+        committed = {r["network"]: float(r["measured_ms"]) for r in csv.DictReader(fh)}
+    sittings = {"committed (sitting 3)": (load_table(LAT / "model-table.json"), None, committed)}
+    probe = LAT / "probe-sitting.json"
+    if probe.is_file():
+        raw = json.loads(probe.read_text())
+        sittings["probe sitting"] = (LatencyTable.from_dict(raw["table"]), raw["off_grid"], raw["measured_ms"])
+    result = {}
+    for label, (table, off_grid, measured) in sittings.items():
+        table = replace(table, below_grid="extrapolate")
+        cal_ms = {n: r["measured_ms"] for n, r in table.notes["calibration"].items()}
+        multiples = ROUND_TO_CANDIDATES if "round_to_figures" in table.notes else table.round_to  # as measured
+        calibration = calibration_networks(ancestor, multiples, INPUTS)
+        calibration = {n: widths(calibration[n]) for n in cal_ms}
+        variants = {
+            "as shipped": Pricing(table),
+            "proportional below a one-point axis": Pricing(table, proportional=True),
+        }
+        if off_grid:
+            variants["off-lattice grid"] = Pricing(table, off_grid)
+        result[label] = {v: evaluate(p, calibration, cal_ms, nets, measured) for v, p in variants.items()}
+        if label == "probe sitting":
+            result[label]["against the committed timings (probe / committed)"] = _drift(measured, committed)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _drift(measured: dict, committed: dict) -> dict:
+    ratio = {n: measured[n] / committed[n] for n in committed}
+    same = [measured[f"latency-gen{g}"] for g in range(10, 16)]  # six identical networks
+    spread = {"median": float(np.median(list(ratio.values()))), "min": min(ratio.values()), "max": max(ratio.values())}
+    return {**{k: round(v, 4) for k, v in spread.items()}, "identical_latency_gen10_15_ms": [round(v, 2) for v in same]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sitting", action="store_true", help="time a new probe sitting (idle machine, ~5 min)")
+    args = parser.parse_args()
+    if args.sitting:
+        return sitting(LAT / "probe-sitting.json")
+    analyse(LAT / "probes.json")
+
+
+if __name__ == "__main__":
+    main()

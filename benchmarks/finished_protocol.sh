@@ -14,3 +14,12 @@ done
 if [[ "${CONTROLS:-1}" == 1 ]]; then
   "$BIN" compare examples/compare-finished.yaml --resume benchmarks/results/finished-compare
 fi
+# The latency-aware study's named networks, finished alike (issue #25: its finished networks are
+# compared with the parameter-budget study's at equal top-1: benchmarks/speed_at_accuracy.py).
+if [[ "${LATENCY:-1}" == 1 ]]; then
+  LSETS=()
+  for kv in "${FINISH[@]}"; do LSETS+=(--set "$kv"); done
+  for seed in 0 1 2; do
+    "$BIN" finish "benchmarks/results/imagenette-latency/seed-$seed" "${LSETS[@]}"
+  done
+fi

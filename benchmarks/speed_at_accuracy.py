@@ -9,9 +9,13 @@ reported per seed and as mean +- sd over the seeds; then every network's images/
 and share of its MAC ratio, mean +- sd over the seeds. Every figure comes from timings of
 one run (one process, interleaved rounds) per seed.
 
+With ``--finished`` (issue #25) each study's networks carry their *finished* top-1 (the run's
+``finished.json``: same widths, so the same images/s) and a network not finished yet (and every
+baseline row: its finishing is another network's) drops out of the curves.
+
 Run:
     python benchmarks/speed_at_accuracy.py benchmarks/results/speed/amd-seed-{0,1,2}.json
-        [--ours latency] [--against params nni] [--out FILE_STEM]
+        [--ours latency] [--against params nni] [--finished] [--out FILE_STEM]
 """
 
 from __future__ import annotations
@@ -34,6 +38,24 @@ def curves(rows: list[dict]) -> dict[str, list[tuple[float, float, str]]]:
     for points in out.values():
         points.append((ancestor["top1"], ancestor["images_per_second"], "ancestor"))
         points.sort()
+    return out
+
+
+def finished_rows(data: dict, root: Path = Path(".")) -> list[dict]:
+    """``data``'s rows with each study network's finished val top-1 (by generation, from its
+    run's ``finished.json``; NaN where that network is not finished) and the ancestor's as is."""
+    runs = dict(spec.split("=", 1) for spec in data["args"]["run"])
+    done = {}
+    for label, run in runs.items():
+        path = root / run / "finished.json"
+        done[label] = json.loads(path.read_text()) if path.is_file() else {}
+    out = []
+    for r in data["rows"]:
+        label = r["network"].split(" ", 1)[0]
+        if r["network"] != "ancestor":
+            entry = done.get(label, {}).get(str(r["generation"]))
+            r = {**r, "top1": float(entry["top1"]) if entry else float("nan")}
+        out.append(r)
     return out
 
 
@@ -81,12 +103,15 @@ def main() -> None:
     parser.add_argument("tables", nargs="+", help="speed_table.py JSON files, one per seed")
     parser.add_argument("--ours", default="latency")
     parser.add_argument("--against", nargs="+", default=["params", "nni"])
+    parser.add_argument("--finished", action="store_true", help="the studies' finished top-1 (issue #25)")
     parser.add_argument("--out")
     args = parser.parse_args()
     header = "| seed | network | top-1 (%) | images/s |" + "".join(f" {c} images/s | x {c} |" for c in args.against)
     lines = [header, "|---|---|---:|---:|" + "---:|---:|" * len(args.against)]
     found, ratios = [], {}
     tables = [json.loads(Path(path).read_text()) for path in args.tables]
+    if args.finished:
+        tables = [{**t, "rows": finished_rows(t)} for t in tables]
     for data in tables:
         seed = data["args"]["seed"]
         by_label = curves(data["rows"])

@@ -41,6 +41,8 @@ def test_finished_rows_carry_each_networks_finished_top1_and_drop_the_unfinished
             {"network": "nni squishednet-1", "generation": 2, "top1": 86.0},
         ],
     }
+    for row in data["rows"]:
+        row["images_per_second"] = 100.0
     top1 = {r["network"]: r["top1"] for r in speed_at_accuracy.finished_rows(data)}
     assert top1["ancestor"] == 94.0 and top1["params squishednet-1"] == 91.5
     assert all(top1[n] != top1[n] for n in ("params squishednet-2", "latency squishednet-1", "nni squishednet-1"))

@@ -9,6 +9,8 @@ on the committed sitting (`model-table.json` + `model-error.csv`) and on the pro
 
 - ``as shipped``: the table's own model (``scale * (on + off_lattice * off) + offset``);
 - ``off-lattice grid``: layers off the lattice priced from the off-lattice grid (probe sitting only);
+- ``a term in the off-lattice layers' MACs``: ``+ c * (their multiply-accumulates)`` beside their
+  times (a penalty that grows with the compute, not with the fixed cost of a tiny layer);
 - ``proportional below a one-point axis``: a prunable axis whose grid holds one width (the first
   Fire modules' squeeze: 16) priced in proportion to the width below it instead of at its floor;
 - leave-one-out over the calibration networks (each fitted on the others, predicted), the fit
@@ -37,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_model as lm  # noqa: E402
 from squish_plugin import squeezenet1_1_ancestor  # noqa: E402
 from squish_plugin.deploy.backends import MachineLoad  # noqa: E402
-from squish_plugin.deploy.latency import ROUND_TO_CANDIDATES, calibration_networks, layer_grids, time_networks  # noqa: E402
+from squish_plugin.deploy.latency import (  # noqa: E402
+    ROUND_TO_CANDIDATES,
+    calibration_networks,
+    layer_grids,
+    layer_macs,
+    time_networks,
+)  # noqa: E402
 from squish_plugin.deploy.latency.grid import _prunable_dims  # noqa: E402
 from squish_plugin.deploy.latency.timers import onnxruntime_layer_timer  # noqa: E402
 from squish_plugin.synthesis.latency import LatencyTable, LayerGrid, layer_geometry, load_table  # noqa: E402
@@ -86,10 +94,12 @@ def _figures(err: np.ndarray) -> dict:
 
 
 class Pricing:
-    """Each network's ``(on, off)`` layer sums under one variant of the table."""
+    """Each network's features under one variant of the table: its ``(on, off)`` layer sums,
+    and with ``macs`` the off-lattice layers' multiply-accumulates (G per batch of 32)."""
 
-    def __init__(self, table: LatencyTable, off_grid: dict | None = None, proportional: bool = False) -> None:
-        self.table, self.proportional = table, proportional
+    def __init__(self, table: LatencyTable, off_grid: dict | None = None, *, proportional: bool = False,
+                 macs: bool = False) -> None:  # fmt: skip
+        self.table, self.proportional, self.macs = table, proportional, macs
         self.off = {n: LayerGrid(geometry=table.layers[n].geometry, cin=tuple(d["cin"]), cout=tuple(d["cout"]),
                                  ms=tuple(tuple(r) for r in d["ms"])) for n, d in (off_grid or {}).items()}  # fmt: skip
 
@@ -104,25 +114,26 @@ class Pricing:
             ms *= min(cout / g.cout[0], 1) if len(g.cout) == 1 else 1
         return ms
 
-    def sums(self, layers: list[tuple[str, int, int]]) -> tuple[float, float]:
-        on = off = 0.0
-        for name, cin, cout in layers:
+    def features(self, layers: list[tuple[str, int, int, float]]) -> list[float]:
+        on = off = off_macs = 0.0
+        for name, cin, cout, gmacs in layers:
             o = self.table.off_grid(name, cin, cout)
             ms = self.layer(name, cin, cout, o)
-            on, off = (on, off + ms) if o else (on + ms, off)
-        return on, off
+            on, off, off_macs = (on, off + ms, off_macs + gmacs) if o else (on + ms, off, off_macs)
+        return [on, off, off_macs] if self.macs else [on, off]
 
 
-def widths(model: torch.nn.Module) -> list[tuple[str, int, int]]:
-    """``(layer, cin, cout)`` of every Conv/Linear of ``model``."""
-    return [(k, g["cin"], g["cout"]) for k, g in sorted(layer_geometry(model, INPUTS).items())]
+def widths(model: torch.nn.Module) -> list[tuple[str, int, int, float]]:
+    """``(layer, cin, cout, G multiply-accumulates per batch of 32)`` of every Conv/Linear of ``model``."""
+    geometry = sorted(layer_geometry(model, INPUTS).items())
+    return [(k, g["cin"], g["cout"], 32e-9 * layer_macs(g, g["cin"], g["cout"])) for k, g in geometry]
 
 
 def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, measured: dict) -> dict:
     """``calibration`` and ``nets``: ``{name: widths(model)}``."""
-    x_cal = np.array([[*pricing.sums(calibration[n]), 1.0] for n in sorted(cal_ms)])
+    x_cal = np.array([[*pricing.features(calibration[n]), 1.0] for n in sorted(cal_ms)])
     y_cal = np.array([cal_ms[n] for n in sorted(cal_ms)])
-    x = np.array([[*pricing.sums(nets[n]), 1.0] for n in nets])
+    x = np.array([[*pricing.features(nets[n]), 1.0] for n in nets])
     y = np.array([measured[n] for n in nets])
     coef = _fit(x_cal, y_cal, relative=True)
     err = _predict(x, coef) / y - 1
@@ -133,7 +144,7 @@ def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, meas
              for i in range(len(y_cal))]  # fmt: skip
         loo[label] = round(float(np.sqrt(np.mean(np.square(e)))), 4)
     return {**_figures(err), "scale": round(coef[0], 4), "off_lattice": round(coef[1] / coef[0], 4),
-            "offset_ms": round(coef[2], 3), "calibration_loo_rmspe": loo,
+            "offset_ms": round(coef[-1], 3), "calibration_loo_rmspe": loo,
             "worst": {n: round(e, 4) for n, e in worst}}  # fmt: skip
 
 
@@ -157,6 +168,7 @@ def analyse(out: Path) -> None:
         variants = {
             "as shipped": Pricing(table),
             "proportional below a one-point axis": Pricing(table, proportional=True),
+            "a term in the off-lattice layers' MACs": Pricing(table, macs=True),
         }
         if off_grid:
             variants["off-lattice grid"] = Pricing(table, off_grid)

@@ -11,6 +11,8 @@ on the committed sitting (`model-table.json` + `model-error.csv`) and on the pro
 - ``off-lattice grid``: layers off the lattice priced from the off-lattice grid (probe sitting only);
 - ``a term in the off-lattice layers' MACs``: ``+ c * (their multiply-accumulates)`` beside their
   times (a penalty that grows with the compute, not with the fixed cost of a tiny layer);
+- ``a term in the activations between layers on and off the lattice``: ``+ c * (the values that
+  pass between a layer on the 16-lattice and one off it)``, where ONNX Runtime changes layout;
 - ``proportional below a one-point axis``: a prunable axis whose grid holds one width (the first
   Fire modules' squeeze: 16) priced in proportion to the width below it instead of at its floor;
 - leave-one-out over the calibration networks (each fitted on the others, predicted), the fit
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import tempfile
@@ -47,7 +50,7 @@ from squish_plugin.deploy.latency import (  # noqa: E402
     time_networks,
 )  # noqa: E402
 from squish_plugin.deploy.latency.grid import _prunable_dims  # noqa: E402
-from squish_plugin.deploy.latency.timers import onnxruntime_layer_timer  # noqa: E402
+from squish_plugin.deploy.latency.timers import onnxruntime_layer_timer, out_hw  # noqa: E402
 from squish_plugin.synthesis.latency import LatencyTable, LayerGrid, layer_geometry, load_table  # noqa: E402
 
 LAT = lm.RESULTS / "latency"
@@ -93,13 +96,28 @@ def _figures(err: np.ndarray) -> dict:
             "rmspe": round(float(np.sqrt(np.mean(err**2))), 4)}  # fmt: skip
 
 
+FIRES = (3, 4, 6, 7, 9, 10, 11, 12)  # SqueezeNet v1.1's Fire modules (features.N)
+
+
+def _edges() -> list[tuple[str, str]]:
+    """Producer -> consumer of every convolution's output in SqueezeNet v1.1 (pools and concats between)."""
+    edges = [("features.0", "features.3.squeeze")]
+    for i, f in enumerate(FIRES):
+        after = f"features.{FIRES[i + 1]}.squeeze" if i + 1 < len(FIRES) else "classifier.1"
+        edges += [(f"features.{f}.squeeze", f"features.{f}.expand{e}") for e in ("1x1", "3x3")]
+        edges += [(f"features.{f}.expand{e}", after) for e in ("1x1", "3x3")]
+    return edges
+
+
 class Pricing:
-    """Each network's features under one variant of the table: its ``(on, off)`` layer sums,
-    and with ``macs`` the off-lattice layers' multiply-accumulates (G per batch of 32)."""
+    """Each network's features under one variant of the table: its ``(on, off)`` layer sums;
+    with ``macs`` the off-lattice layers' multiply-accumulates (G per batch of 32); with
+    ``transitions`` the activations (M values per batch) that pass between a layer on the
+    lattice and one off it (where ONNX Runtime changes layout)."""
 
     def __init__(self, table: LatencyTable, off_grid: dict | None = None, *, proportional: bool = False,
-                 macs: bool = False) -> None:  # fmt: skip
-        self.table, self.proportional, self.macs = table, proportional, macs
+                 macs: bool = False, transitions: bool = False) -> None:  # fmt: skip
+        self.table, self.proportional, self.macs, self.transitions = table, proportional, macs, transitions
         self.off = {n: LayerGrid(geometry=table.layers[n].geometry, cin=tuple(d["cin"]), cout=tuple(d["cout"]),
                                  ms=tuple(tuple(r) for r in d["ms"])) for n, d in (off_grid or {}).items()}  # fmt: skip
 
@@ -114,19 +132,26 @@ class Pricing:
             ms *= min(cout / g.cout[0], 1) if len(g.cout) == 1 else 1
         return ms
 
-    def features(self, layers: list[tuple[str, int, int, float]]) -> list[float]:
+    def features(self, layers: list[tuple[str, int, int, float, float]]) -> list[float]:
         on = off = off_macs = 0.0
-        for name, cin, cout, gmacs in layers:
+        aligned, volume = {}, {}
+        for name, cin, cout, gmacs, out_m in layers:
             o = self.table.off_grid(name, cin, cout)
             ms = self.layer(name, cin, cout, o)
             on, off, off_macs = (on, off + ms, off_macs + gmacs) if o else (on + ms, off, off_macs)
-        return [on, off, off_macs] if self.macs else [on, off]
+            aligned[name], volume[name] = not o, out_m
+        out = [on, off] + ([off_macs] if self.macs else [])
+        if self.transitions:
+            out.append(sum(volume[a] for a, b in _edges() if aligned[a] != aligned[b]))
+        return out
 
 
-def widths(model: torch.nn.Module) -> list[tuple[str, int, int, float]]:
-    """``(layer, cin, cout, G multiply-accumulates per batch of 32)`` of every Conv/Linear of ``model``."""
+def widths(model: torch.nn.Module) -> list[tuple[str, int, int, float, float]]:
+    """``(layer, cin, cout, G multiply-accumulates, M output values)`` of every Conv/Linear of
+    ``model``, per batch of 32."""
     geometry = sorted(layer_geometry(model, INPUTS).items())
-    return [(k, g["cin"], g["cout"], 32e-9 * layer_macs(g, g["cin"], g["cout"])) for k, g in geometry]
+    return [(k, g["cin"], g["cout"], 32e-9 * layer_macs(g, g["cin"], g["cout"]),
+             32e-6 * g["cout"] * math.prod(out_hw(g))) for k, g in geometry]  # fmt: skip
 
 
 def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, measured: dict) -> dict:
@@ -144,7 +169,8 @@ def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, meas
              for i in range(len(y_cal))]  # fmt: skip
         loo[label] = round(float(np.sqrt(np.mean(np.square(e)))), 4)
     return {**_figures(err), "scale": round(coef[0], 4), "off_lattice": round(coef[1] / coef[0], 4),
-            "offset_ms": round(coef[-1], 3), "calibration_loo_rmspe": loo,
+            "offset_ms": round(coef[-1], 3), "coefficients": [round(c, 4) for c in coef.tolist()],
+            "calibration_loo_rmspe": loo,
             "worst": {n: round(e, 4) for n, e in worst}}  # fmt: skip
 
 
@@ -169,6 +195,7 @@ def analyse(out: Path) -> None:
             "as shipped": Pricing(table),
             "proportional below a one-point axis": Pricing(table, proportional=True),
             "a term in the off-lattice layers' MACs": Pricing(table, macs=True),
+            "a term in the activations between layers on and off the lattice": Pricing(table, transitions=True),
         }
         if off_grid:
             variants["off-lattice grid"] = Pricing(table, off_grid)

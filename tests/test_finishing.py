@@ -160,3 +160,24 @@ def test_finish_names_what_it_cannot_do(finished_run, tmp_path):
         path.unlink()
     result = cli.invoke(app, ["finish", str(run), "--set", "finish.epochs=2"])
     assert result.exit_code == 2 and "gen_01.pt" in result.output and "Traceback" not in result.output
+
+
+def test_finish_networks_finishes_only_the_networks_it_names(finished_run, tmp_path):
+    """`finish.networks` picks which named networks a finishing pass trains (a run whose other
+    checkpoints are gone can still finish these); a name the run lacks is refused, naming both."""
+    run = _copy(finished_run, tmp_path)
+    before = json.loads((run / "finished.json").read_text())
+    assert len(before) >= 2, "the fixture must name networks in two generations"
+    first = before[min(before, key=int)]
+    target = first["names"][0]
+    for entry in before.values():  # the other generations' checkpoints are gone: not asked for, not needed
+        if entry is not first:
+            (run / "checkpoints" / f"gen_{entry['generation']:02d}.pt").unlink()
+    result = cli.invoke(app, ["finish", str(run), "--set", "finish.epochs=2", "--set", f"finish.networks=[{target}]"])
+    assert result.exit_code == 0, result.output
+    after = json.loads((run / "finished.json").read_text())
+    assert {k: e["epochs"] for k, e in after.items()} == {k: 2 if e is first else 1 for k, e in before.items()}
+
+    result = cli.invoke(app, ["finish", str(run), "--set", "finish.networks=[SquishedNet-9]"])
+    assert result.exit_code == 2 and "SquishedNet-9" in result.output and target in result.output
+    assert "Traceback" not in result.output

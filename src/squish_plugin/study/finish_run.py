@@ -179,7 +179,7 @@ def finish_networks(
     sq = recipe.squishednets
     data = data or FinishData.of_run(run_dir, recipe, train_all, val_split, records)
     renamed = False
-    for g, names in named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params).items():
+    for g, names in _wanted(named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params), recipe).items():
         entry = done.get(str(g), {})
         if entry.get("settings") == settings.fingerprint():  # finished already: at most a new name
             new = [n for n in names if n not in entry["names"]]
@@ -188,7 +188,8 @@ def finish_networks(
         source = run_dir / records[g]["checkpoint"]
         if not source.is_file():
             raise InvalidArgumentError(
-                f"{' / '.join(names)} (generation {g}) cannot be finished: its checkpoint '{source}' is gone."
+                f"{' / '.join(names)} (generation {g}) cannot be finished: its checkpoint '{source}' is gone "
+                "(finish.networks can leave it out)."
             )
         entry = finish_model(
             load_pruned(source),
@@ -209,6 +210,21 @@ def finish_networks(
     if distributed.is_main() and renamed:
         write_json_atomic(run_dir / FINISHED_FILE, done)  # names added to networks finished before
     return done
+
+
+def _wanted(named: dict[int, list[str]], recipe: Recipe) -> dict[int, list[str]]:
+    """The named networks ``recipe.finish.networks`` asks for (every one when it is not set)."""
+    wanted = recipe.finish.networks
+    if wanted is None:
+        return named
+    known = [n for names in named.values() for n in names]
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise InvalidArgumentError(
+            f"finish.networks names {', '.join(unknown)}, which this run does not have; "
+            f"its named networks are {', '.join(known) or 'none'}."
+        )
+    return {g: names for g, names in named.items() if set(names) & set(wanted)}
 
 
 def finish_model(

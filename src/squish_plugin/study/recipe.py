@@ -274,6 +274,9 @@ class FinishSection(RecipeSection):
     teacher: Literal["ancestor", "none"] = Field("ancestor", description="distil from the run's ancestor, or not")
     alpha: float = Field(0.9, ge=0, le=1)
     temperature: float = Field(4.0, gt=0, le=100)
+    networks: list[str] | None = Field(
+        None, description="which named networks to finish (e.g. [SquishedNet-4, 10x]); default: every one"
+    )
 
     @model_validator(mode="after")
     def _full_size_fits(self) -> FinishSection:

@@ -1,11 +1,12 @@
-"""Issue #28 B: model changes tried on the latency table and not kept, made reproducible.
+"""Issue #28 B: changes tried on the latency table (kept and not), made reproducible.
 
 Two parts. ``--sitting`` times, in one sitting (one process): the table as `latency_model.py`
-measures it (with its calibration networks), an *off-lattice grid* (every layer timed alone at
-``w - 7`` for each of its prunable grid widths ``w``: odd widths, off the 16-lattice), and the
-same 51 networks as `latency_model.py`, interleaved; the raw timings go to
-``results/latency/probe-sitting.json``. Without ``--sitting`` it times nothing and evaluates,
-on the committed sitting (`model-table.json` + `model-error.csv`) and on the probe sitting:
+measures it (with its calibration networks; every layer timing recorded, one per pass over the
+grid), an *off-lattice grid* (every layer timed alone at ``w - 7`` for each of its prunable grid
+widths ``w``: odd widths, off the 16-lattice), the same 51 networks as `latency_model.py` and 8
+tiny networks (:func:`tiny_networks`), interleaved; the raw timings go to
+``results/latency/probe-sitting-N.json``. Without ``--sitting`` it times nothing and evaluates,
+on the committed sitting (`model-table.json` + `model-error.csv`) and on every probe sitting:
 
 - ``as shipped``: the table's own model (``scale * (on + off_lattice * off) + offset``);
 - ``off-lattice grid``: layers off the lattice priced from the off-lattice grid (probe sitting only);
@@ -15,6 +16,9 @@ on the committed sitting (`model-table.json` + `model-error.csv`) and on the pro
   pass between a layer on the 16-lattice and one off it)``, where ONNX Runtime changes layout;
 - ``proportional below a one-point axis``: a prunable axis whose grid holds one width (the first
   Fire modules' squeeze: 16) priced in proportion to the width below it instead of at its floor;
+- ``the grid's first pass only``: where the layer timings were recorded, the table a single
+  pass over the grid would have given (the table keeps each point's fastest of ``GRID_PASSES``);
+- ``..., calibrated with the tiny networks too``: where they were timed, in the calibration set;
 - leave-one-out over the calibration networks (each fitted on the others, predicted), the fit
   weighing relative errors (shipped) and absolute ones.
 
@@ -45,38 +49,90 @@ from squish_plugin.deploy.backends import MachineLoad  # noqa: E402
 from squish_plugin.deploy.latency import (  # noqa: E402
     ROUND_TO_CANDIDATES,
     calibration_networks,
+    cut_to,
     layer_grids,
     layer_macs,
     time_networks,
+    with_widths,
 )  # noqa: E402
 from squish_plugin.deploy.latency.grid import _prunable_dims  # noqa: E402
 from squish_plugin.deploy.latency.timers import onnxruntime_layer_timer, out_hw  # noqa: E402
-from squish_plugin.synthesis.latency import LatencyTable, LayerGrid, layer_geometry, load_table  # noqa: E402
+from squish_plugin.synthesis.latency import (  # noqa: E402
+    LatencyTable,
+    LayerGeometry,
+    LayerGrid,
+    layer_geometry,
+    load_table,
+)
 
 LAT = lm.RESULTS / "latency"
 INPUTS = torch.zeros(1, 3, 224, 224)
 
 
+def tiny_networks(ancestor: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Networks as small as the studies' last generations, for the calibration set: every width cut
+    to 0.12 and 0.2 (on the 16-lattice and off it), and 4 of seeded random widths at 8-35% of each
+    layer (alternately on the lattice and off it)."""
+    nets = {f"tiny-round{m}-cut{f}": cut_to(ancestor, f, m, INPUTS) for m in (1, 16) for f in (0.12, 0.2)}
+    for i, layer_widths in enumerate(_tiny_widths(ancestor)):
+        nets[f"tiny-random-{i}"] = with_widths(ancestor, layer_widths, INPUTS)
+    return nets
+
+
+def _tiny_widths(ancestor: torch.nn.Module, count: int = 4) -> list[dict[str, int]]:
+    from squish_plugin.synthesis.surgery import Surgeon
+
+    layers, out = Surgeon(ancestor, INPUTS).layers, []
+    for i in range(count):
+        rng, multiple = np.random.default_rng([2000, i]), 16 if i % 2 == 0 else 1
+        keep = {x.name: max(1, round(x.width * rng.uniform(0.08, 0.35))) for x in layers}
+        out.append({x.name: min(x.width, multiple * math.ceil(keep[x.name] / multiple)) for x in layers})
+    return out
+
+
+def _geometry_key(geometry: LayerGeometry) -> str:
+    return json.dumps(geometry.to_dict(), sort_keys=True)
+
+
+def first_pass_table(table: LatencyTable, calls: list[list]) -> LatencyTable:
+    """``table`` with every grid point at its first pass's time (the table one pass would have
+    given), fitted again on the same calibration timings."""
+    first: dict[tuple, float] = {}
+    for key, cin, cout, ms in calls:
+        first.setdefault((key, cin, cout), ms)
+    layers = {name: replace(g, ms=tuple(tuple(first[(_geometry_key(g.geometry), a, b)] for b in g.cout) for a in g.cin))
+              for name, g in table.layers.items()}  # fmt: skip
+    return replace(table, layers=layers)
+
+
 def sitting(out: Path) -> None:
-    from squish_plugin.study.latency import ensure_table
+    from squish_plugin.study.latency import TableTimers, ensure_table, target_timers
     from squish_plugin.study.recipe import load_recipe
 
     torch.set_num_threads(2)
     started = time.perf_counter()
     ancestor = squeezenet1_1_ancestor(10, weights=None).eval()
+    calls: list[list] = []  # every layer timing in order: GRID_PASSES passes over the grid
+
+    def layer(geo, cin, cout):
+        calls.append([_geometry_key(LayerGeometry.of(geo)), cin, cout, float(timer(geo, cin, cout))])
+        return calls[-1][3]
+
     with tempfile.TemporaryDirectory() as tmp, MachineLoad() as load:
         os.environ["SQUISH_CACHE"] = tmp
         recipe = load_recipe(lm.ROOT / "examples" / "imagenette-latency.yaml", ["evolution.round_to=16"])
-        table = load_table(ensure_table(recipe, force=True))
-        prunable, timer, off = _prunable_dims(ancestor, INPUTS), onnxruntime_layer_timer(batch=32, threads=2), {}
+        timer, timers = onnxruntime_layer_timer(batch=32, threads=2), target_timers(recipe)
+        table = load_table(ensure_table(recipe, force=True, timers=TableTimers(layer, timers.networks)))
+        prunable, off = _prunable_dims(ancestor, INPUTS), {}
         for name, (geo, cins, couts) in sorted(layer_grids(ancestor, INPUTS, 16, table.notes["grid_points"]).items()):
             free_in, free_out = prunable.get(name, (False, False))
             oc = [w - 7 for w in cins] if free_in else list(cins)
             oo = [w - 7 for w in couts] if free_out else list(couts)
             off[name] = {"cin": oc, "cout": oo, "ms": [[float(timer(geo, a, b)) for b in oo] for a in oc]}
-        nets = lm.networks(ancestor, 0, 12, 16)
-        measured = time_networks({n: m for n, (_, _, m) in nets.items()}, "onnxruntime", batch=32, threads=2)
+        nets = {n: m for n, (_, _, m) in lm.networks(ancestor, 0, 12, 16).items()} | tiny_networks(ancestor)
+        measured = time_networks(nets, "onnxruntime", batch=32, threads=2)  # the 51 and the tiny ones, interleaved
     record = {"table": table.to_dict(), "off_grid": off, "measured_ms": measured, "load": load.record(),
+              "layer_calls": calls,
               "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     out.write_text(json.dumps(record, indent=1) + "\n")
 
@@ -179,13 +235,19 @@ def analyse(out: Path) -> None:
     nets = {n: widths(m) for n, (_, _, m) in lm.networks(ancestor, 0, 12, 16).items()}
     with (LAT / "model-error.csv").open() as fh:
         committed = {r["network"]: float(r["measured_ms"]) for r in csv.DictReader(fh)}
-    sittings = {"committed (sitting 3)": (load_table(LAT / "model-table.json"), None, committed)}
-    probe = LAT / "probe-sitting.json"
-    if probe.is_file():
-        raw = json.loads(probe.read_text())
-        sittings["probe sitting"] = (LatencyTable.from_dict(raw["table"]), raw["off_grid"], raw["measured_ms"])
+    sittings = {"committed (sitting 3)": (load_table(LAT / "model-table.json"), None, committed, None)}
+    for path in sorted(LAT.glob("probe-sitting-*.json")):
+        raw = json.loads(path.read_text())
+        label = f"probe sitting {path.stem.rsplit('-', 1)[1]}"
+        sittings[label] = (
+            LatencyTable.from_dict(raw["table"]),
+            raw["off_grid"],
+            raw["measured_ms"],
+            raw.get("layer_calls"),
+        )
+    tiny = {n: widths(m) for n, m in tiny_networks(ancestor).items()}
     result = {}
-    for label, (table, off_grid, measured) in sittings.items():
+    for label, (table, off_grid, measured, calls) in sittings.items():
         table = replace(table, below_grid="extrapolate")
         cal_ms = {n: r["measured_ms"] for n, r in table.notes["calibration"].items()}
         multiples = ROUND_TO_CANDIDATES if "round_to_figures" in table.notes else table.round_to  # as measured
@@ -199,8 +261,16 @@ def analyse(out: Path) -> None:
         }
         if off_grid:
             variants["off-lattice grid"] = Pricing(table, off_grid)
+        if calls:  # the grid timed in several passes: the table its first pass alone would have given
+            variants["the grid's first pass only (one pass)"] = Pricing(first_pass_table(table, calls))
         result[label] = {v: evaluate(p, calibration, cal_ms, nets, measured) for v, p in variants.items()}
-        if label == "probe sitting":
+        if all(n in measured for n in tiny):  # the calibration set with the tiny networks timed beside it
+            more = {**calibration, **tiny}, {**cal_ms, **{n: measured[n] for n in tiny}}
+            for v in ("as shipped", "proportional below a one-point axis"):
+                result[label][f"{v}, calibrated with the tiny networks too"] = evaluate(
+                    variants[v], *more, nets, measured
+                )
+        if label.startswith("probe"):
             result[label]["against the committed timings (probe / committed)"] = _drift(measured, committed)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -218,7 +288,8 @@ def main() -> None:
     parser.add_argument("--sitting", action="store_true", help="time a new probe sitting (idle machine, ~5 min)")
     args = parser.parse_args()
     if args.sitting:
-        return sitting(LAT / "probe-sitting.json")
+        taken = [int(p.stem.rsplit("-", 1)[1]) for p in LAT.glob("probe-sitting-*.json")]
+        return sitting(LAT / f"probe-sitting-{max(taken, default=0) + 1}.json")
     analyse(LAT / "probes.json")
 
 

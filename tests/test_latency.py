@@ -323,3 +323,25 @@ def test_calibration_fits_relative_errors():
     got = (fitted.scale, fitted.scale * fitted.off_lattice, fitted.offset_ms)
     assert got == pytest.approx(tuple(relative), rel=1e-9)
     assert not np.allclose(relative, plain, rtol=1e-3)
+
+
+def test_a_table_times_its_grid_in_passes_and_keeps_each_points_fastest():
+    """A burst on a shared host slows a stretch of one pass: every grid point is timed once per
+    pass over the whole grid and keeps its fastest time; passes=1 keeps the single timing."""
+    calls: dict[tuple, int] = {}
+
+    def bursty(geo, cin, cout):  # the first time a point is timed it runs 3x slower
+        key = (str(sorted((k, str(v)) for k, v in geo.items() if k not in ("cin", "cout"))), cin, cout)
+        calls[key] = calls.get(key, 0) + 1
+        return 1e-6 * cin * cout * (3.0 if calls[key] == 1 else 1.0)
+
+    model = squeezenet1_1_ancestor(num_classes=10, weights=None)
+    table = measure_table(model, bursty, points=2, passes=3)
+    assert table.notes["grid_passes"] == 3 and set(calls.values()) == {3}
+    grid = table.layers["features.3.squeeze"]
+    assert grid.ms[0][0] == pytest.approx(1e-6 * grid.cin[0] * grid.cout[0])
+    calls.clear()
+    once = measure_table(model, bursty, points=2, passes=1)
+    assert once.layers["features.3.squeeze"].ms[0][0] == pytest.approx(3e-6 * grid.cin[0] * grid.cout[0])
+    with pytest.raises(InvalidArgumentError, match="passes"):
+        measure_table(model, bursty, points=2, passes=0)

@@ -137,7 +137,8 @@ def test_a_table_times_its_calibration_set_and_candidates_in_one_call_with_progr
     assert fake_target.network_calls == [sorted(shared)]
     timings = [(done, total) for stage, done, total in heard if stage == "layer timings"]
     table = json.loads(path.read_text())
-    assert timings[-1] == (table["notes"]["timed_layers"],) * 2 == (len(fake_target.calls),) * 2
+    every = table["notes"]["timed_layers"] * table["notes"]["grid_passes"]  # each point once per pass
+    assert timings[-1] == (every,) * 2 == (len(fake_target.calls),) * 2
     assert [d for d, _ in timings] == list(range(1, len(timings) + 1))
     fit = table["notes"]["calibration"]
     assert {"ancestor", "round16-cut0.3", "round1-cut0.3", "random-0", "random-1"} <= set(fit)

@@ -15,6 +15,7 @@ the same grid with trtexec on the device.
 from ...synthesis.surgery import predict_ms
 from .calibration import fit_splits, fit_whole
 from .grid import (
+    GRID_PASSES,
     RANDOM_NETWORKS,
     ROUND_TO_CANDIDATES,
     ROUND_TO_FRACTIONS,
@@ -34,6 +35,7 @@ from .grid import (
 from .timers import LayerTimer, onnxruntime_layer_timer, pytorch_layer_timer, target_of
 
 __all__ = [
+    "GRID_PASSES",
     "RANDOM_NETWORKS",
     "ROUND_TO_CANDIDATES",
     "ROUND_TO_FRACTIONS",

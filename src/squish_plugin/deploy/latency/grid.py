@@ -29,6 +29,7 @@ from ...synthesis.surgery import Surgeon, clone_model, default_example_inputs, p
 from .timers import LayerTimer, out_hw
 
 __all__ = [
+    "GRID_PASSES",
     "RANDOM_NETWORKS",
     "ROUND_TO_CANDIDATES",
     "ROUND_TO_FRACTIONS",
@@ -50,6 +51,7 @@ ROUND_TO_CANDIDATES = (1, 2, 4, 8, 16, 32)
 ROUND_TO_FRACTIONS = (0.3, 0.45, 0.6, 0.75, 0.9)  # every prunable layer cut to these of its width: off the lattice
 RANDOM_NETWORKS = 8  # and this many networks of random widths, as the synthesis draws them
 ROUND_TO_SLACK = 0.03  # on a near tie (within 3% of the fastest) the smallest multiple wins: finer cuts
+GRID_PASSES = 3  # passes over the whole grid; each point keeps its fastest (benchmarks/latency_probes.py)
 
 
 def layer_macs(geo: Mapping[str, Any], cin: int, cout: int) -> int:
@@ -76,27 +78,33 @@ def measure_table(
     notes: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], Any] | None = None,
     below_grid: str = "extrapolate",
+    passes: int = GRID_PASSES,
 ) -> LatencyTable:
     """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths
     (:func:`layer_grids`), each distinct (geometry, cin, cout) once, into a
     :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.latency.calibration.fit_whole`);
     ``progress(done, total)`` hears of every point timed; ``below_grid`` is how the table
-    prices a layer narrower than its grid's first width (:class:`LatencyTable`)."""
+    prices a layer narrower than its grid's first width (:class:`LatencyTable`). The grid is
+    timed ``passes`` times over, point after point, and each point keeps its fastest: on a
+    shared host a burst slows a stretch of one pass, never speeds one up."""
     grids = {
         name: (LayerGeometry.of(geo), geo, cins, couts)
         for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items()
     }
     plan = {(key, cin, cout): geo for key, geo, cins, couts in grids.values() for cin in cins for cout in couts}
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise InvalidArgumentError(f"passes must be an integer >= 1, got {passes!r}.")
     timed: dict[tuple, float] = {}
-    for (key, cin, cout), geo in plan.items():
-        timed[(key, cin, cout)] = float(timer(geo, cin, cout))
+    for done, ((key, cin, cout), geo) in enumerate((p for _ in range(passes) for p in plan.items()), 1):
+        timed[(key, cin, cout)] = min(float(timer(geo, cin, cout)), timed.get((key, cin, cout), math.inf))
         if progress is not None:
-            progress(len(timed), len(plan))
+            progress(done, passes * len(plan))
     layers = {}
     for name, (key, _, cins, couts) in grids.items():
         rows = tuple(tuple(timed[(key, cin, cout)] for cout in couts) for cin in cins)
         layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=rows)
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(plan)}
+    meta["grid_passes"] = passes
     return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta, below_grid=below_grid)
 
 

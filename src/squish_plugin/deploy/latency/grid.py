@@ -81,7 +81,7 @@ def measure_table(
     passes: int = GRID_PASSES,
 ) -> LatencyTable:
     """Time every Conv/Linear of ``model`` at a ``points x points`` grid of widths
-    (:func:`layer_grids`), each distinct (geometry, cin, cout) once, into a
+    (:func:`layer_grids`), each distinct (geometry, cin, cout) once per pass, into a
     :class:`LatencyTable` (``scale`` 1; see :func:`~squish_plugin.deploy.latency.calibration.fit_whole`);
     ``progress(done, total)`` hears of every point timed; ``below_grid`` is how the table
     prices a layer narrower than its grid's first width (:class:`LatencyTable`). The grid is

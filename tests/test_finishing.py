@@ -181,3 +181,4 @@ def test_finish_networks_finishes_only_the_networks_it_names(finished_run, tmp_p
     result = cli.invoke(app, ["finish", str(run), "--set", "finish.networks=[SquishedNet-9]"])
     assert result.exit_code == 2 and "SquishedNet-9" in result.output and target in result.output
     assert "Traceback" not in result.output
+    assert "SquishedNet-9" not in (run / "recipe.yaml").read_text()  # a refused override is not recorded

@@ -46,6 +46,7 @@ __all__ = [
     "epochs_of",
     "named_networks",
     "read_finished",
+    "wanted_networks",
 ]
 
 FINISHED_FILE = "finished.json"
@@ -176,10 +177,10 @@ def finish_networks(
     if settings.epochs == 0:
         return done
     records = read_lineage(run_dir)
-    sq = recipe.squishednets
+    wanted = wanted_networks(records, recipe)  # before any image is decoded
     data = data or FinishData.of_run(run_dir, recipe, train_all, val_split, records)
     renamed = False
-    for g, names in _wanted(named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params), recipe).items():
+    for g, names in wanted.items():
         entry = done.get(str(g), {})
         if entry.get("settings") == settings.fingerprint():  # finished already: at most a new name
             new = [n for n in names if n not in entry["names"]]
@@ -212,8 +213,12 @@ def finish_networks(
     return done
 
 
-def _wanted(named: dict[int, list[str]], recipe: Recipe) -> dict[int, list[str]]:
-    """The named networks ``recipe.finish.networks`` asks for (every one when it is not set)."""
+def wanted_networks(records: Sequence[Mapping[str, Any]], recipe: Recipe) -> dict[int, list[str]]:
+    """``{generation: [names]}`` of the named networks a finishing pass trains: those
+    ``recipe.finish.networks`` asks for (every one when it is not set); a name the run lacks
+    is refused in one sentence that lists the run's named networks."""
+    sq = recipe.squishednets
+    named = named_networks(records, sq.sizes_mb, sq.rule, sq.extra_params)
     wanted = recipe.finish.networks
     if wanted is None:
         return named

@@ -19,6 +19,7 @@ from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_text
 from . import distributed
 from .engine import LINEAGE_FILE, read_lineage
+from .finish_run import wanted_networks
 from .recipe import Recipe, apply_overrides, resolve_paths, validate_recipe
 
 __all__ = [
@@ -96,7 +97,7 @@ def finish_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
         raise InvalidArgumentError(
             f"finish takes only --set finish.<key>=value and squishednets.extra_params overrides, not '{other[0]}'."
         )
-    read_lineage(run_dir)  # a run directory with generations, else one sentence
+    records = read_lineage(run_dir)  # a run directory with generations, else one sentence
     recipe = read_run_recipe(run_dir)
     if overrides:
         recipe = validate_recipe(apply_overrides(recipe.model_dump(), overrides), str(run_dir / RECIPE_FILE))
@@ -104,6 +105,7 @@ def finish_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
         raise InvalidArgumentError(
             f"the recipe of '{run_dir}' has finish.epochs 0 (no finishing stage); give e.g. --set finish.epochs=10."
         )
+    wanted_networks(records, recipe)  # a finish.networks name the run lacks: refused before it is recorded
     if overrides:
         data = apply_overrides(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), overrides)
         atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(data, sort_keys=False))

@@ -87,13 +87,13 @@ def measure_table(
     prices a layer narrower than its grid's first width (:class:`LatencyTable`). The grid is
     timed ``passes`` times over, point after point, and each point keeps its fastest: on a
     shared host a burst slows a stretch of one pass, never speeds one up."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise InvalidArgumentError(f"passes must be an integer >= 1, got {passes!r}.")
     grids = {
         name: (LayerGeometry.of(geo), geo, cins, couts)
         for name, (geo, cins, couts) in layer_grids(model, example_inputs, step, points).items()
     }
     plan = {(key, cin, cout): geo for key, geo, cins, couts in grids.values() for cin in cins for cout in couts}
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise InvalidArgumentError(f"passes must be an integer >= 1, got {passes!r}.")
     timed: dict[tuple, float] = {}
     for done, ((key, cin, cout), geo) in enumerate((p for _ in range(passes) for p in plan.items()), 1):
         timed[(key, cin, cout)] = min(float(timer(geo, cin, cout)), timed.get((key, cin, cout), math.inf))
@@ -104,7 +104,7 @@ def measure_table(
         rows = tuple(tuple(timed[(key, cin, cout)] for cout in couts) for cin in cins)
         layers[name] = LayerGrid(geometry=key, cin=cins, cout=couts, ms=rows)
     meta = {**dict(notes or {}), "grid_points": points, "grid_step": step or 1, "timed_layers": len(plan)}
-    meta["grid_passes"] = passes
+    meta.update(grid_passes=passes)
     return LatencyTable(target=dict(target or {}), layers=layers, round_to=round_to, notes=meta, below_grid=below_grid)
 
 

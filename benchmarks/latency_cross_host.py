@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency_model import networks  # noqa: E402
+from latency_model import error_figures, networks  # noqa: E402
 from squish_plugin import squeezenet1_1_ancestor  # noqa: E402
 from squish_plugin.deploy.latency import with_widths  # noqa: E402
 from squish_plugin.synthesis.latency import load_table  # noqa: E402
@@ -49,9 +49,7 @@ def figures(pairs: list[tuple[str, float, float]]) -> dict:
     )
     return {
         "networks": len(pairs),
-        "within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
-        "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
-        "rmspe": round(float(np.sqrt(np.mean(err**2))), 4),
+        **error_figures(err),
         "bias": round(float(np.median(err)), 4),
         "ratio_to_ancestor_within_5pct": round(float(np.mean(np.abs(ratio) <= 0.05)), 4),
         "ratio_to_ancestor_within_10pct": round(float(np.mean(np.abs(ratio) <= 0.10)), 4),

@@ -93,6 +93,15 @@ def _nni(ancestor: torch.nn.Module, run: Path) -> dict[str, tuple]:
     return out
 
 
+def error_figures(err: np.ndarray) -> dict:
+    """Within 10% / within 5% and RMSPE of relative errors (predicted / measured - 1)."""
+    return {
+        "within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
+        "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
+        "rmspe": round(float(np.sqrt(np.mean(err**2))), 4),
+    }
+
+
 def summary(rows: list[dict]) -> dict:
     err = np.array([r["predicted_ms"] / r["measured_ms"] - 1 for r in rows])
     measured = np.array([r["measured_ms"] for r in rows])
@@ -113,9 +122,7 @@ def summary(rows: list[dict]) -> dict:
         kinds[kind] = {"n": len(e), "min": round(float(e.min()), 4), "max": round(float(e.max()), 4)}
     return {
         "networks": len(rows),
-        "within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
-        "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
-        "rmspe": round(float(np.sqrt(np.mean(err**2))), 4),
+        **error_figures(err),
         "spearman": round(spearman, 4),
         "ratio_errors_latency_generations": [round(x, 4) for x in ratios],
         "ratios_within_5pct": round(float(np.mean(np.abs(np.array(ratios)) <= 0.05)), 4) if ratios else None,

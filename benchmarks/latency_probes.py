@@ -146,12 +146,6 @@ def _predict(x: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return np.maximum(x @ coef, 0.05 * coef[0] * x[:, 0])  # as LatencyTable.whole_ms floors it
 
 
-def _figures(err: np.ndarray) -> dict:
-    return {"within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
-            "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
-            "rmspe": round(float(np.sqrt(np.mean(err**2))), 4)}  # fmt: skip
-
-
 FIRES = (3, 4, 6, 7, 9, 10, 11, 12)  # SqueezeNet v1.1's Fire modules (features.N)
 
 
@@ -224,7 +218,7 @@ def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, meas
         e = [_predict(x_cal[i : i + 1], _fit(np.delete(x_cal, i, 0), np.delete(y_cal, i), relative))[0] / y_cal[i] - 1
              for i in range(len(y_cal))]  # fmt: skip
         loo[label] = round(float(np.sqrt(np.mean(np.square(e)))), 4)
-    return {**_figures(err), "scale": round(coef[0], 4), "off_lattice": round(coef[1] / coef[0], 4),
+    return {**lm.error_figures(err), "scale": round(coef[0], 4), "off_lattice": round(coef[1] / coef[0], 4),
             "offset_ms": round(coef[-1], 3), "coefficients": [round(c, 4) for c in coef.tolist()],
             "calibration_loo_rmspe": loo,
             "worst": {n: round(e, 4) for n, e in worst}}  # fmt: skip

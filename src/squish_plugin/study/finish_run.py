@@ -177,7 +177,7 @@ def finish_networks(
     if settings.epochs == 0:
         return done
     records = read_lineage(run_dir)
-    wanted = wanted_networks(records, recipe)  # before any image is decoded
+    wanted = wanted_networks(records, recipe)  # before the held-out slice is cut and the teacher loaded
     data = data or FinishData.of_run(run_dir, recipe, train_all, val_split, records)
     renamed = False
     for g, names in wanted.items():

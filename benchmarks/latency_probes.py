@@ -16,6 +16,13 @@ on the committed sitting (`model-table.json` + `model-error.csv`) and on every p
   pass between a layer on the 16-lattice and one off it)``, where ONNX Runtime changes layout;
 - ``proportional below a one-point axis``: a prunable axis whose grid holds one width (the first
   Fire modules' squeeze: 16) priced in proportion to the width below it instead of at its floor;
+- ``untimed layers priced by a regression``: a layer at widths its grid never timed (off the
+  lattice, or under the grid's first width) priced from a line in ``(multiply-accumulates, values
+  read, values written, 1)`` with non-negative costs, fitted on relative errors (nn-Meter's
+  regressors, on our grid): one line per kind of kernel (op, kernel, stride) over the grids of
+  every layer of that kind, or a line per layer where its grid varies both widths (a one-width axis
+  leaves the split between the costs that grow with it and those that do not undetermined) and the
+  kind's line elsewhere;
 - ``the grid's first pass only``: where the layer timings were recorded, the table a single
   pass over the grid would have given (the table keeps each point's fastest of ``GRID_PASSES``);
 - ``..., calibrated with the tiny networks too``: where they were timed, in the calibration set;
@@ -159,6 +166,50 @@ def _edges() -> list[tuple[str, str]]:
     return edges
 
 
+def _work(geometry: LayerGeometry, cin: float, cout: float) -> list[float]:
+    """What a layer's time grows with, per batch of 32: G multiply-accumulates, M values read and
+    written, and the call."""
+    ins, outs = math.prod(geometry.in_hw), math.prod(out_hw(geometry.to_dict()))
+    macs = layer_macs(geometry.to_dict(), cin, cout)
+    return [32e-9 * macs, 32e-6 * cin * ins, 32e-6 * cout * outs, 1.0]
+
+
+def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares, every coefficient >= 0, relative errors (the best column subset whose own fit is >= 0)."""
+    x, y = x / y[:, None], np.ones_like(y)
+    best, residual = np.zeros(x.shape[1]), float(len(y))
+    for mask in range(1, 2 ** x.shape[1]):
+        cols = [c for c in range(x.shape[1]) if mask >> c & 1]
+        coef = np.linalg.lstsq(x[:, cols], y, rcond=None)[0]
+        r = float(np.sum((x[:, cols] @ coef - y) ** 2))
+        if coef.min() >= 0 and r < residual - 1e-12:
+            best, residual = np.zeros(x.shape[1]), r
+            best[cols] = coef
+    return best
+
+
+def regressions(table: LatencyTable, per_layer: bool) -> dict[str, np.ndarray]:
+    """``{layer: coefficients of _work}``: the line of its kind of kernel, or (``per_layer``) its own
+    where its grid varies both widths."""
+
+    def points(names):
+        rows = [(_work(table.layers[n].geometry, a, b), ms) for n in names for a, row in
+                zip(table.layers[n].cin, table.layers[n].ms) for b, ms in zip(table.layers[n].cout, row)]  # fmt: skip
+        return np.array([r for r, _ in rows]), np.array([m for _, m in rows])
+
+    kinds: dict[tuple, list[str]] = {}
+    for name, g in sorted(table.layers.items()):
+        kinds.setdefault((g.geometry.op, g.geometry.kernel, g.geometry.stride), []).append(name)
+    lines = {}
+    for names in kinds.values():
+        line = _nonnegative_fit(*points(names))
+        for n in names:
+            g = table.layers[n]
+            own = per_layer and len(g.cin) > 1 and len(g.cout) > 1
+            lines[n] = _nonnegative_fit(*points([n])) if own else line
+    return lines
+
+
 class Pricing:
     """Each network's features under one variant of the table: its ``(on, off)`` layer sums;
     with ``macs`` the off-lattice layers' multiply-accumulates (G per batch of 32); with
@@ -166,8 +217,9 @@ class Pricing:
     lattice and one off it (where ONNX Runtime changes layout)."""
 
     def __init__(self, table: LatencyTable, off_grid: dict | None = None, *, proportional: bool = False,
-                 macs: bool = False, transitions: bool = False) -> None:  # fmt: skip
+                 macs: bool = False, transitions: bool = False, lines: dict | None = None) -> None:  # fmt: skip
         self.table, self.proportional, self.macs, self.transitions = table, proportional, macs, transitions
+        self.lines = lines
         self.off = {n: LayerGrid(geometry=table.layers[n].geometry, cin=tuple(d["cin"]), cout=tuple(d["cout"]),
                                  ms=tuple(tuple(r) for r in d["ms"])) for n, d in (off_grid or {}).items()}  # fmt: skip
 
@@ -175,8 +227,9 @@ class Pricing:
         if off and self.off:
             g = self.off[name]
             return g.lookup(min(cin, g.cin[-1]), min(cout, g.cout[-1]), extrapolate=True)
-        ms = self.table.layer_ms(name, cin, cout)
-        g = self.table.layers[name]
+        ms, g = self.table.layer_ms(name, cin, cout), self.table.layers[name]
+        if self.lines and (off or cin < g.cin[0] or cout < g.cout[0]):
+            return float(np.dot(_work(g.geometry, cin, cout), self.lines[name]))
         if self.proportional:  # a one-point axis: in proportion below its width, not at its floor
             ms *= min(cin / g.cin[0], 1) if len(g.cin) == 1 else 1
             ms *= min(cout / g.cout[0], 1) if len(g.cout) == 1 else 1
@@ -252,6 +305,10 @@ def analyse(out: Path) -> None:
             "proportional below a one-point axis": Pricing(table, proportional=True),
             "a term in the off-lattice layers' MACs": Pricing(table, macs=True),
             "a term in the activations between layers on and off the lattice": Pricing(table, transitions=True),
+            "untimed layers priced by a regression per kind of kernel": Pricing(table, lines=regressions(table, False)),
+            "untimed layers priced by a regression per layer (two-width grids), per kind elsewhere": Pricing(
+                table, lines=regressions(table, True)
+            ),
         }
         if off_grid:
             variants["off-lattice grid"] = Pricing(table, off_grid)

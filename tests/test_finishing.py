@@ -185,23 +185,29 @@ def test_finish_networks_finishes_only_the_networks_it_names(finished_run, tmp_p
 
 
 def test_the_scratch_control_starts_from_weights_such_a_network_trains_from():
-    """`scratch` re-initialises as SqueezeNet is trained from scratch (He initialisation, the
-    classifier at N(0, 0.01)): its outputs differ from image to image. PyTorch's per-layer
-    defaults leave a SqueezeNet (no BatchNorm) with the same output for every image -- a control
-    that stays at chance and flatters the method it is compared with. Same seed, same weights."""
-    from squish_plugin.baselines.controls import scratch_initialize
+    """`scratch` (and the heredity control, `evolution.reinitialize`) re-initialise as SqueezeNet
+    is trained from scratch (He initialisation, the classifier at N(0, 0.01)): the outputs differ
+    from image to image. PyTorch's per-layer defaults leave a SqueezeNet (no BatchNorm) with the
+    same output for every image -- a control that stays at chance and flatters the method it is
+    compared with. Same seed, same weights."""
     from squish_plugin.study.engine import reinitialize
+
+    def defaults(net, seed):
+        torch.manual_seed(seed)
+        for module in net.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
     images = torch.randn(8, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     spread = {}
-    for name, init in (("defaults", reinitialize), ("scratch", scratch_initialize)):
+    for name, init in (("defaults", defaults), ("scratch", reinitialize)):
         net = squeezenet1_1_ancestor(num_classes=10, weights=None)
         init(net, 3)
         with torch.no_grad():
             spread[name] = net.eval()(images).std(0).mean().item()
     assert spread["defaults"] < 1e-6 < 1e-3 < spread["scratch"]
     a, b = (squeezenet1_1_ancestor(num_classes=10, weights=None) for _ in range(2))
-    scratch_initialize(a, 5)
-    scratch_initialize(b, 5)
+    reinitialize(a, 5)
+    reinitialize(b, 5)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert a.classifier[1].weight.std().item() == pytest.approx(0.01, rel=0.2)

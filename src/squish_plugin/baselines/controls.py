@@ -23,14 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
-from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..persistence import atomic_write_bytes, atomic_write_text, load_pruned, write_json_atomic
 from ..study.data import LoadedSplit
-from ..study.engine import read_lineage
+from ..study.engine import read_lineage, reinitialize
 from ..study.finish_run import (
     FinishData,
     finish_model,
@@ -155,33 +153,8 @@ def _baseline_model(out: Path, label: str, seed: int, g: int):
 
 def _scratch_model(setup, g: int):
     model = load_pruned(setup.run_dir / setup.records[g]["checkpoint"])
-    scratch_initialize(model, derive_seed(setup.seed, SCRATCH_STREAM, g))
+    reinitialize(model, derive_seed(setup.seed, SCRATCH_STREAM, g))
     return model
-
-
-def scratch_initialize(model: nn.Module, seed: int) -> None:
-    """Weights as such a network is trained from scratch (torchvision's SqueezeNet and ResNet
-    do so): He initialisation (fan-in, ReLU gain) for every convolution and hidden Linear, zero
-    biases, BatchNorm at 1 and 0, and the classifier -- the last Conv/Linear the model
-    defines -- at N(0, 0.01). PyTorch's per-layer defaults (``reset_parameters``) shrink the
-    signal at every layer: a SqueezeNet, which has no BatchNorm, then starts with outputs near
-    zero behind its last ReLU and stays at chance (10% on Imagenette after 6 epochs)."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                if layers and module is layers[-1]:
-                    nn.init.normal_(module.weight, 0.0, 0.01)
-                else:
-                    nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                if module.affine:
-                    nn.init.ones_(module.weight)
-                    nn.init.zeros_(module.bias)
 
 
 def finished_rows(run_dirs: Sequence[Path], controls: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:

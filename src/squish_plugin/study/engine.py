@@ -152,12 +152,31 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 def reinitialize(model: nn.Module, seed: int) -> None:
-    """Fresh weights for every layer (the 're-initialised offspring' control)."""
-    with torch.random.fork_rng(devices=[]):
+    """Fresh weights, as such a network is trained from scratch (torchvision's SqueezeNet and
+    ResNet do so): He initialisation (fan-in, ReLU gain) for every convolution and hidden
+    Linear, zero biases, BatchNorm at 1 and 0, and the classifier -- the last Conv/Linear the
+    model defines -- at N(0, 0.01). The controls for heredity (``evolution.reinitialize``) and
+    ``compare``'s ``scratch`` use it. PyTorch's per-layer defaults (``reset_parameters``) shrink
+    the signal at every layer: a SqueezeNet, which has no BatchNorm, then gives the same output
+    for every image and stays at chance."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for module in model.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                if module is layers[-1]:
+                    nn.init.normal_(module.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                if module.affine:
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+            elif hasattr(module, "reset_parameters") and not list(module.children()):
+                module.reset_parameters()  # other layers with weights (LayerNorm, embeddings): their own
 
 
 def read_lineage(run_dir: str | os.PathLike, seed: int | None = None) -> list[dict[str, Any]]:

@@ -169,9 +169,9 @@ def _edges() -> list[tuple[str, str]]:
 def _work(geometry: LayerGeometry, cin: float, cout: float) -> list[float]:
     """What a layer's time grows with, per batch of 32: G multiply-accumulates, M values read and
     written, and the call."""
-    ins, outs = math.prod(geometry.in_hw), math.prod(out_hw(geometry.to_dict()))
-    macs = layer_macs(geometry.to_dict(), cin, cout)
-    return [32e-9 * macs, 32e-6 * cin * ins, 32e-6 * cout * outs, 1.0]
+    geo = geometry.to_dict()
+    ins, outs = math.prod(geometry.in_hw), math.prod(out_hw(geo))
+    return [32e-9 * layer_macs(geo, cin, cout), 32e-6 * cin * ins, 32e-6 * cout * outs, 1.0]
 
 
 def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -175,8 +175,8 @@ def reinitialize(model: nn.Module, seed: int) -> None:
                 if module.affine:
                     nn.init.ones_(module.weight)
                     nn.init.zeros_(module.bias)
-            elif hasattr(module, "reset_parameters") and not list(module.children()):
-                module.reset_parameters()  # other layers with weights (LayerNorm, embeddings): their own
+            elif hasattr(module, "reset_parameters"):  # LayerNorm, attention, embeddings: their own
+                module.reset_parameters()  # (modules() visits a parent before its children)
 
 
 def read_lineage(run_dir: str | os.PathLike, seed: int | None = None) -> list[dict[str, Any]]:

@@ -23,6 +23,12 @@ on the committed sitting (`model-table.json` + `model-error.csv`) and on every p
   every layer of that kind, or a line per layer where its grid varies both widths (a one-width axis
   leaves the split between the costs that grow with it and those that do not undetermined) and the
   kind's line elsewhere;
+- ``a term in the values ONNX Runtime's Reorder kernels copy``: ``+ c * (M values per batch)``
+  read from each network's optimised graph (:func:`ort_layouts`: where the CPU provider's NCHWc
+  transformer leaves a layer in NCHW it inserts ReorderInput / ReorderOutput kernels); with the
+  layers split into ``(on, off)`` by the layout ONNX Runtime runs them in (blocked or not)
+  instead of by the lattice; and that with every cost non-negative (the offset pinned at 0
+  where it would go negative);
 - ``the grid's first pass only``: where the layer timings were recorded, the table a single
   pass over the grid would have given (the table keeps each point's fastest of ``GRID_PASSES``);
 - ``..., calibrated with the tiny networks too``: where they were timed, in the calibration set;
@@ -40,6 +46,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -210,6 +217,52 @@ def regressions(table: LatencyTable, per_layer: bool) -> dict[str, np.ndarray]:
     return lines
 
 
+LAYOUTS = LAT / "ort-layouts.json"
+
+
+def _layer_of(output: str) -> str:
+    """The SqueezeNet layer of ONNX Runtime's fused Conv+Relu kernel (named after its Relu)."""
+    fire = re.search(r"features\.(\d+)/(squeeze|expand1x1|expand3x3)_activation", output)
+    if fire:
+        return f"features.{fire[1]}.{fire[2]}"
+    if "/features/features.1/Relu" in output:
+        return "features.0"
+    if "/classifier/classifier.2/Relu" in output:
+        return "classifier.1"
+    raise ValueError(f"no SqueezeNet layer in ONNX Runtime's kernel {output!r}")
+
+
+def ort_layouts(models: dict[str, torch.nn.Module]) -> dict[str, dict]:
+    """``{widths key: {"nchwc": [layers ONNX Runtime runs in its blocked layout], "reorder_mvalues":
+    M values per batch its Reorder kernels copy}}`` read from each network's optimised graph (the
+    CPU provider's NCHWc transformer; ``latency_kernels.optimised_graph``), cached in
+    ``results/latency/ort-layouts.json`` (it depends on the CPU's vector width and ONNX Runtime's
+    version, not on timing: derived once on this Xeon, AVX-512, ONNX Runtime 1.32)."""
+    import onnx
+
+    import latency_kernels as lk
+
+    cache = json.loads(LAYOUTS.read_text()) if LAYOUTS.exists() else {}
+    todo = {_widths_key(m): m for m in models.values()}
+    todo = {k: m for k, m in todo.items() if k not in cache}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, model in sorted(todo.items()):
+            opt = lk.optimised_graph(model, Path(tmp), "n")
+            shapes = lk.node_profile(opt, Path(tmp))
+            nodes = onnx.load(str(opt)).graph.node
+            convs = [n for n in nodes if n.domain.endswith("nchwc") and n.op_type == "Conv"]
+            nchwc = sorted(_layer_of(f"{n.name} {n.output[0]}") for n in convs)
+            moved = sum(math.prod(shapes[n.name]["inputs"][0]) for n in nodes if n.op_type.startswith("Reorder"))
+            cache[key] = {"nchwc": nchwc, "reorder_mvalues": round(moved / 1e6, 4)}
+    if todo:
+        LAYOUTS.write_text(json.dumps(dict(sorted(cache.items())), indent=0) + "\n")
+    return {name: cache[_widths_key(m)] for name, m in models.items()}
+
+
+def _widths_key(model: torch.nn.Module) -> str:
+    return json.dumps([[k, g["cin"], g["cout"]] for k, g in sorted(layer_geometry(model, INPUTS).items())])
+
+
 class Pricing:
     """Each network's features under one variant of the table: its ``(on, off)`` layer sums;
     with ``macs`` the off-lattice layers' multiply-accumulates (G per batch of 32); with
@@ -217,9 +270,10 @@ class Pricing:
     lattice and one off it (where ONNX Runtime changes layout)."""
 
     def __init__(self, table: LatencyTable, off_grid: dict | None = None, *, proportional: bool = False,
-                 macs: bool = False, transitions: bool = False, lines: dict | None = None) -> None:  # fmt: skip
+                 macs: bool = False, transitions: bool = False, lines: dict | None = None, layouts: dict | None = None,
+                 layout_split: bool = False, nonnegative: bool = False) -> None:  # fmt: skip
         self.table, self.proportional, self.macs, self.transitions = table, proportional, macs, transitions
-        self.lines = lines
+        self.lines, self.layouts, self.layout_split, self.nonnegative = lines, layouts, layout_split, nonnegative
         self.off = {n: LayerGrid(geometry=table.layers[n].geometry, cin=tuple(d["cin"]), cout=tuple(d["cout"]),
                                  ms=tuple(tuple(r) for r in d["ms"])) for n, d in (off_grid or {}).items()}  # fmt: skip
 
@@ -238,14 +292,18 @@ class Pricing:
     def features(self, layers: list[tuple[str, int, int, float, float]]) -> list[float]:
         on = off = off_macs = 0.0
         aligned, volume = {}, {}
+        layout = self.layouts[json.dumps([[k, a, b] for k, a, b, _, _ in layers])] if self.layouts else None
         for name, cin, cout, gmacs, out_m in layers:
             o = self.table.off_grid(name, cin, cout)
             ms = self.layer(name, cin, cout, o)
+            o = name not in layout["nchwc"] if self.layout_split else o  # ONNX Runtime's own split
             on, off, off_macs = (on, off + ms, off_macs + gmacs) if o else (on + ms, off, off_macs)
             aligned[name], volume[name] = not o, out_m
         out = [on, off] + ([off_macs] if self.macs else [])
         if self.transitions:
             out.append(sum(volume[a] for a, b in _edges() if aligned[a] != aligned[b]))
+        if layout:
+            out.append(layout["reorder_mvalues"])
         return out
 
 
@@ -263,12 +321,13 @@ def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, meas
     y_cal = np.array([cal_ms[n] for n in sorted(cal_ms)])
     x = np.array([[*pricing.features(nets[n]), 1.0] for n in nets])
     y = np.array([measured[n] for n in nets])
-    coef = _fit(x_cal, y_cal, relative=True)
+    fit = (lambda x, y, relative: _nonnegative_fit(x, y)) if pricing.nonnegative else _fit  # noqa: E731
+    coef = fit(x_cal, y_cal, relative=True)
     err = _predict(x, coef) / y - 1
     worst = sorted(zip(nets, err.tolist()), key=lambda t: -abs(t[1]))[:5]
     loo = {}
     for label, relative in (("relative", True), ("absolute", False)):
-        e = [_predict(x_cal[i : i + 1], _fit(np.delete(x_cal, i, 0), np.delete(y_cal, i), relative))[0] / y_cal[i] - 1
+        e = [_predict(x_cal[i : i + 1], fit(np.delete(x_cal, i, 0), np.delete(y_cal, i), relative))[0] / y_cal[i] - 1
              for i in range(len(y_cal))]  # fmt: skip
         loo[label] = round(float(np.sqrt(np.mean(np.square(e)))), 4)
     return {**lm.error_figures(err), "scale": round(coef[0], 4), "off_lattice": round(coef[1] / coef[0], 4),
@@ -279,7 +338,8 @@ def evaluate(pricing: Pricing, calibration: dict, cal_ms: dict, nets: dict, meas
 
 def analyse(out: Path) -> None:
     ancestor = squeezenet1_1_ancestor(10, weights=None).eval()
-    nets = {n: widths(m) for n, (_, _, m) in lm.networks(ancestor, 0, 12, 16).items()}
+    net_models = {n: m for n, (_, _, m) in lm.networks(ancestor, 0, 12, 16).items()}
+    nets = {n: widths(m) for n, m in net_models.items()}
     with (LAT / "model-error.csv").open() as fh:
         committed = {r["network"]: float(r["measured_ms"]) for r in csv.DictReader(fh)}
     sittings = {"committed (sitting 3)": (load_table(LAT / "model-table.json"), None, committed, None)}
@@ -292,14 +352,16 @@ def analyse(out: Path) -> None:
             raw["measured_ms"],
             raw.get("layer_calls"),
         )
-    tiny = {n: widths(m) for n, m in tiny_networks(ancestor).items()}
+    tiny_models = tiny_networks(ancestor)
+    tiny = {n: widths(m) for n, m in tiny_models.items()}
     result = {}
     for label, (table, off_grid, measured, calls) in sittings.items():
         table = replace(table, below_grid="extrapolate")
         cal_ms = {n: r["measured_ms"] for n, r in table.notes["calibration"].items()}
         multiples = ROUND_TO_CANDIDATES if "round_to_figures" in table.notes else table.round_to  # as measured
-        calibration = calibration_networks(ancestor, multiples, INPUTS)
-        calibration = {n: widths(calibration[n]) for n in cal_ms}
+        calibration_models = calibration_networks(ancestor, multiples, INPUTS)
+        calibration_models = {n: calibration_models[n] for n in cal_ms}
+        calibration = {n: widths(calibration_models[n]) for n in cal_ms}
         variants = {
             "as shipped": Pricing(table),
             "proportional below a one-point axis": Pricing(table, proportional=True),
@@ -310,6 +372,18 @@ def analyse(out: Path) -> None:
                 table, lines=regressions(table, True)
             ),
         }
+        models = {**{f"cal:{n}": m for n, m in calibration_models.items()}, **net_models, **tiny_models}
+        layouts = {json.dumps([[k, a, b] for k, a, b, _, _ in widths(m)]): v for m, v in
+                   ((models[n], v) for n, v in ort_layouts(models).items())}  # fmt: skip
+        variants["a term in the values ONNX Runtime's Reorder kernels copy (its optimised graph)"] = Pricing(
+            table, layouts=layouts
+        )
+        variants["the same, layers split by the layout ONNX Runtime runs them in, not by the lattice"] = Pricing(
+            table, layouts=layouts, layout_split=True
+        )
+        variants["the same, every cost non-negative (no negative offset)"] = Pricing(
+            table, layouts=layouts, layout_split=True, nonnegative=True
+        )
         if off_grid:
             variants["off-lattice grid"] = Pricing(table, off_grid)
         if calls:  # the grid timed in several passes: the table its first pass alone would have given
@@ -317,7 +391,9 @@ def analyse(out: Path) -> None:
         result[label] = {v: evaluate(p, calibration, cal_ms, nets, measured) for v, p in variants.items()}
         if all(n in measured for n in tiny):  # the calibration set with the tiny networks timed beside it
             more = {**calibration, **tiny}, {**cal_ms, **{n: measured[n] for n in tiny}}
-            for v in ("as shipped", "proportional below a one-point axis"):
+            for v in ("as shipped", "proportional below a one-point axis",
+                      "the same, layers split by the layout ONNX Runtime runs them in, not by the lattice",
+                      "the same, every cost non-negative (no negative offset)"):  # fmt: skip
                 result[label][f"{v}, calibrated with the tiny networks too"] = evaluate(
                     variants[v], *more, nets, measured
                 )

@@ -223,8 +223,9 @@ def test_nni_taylor_scores_channels_from_training_batches():
 def test_compare_finishes_the_best_distilled_baseline_and_a_scratch_control(tmp_path, squish_cache):
     """With `finish` and `scratch`: the run's own networks are finished, the distilled
     baseline with the best held-out top-1 at selection is finished with the same settings,
-    and the evolutionary widths are trained from random weights for the same total epochs;
-    finished.csv holds one row per method, seed and network in the issue's columns."""
+    and the evolutionary widths are trained from random weights for the same total epochs
+    (at the recipe's scratch_lr); finished.csv holds one row per method, seed and network in
+    the issue's columns."""
     sets = {**QUICK, "train.distill.teacher": "ancestor", "data.holdout": 0.2, "finish.epochs": 1}
     ran = runner.invoke(
         app, ["run", str(EXAMPLES / "quickstart.yaml"), *set_args({**sets, "output.dir": tmp_path / "r"})]
@@ -238,6 +239,7 @@ def test_compare_finishes_the_best_distilled_baseline_and_a_scratch_control(tmp_
         "distill": "run",
         "finish": True,
         "scratch": True,
+        "scratch_lr": 0.002,
         "extra_params": [600_000],
         "finish_nets": ["SquishedNet-1", "2.06x"],
         "output": {"dir": str(tmp_path / "cmp")},
@@ -261,3 +263,5 @@ def test_compare_finishes_the_best_distilled_baseline_and_a_scratch_control(tmp_
         assert float(scratch["epochs"]) == round(float(ours["epochs"]))
     assert (out / "finished.png").stat().st_size > 0
     assert "best distilled baseline" in result.output
+    lrs = {k.split("@")[0]: v["settings"]["lr"] for k, v in json.loads((out / "finished.json").read_text()).items()}
+    assert lrs["scratch"] == 0.002 and lrs[best] == 0.01  # the control's own lr; the baseline keeps the run's

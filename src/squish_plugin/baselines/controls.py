@@ -2,7 +2,8 @@
 its baselines, the runs' own named networks are finished (each run's ``finish`` section),
 the best distilled baseline, chosen on the held-out slice before finishing, gets the same
 finishing at ``finish_nets``, and ``scratch`` trains the same widths from random
-initialisation for the same total epochs with the same distillation. The result is
+initialisation for the same total epochs with the same distillation (at ``scratch_lr`` where
+the recipe gives one). The result is
 ``finished.json`` (resumable, one entry per method, seed and network), ``finished.csv``
 and ``finished.png`` in the comparison's folder.
 
@@ -123,7 +124,8 @@ def finish_controls(
         for name, g in nets[setup.seed].items():
             jobs = [(best, settings)] if best else []
             if recipe.scratch:  # the same total epochs as the evolutionary network's, from random weights
-                jobs.append(("scratch", replace(settings, epochs=max(1, round(setup.epochs(g) + settings.epochs)))))
+                epochs, lr = max(1, round(setup.epochs(g) + settings.epochs)), recipe.scratch_lr or settings.lr
+                jobs.append(("scratch", replace(settings, epochs=epochs, lr=lr)))
             for method, how in jobs:
                 key = f"{method}@{setup.seed}@{name}"
                 if finished.get(key, {}).get("settings") == how.fingerprint():

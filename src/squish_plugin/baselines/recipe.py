@@ -57,6 +57,14 @@ class CompareRecipe(RecipeSection):
         description="the control of every pruning paper: the evolutionary widths at finish_nets from random "
         "initialisation, trained for the same total epochs with the same distillation and schedule",
     )
+    scratch_lr: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="the scratch control's learning rate (default: the runs' finishing lr, chosen for inherited "
+        "weights); from random weights a network without BatchNorm may need a lower one: choose it on the "
+        "held-out slice (benchmarks/scratch_lr.py)",
+    )
     finish_nets: list[str] = Field(
         ["SquishedNet-1", "SquishedNet-4", "10x"],
         description="the named networks (SquishedNet-k, or an extra_params point by its name, e.g. '10x') "

@@ -86,8 +86,8 @@ def goals(groups: dict[tuple[str, str], list[dict]], ancestor: float) -> list[st
             if need is not None:
                 lines.append(f"G2 {net} vs scratch: {margin:+.2f} (goal >= +{need}): {_met(margin >= need)}{note}")
             continue
-        ok = margin >= 1.0 and margin > max(sd, ours_sd)
         limit = max(sd, ours_sd)
+        ok = margin >= 1.0 and margin > limit
         lines.append(f"G2 {net} vs {method}: {margin:+.2f} (goal >= +1.0 and > sd {limit:.2f}): {_met(ok)}{note}")
     return lines
 

@@ -39,6 +39,7 @@ from squish_plugin import squeezenet1_1_ancestor  # noqa: E402
 from squish_plugin.deploy.backends import SPIN_STOP, MachineLoad, cpu_name  # noqa: E402
 from squish_plugin.deploy.export import export_onnx  # noqa: E402
 from squish_plugin.deploy.latency import calibration_networks, time_networks  # noqa: E402
+from squish_plugin.deploy.latency.timers import _median_ms  # noqa: E402
 
 OUT = lm.RESULTS / "latency" / "kernels.json"
 PASSES, RUNS = 3, 5
@@ -122,23 +123,19 @@ def kernels(opt: Path, profile: dict[str, dict]) -> list[tuple[str, str, str, by
 def time_kernels(models: dict[str, tuple[bytes, list]]) -> dict[str, float]:
     """Each one-node model's fastest median of ``RUNS`` runs over ``PASSES`` passes (ms); a
     session per kernel and pass (kept open, each one's arena would hold its output)."""
-    import onnxruntime as ort
-
     best: dict[str, float] = {}
     for _ in range(PASSES):
         for sig in sorted(models):
-            one, shapes = models[sig]
-            session = ort.InferenceSession(one, _options(False), providers=["CPUExecutionProvider"])
-            feed = {i.name: np.ones(s, np.float32) for i, s in zip(session.get_inputs(), shapes)}
-            session.run(None, feed)
-            times = []
-            for _ in range(RUNS):
-                t = time.perf_counter()
-                session.run(None, feed)
-                times.append((time.perf_counter() - t) * 1e3)
-            best[sig] = min(best.get(sig, float("inf")), float(np.median(times)))
-            del session, feed
+            best[sig] = min(best.get(sig, float("inf")), _time_one(*models[sig]))
     return best
+
+
+def _time_one(one: bytes, shapes: list) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(one, _options(False), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.ones(s, np.float32) for i, s in zip(session.get_inputs(), shapes)}
+    return _median_ms(lambda: session.run(None, feed), 1, RUNS)
 
 
 def sitting(out: Path) -> None:
@@ -181,8 +178,10 @@ def sitting(out: Path) -> None:
 
 
 def _line(raw: np.ndarray, y: np.ndarray) -> np.ndarray:
-    design = np.stack([raw, np.ones_like(raw)], axis=1) / y[:, None]
-    return np.linalg.lstsq(design, np.ones_like(y), rcond=None)[0]
+    """``(scale, offset)`` of the line through the kernel sums, fitted on relative errors."""
+    import latency_probes as lp
+
+    return lp._fit(np.stack([raw, np.ones_like(raw)], axis=1), y, relative=True)
 
 
 def analyse(path: Path) -> dict:

@@ -233,18 +233,19 @@ def _layer_of(output: str) -> str:
 
 
 def ort_layouts(models: dict[str, torch.nn.Module]) -> dict[str, dict]:
-    """``{widths key: {"nchwc": [layers ONNX Runtime runs in its blocked layout], "reorder_mvalues":
-    M values per batch its Reorder kernels copy}}`` read from each network's optimised graph (the
-    CPU provider's NCHWc transformer; ``latency_kernels.optimised_graph``), cached in
-    ``results/latency/ort-layouts.json`` (it depends on the CPU's vector width and ONNX Runtime's
-    version, not on timing: derived once on this Xeon, AVX-512, ONNX Runtime 1.32)."""
+    """``{widths key (:func:`_widths_key`): {"nchwc": [layers ONNX Runtime runs in its blocked
+    layout], "reorder_mvalues": M values per batch its Reorder kernels copy}}`` of ``models``, read
+    from each network's optimised graph (the CPU provider's NCHWc transformer;
+    ``latency_kernels.optimised_graph``), cached in ``results/latency/ort-layouts.json`` (it
+    depends on the CPU's vector width and ONNX Runtime's version, not on timing: derived once on
+    this Xeon, AVX-512, ONNX Runtime 1.32)."""
     import onnx
 
     import latency_kernels as lk
 
     cache = json.loads(LAYOUTS.read_text()) if LAYOUTS.exists() else {}
-    todo = {_widths_key(m): m for m in models.values()}
-    todo = {k: m for k, m in todo.items() if k not in cache}
+    keyed = {_widths_key(widths(m)): m for m in models.values()}
+    todo = {k: m for k, m in keyed.items() if k not in cache}
     with tempfile.TemporaryDirectory() as tmp:
         for key, model in sorted(todo.items()):
             opt = lk.optimised_graph(model, Path(tmp), "n")
@@ -256,11 +257,12 @@ def ort_layouts(models: dict[str, torch.nn.Module]) -> dict[str, dict]:
             cache[key] = {"nchwc": nchwc, "reorder_mvalues": round(moved / 1e6, 4)}
     if todo:
         LAYOUTS.write_text(json.dumps(dict(sorted(cache.items())), indent=0) + "\n")
-    return {name: cache[_widths_key(m)] for name, m in models.items()}
+    return {key: cache[key] for key in keyed}
 
 
-def _widths_key(model: torch.nn.Module) -> str:
-    return json.dumps([[k, g["cin"], g["cout"]] for k, g in sorted(layer_geometry(model, INPUTS).items())])
+def _widths_key(layers: list[tuple[str, int, int, float, float]]) -> str:
+    """A network's key in the layouts: its ``(layer, cin, cout)`` from :func:`widths`."""
+    return json.dumps([[k, cin, cout] for k, cin, cout, _, _ in layers])
 
 
 class Pricing:
@@ -292,7 +294,7 @@ class Pricing:
     def features(self, layers: list[tuple[str, int, int, float, float]]) -> list[float]:
         on = off = off_macs = 0.0
         aligned, volume = {}, {}
-        layout = self.layouts[json.dumps([[k, a, b] for k, a, b, _, _ in layers])] if self.layouts else None
+        layout = self.layouts[_widths_key(layers)] if self.layouts else None
         for name, cin, cout, gmacs, out_m in layers:
             o = self.table.off_grid(name, cin, cout)
             ms = self.layer(name, cin, cout, o)
@@ -373,8 +375,7 @@ def analyse(out: Path) -> None:
             ),
         }
         models = {**{f"cal:{n}": m for n, m in calibration_models.items()}, **net_models, **tiny_models}
-        layouts = {json.dumps([[k, a, b] for k, a, b, _, _ in widths(m)]): v for m, v in
-                   ((models[n], v) for n, v in ort_layouts(models).items())}  # fmt: skip
+        layouts = ort_layouts(models)
         variants["a term in the values ONNX Runtime's Reorder kernels copy (its optimised graph)"] = Pricing(
             table, layouts=layouts
         )

@@ -8,6 +8,10 @@ Times nothing: it reads committed tables and timings.
   and latency-aware studies, 3 seeds; NNI's rows are left out: their pruner differs per row).
 - EPYC table -> Xeon timings: `results/latency/onnxruntime-cpu-amd-epyc-t2-b32.json` predicts the
   51 networks `latency_model.py` timed on the Xeon (`results/latency/model-error.csv`).
+- The same method on both hosts (2026-12-07): `latency_model.py --out .../amd-model-error.csv` timed
+  a table and the same 51 networks on the EPYC host with the current code
+  (`results/latency/amd-model-error-table.json`, `amd-model-error.csv`); each host's table predicts
+  the other host's 51 timings.
 - Beside each: the same table on its own host, and the ratio to the ancestor (what "keep env of
   the parent's latency" relies on), predicted against measured.
 
@@ -73,20 +77,30 @@ def epyc_networks(ancestor: torch.nn.Module) -> list[tuple[str, float, torch.nn.
     return out
 
 
+def _timings(name: str) -> dict[str, float]:
+    with (LAT / name).open() as fh:
+        return {r["network"]: float(r["measured_ms"]) for r in csv.DictReader(fh)}
+
+
 def main() -> None:
     torch.set_num_threads(2)
     ancestor = squeezenet1_1_ancestor(10, weights=None).eval()
     xeon, epyc = load_table(LAT / "model-table.json"), load_table(LAT / "onnxruntime-cpu-amd-epyc-t2-b32.json")
     on_epyc = epyc_networks(ancestor)
-    with (LAT / "model-error.csv").open() as fh:
-        measured = {r["network"]: float(r["measured_ms"]) for r in csv.DictReader(fh)}
-    on_xeon = [(f"xeon/{n}", measured[n], model) for n, (_, _, model) in networks(ancestor, 0, 12, 16).items()]
+    sitting = load_table(LAT / "amd-model-error-table.json")  # the EPYC sitting, the current method
+    fifty_one = networks(ancestor, 0, 12, 16)
+    xeon_ms, epyc_ms = _timings("model-error.csv"), _timings("amd-model-error.csv")
+    on_xeon = [(f"xeon/{n}", xeon_ms[n], model) for n, (_, _, model) in fifty_one.items()]
+    on_epyc51 = [(f"epyc/{n}", epyc_ms[n], model) for n, (_, _, model) in fifty_one.items()]
     result = {"xeon_table": xeon.target.get("device"), "epyc_table": epyc.target.get("device")}
     for label, table, nets in (
         ("xeon_table_on_epyc_timings", xeon, on_epyc),
         ("epyc_table_on_epyc_timings", epyc, on_epyc),
         ("epyc_table_on_xeon_timings", epyc, on_xeon),
         ("xeon_table_on_xeon_timings", xeon, on_xeon),
+        ("same_method_xeon_table_on_epyc_51", xeon, on_epyc51),
+        ("same_method_epyc_table_on_epyc_51", sitting, on_epyc51),
+        ("same_method_epyc_table_on_xeon_51", sitting, on_xeon),
     ):
         pairs = [(n, m, predict_ms(model, table, INPUTS)) for n, m, model in nets]
         result[label] = figures(pairs)

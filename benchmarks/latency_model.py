@@ -13,6 +13,7 @@ drew its networks on (its own table's `round_to`, 16; `--round-to auto` lets the
 in one sitting it chose 32, and the study's 16-lattice networks then ran off it).
 
     python benchmarks/latency_model.py     # -> benchmarks/results/latency/model-error.csv (+ .json summary)
+    python benchmarks/latency_model.py --out benchmarks/results/latency/amd-model-error.csv   # another host
 
 Run it on an idle machine: nothing else heavy beside it.
 """
@@ -151,7 +152,7 @@ def refit(table, ancestor: torch.nn.Module, below_grid: str):
 def refit_only(args: argparse.Namespace) -> None:
     """Time nothing: the committed table fitted again on its own calibration timings with this
     code (both below-grid rules), every network predicted against the committed timings."""
-    table = load_table(args.out.parent / "model-table.json")
+    table = load_table(table_file(args.out))
     with args.out.open() as fh:
         measured = {r["network"]: float(r["measured_ms"]) for r in csv.DictReader(fh)}
     ancestor = squeezenet1_1_ancestor(10, weights=None).eval()
@@ -164,7 +165,7 @@ def refit_only(args: argparse.Namespace) -> None:
                   table_off_lattice=fitted.off_lattice)  # fmt: skip
     result.update(other_rule(table, ancestor, nets, measured))
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out.parent / "model-table.json").write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
+    table_file(args.out).write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if "ratio_errors" not in k}, indent=2))
 
 
@@ -172,6 +173,12 @@ def other_rule(table, ancestor: torch.nn.Module, nets: dict[str, tuple], measure
     """``{"with_below_grid_<the other rule>": summary}``: the other below-grid rule on the same timings."""
     other = "floor" if table.below_grid == "extrapolate" else "extrapolate"
     return {f"with_below_grid_{other}": summary(predictions(refit(table, ancestor, other), nets, measured))}
+
+
+def table_file(out: Path) -> Path:
+    """Where the sitting's table goes beside ``out``: ``model-table.json`` for the default
+    ``model-error.csv``, ``<stem>-table.json`` for another (a sitting on another host)."""
+    return out.parent / ("model-table.json" if out.name == "model-error.csv" else f"{out.stem}-table.json")
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -227,7 +234,7 @@ def main() -> None:
     )
     result.update(other_rule(table, ancestor, nets, measured))
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out.parent / "model-table.json").write_text(json.dumps(kept, indent=1) + "\n")
+    table_file(args.out).write_text(json.dumps(kept, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "ratio_errors_latency_generations"}, indent=2))
 
 

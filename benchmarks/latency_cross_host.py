@@ -8,8 +8,8 @@ Times nothing: it reads committed tables and timings.
   and latency-aware studies, 3 seeds; NNI's rows are left out: their pruner differs per row).
 - EPYC table -> Xeon timings: `results/latency/onnxruntime-cpu-amd-epyc-t2-b32.json` predicts the
   51 networks `latency_model.py` timed on the Xeon (`results/latency/model-error.csv`).
-- The same method on both hosts (2026-12-07): `latency_model.py --out .../amd-model-error.csv` timed
-  a table and the same 51 networks on the EPYC host with the current code
+- The EPYC sitting (2026-12-07): `latency_model.py --out .../amd-model-error.csv` timed a table
+  (calibrated with the synthesis' lineages) and the same 51 networks on an EPYC host
   (`results/latency/amd-model-error-table.json`, `amd-model-error.csv`); each host's table predicts
   the other host's 51 timings.
 - Beside each: the same table on its own host, and the ratio to the ancestor (what "keep env of
@@ -98,9 +98,9 @@ def main() -> None:
         ("epyc_table_on_epyc_timings", epyc, on_epyc),
         ("epyc_table_on_xeon_timings", epyc, on_xeon),
         ("xeon_table_on_xeon_timings", xeon, on_xeon),
-        ("same_method_xeon_table_on_epyc_51", xeon, on_epyc51),
-        ("same_method_epyc_table_on_epyc_51", sitting, on_epyc51),
-        ("same_method_epyc_table_on_xeon_51", sitting, on_xeon),
+        ("xeon_table_on_epyc_sitting", xeon, on_epyc51),
+        ("epyc_sitting_table_on_epyc_sitting", sitting, on_epyc51),
+        ("epyc_sitting_table_on_xeon_timings", sitting, on_xeon),
     ):
         pairs = [(n, m, predict_ms(model, table, INPUTS)) for n, m, model in nets]
         result[label] = figures(pairs)

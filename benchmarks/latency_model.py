@@ -140,13 +140,22 @@ def predictions(table, nets: dict[str, tuple], measured: dict[str, float]) -> li
     return rows
 
 
-def refit(table, ancestor: torch.nn.Module, below_grid: str):
+def refit(table, ancestor: torch.nn.Module, below_grid: str, keep=lambda name: True):
     """``table`` with ``below_grid`` as its rule below a grid's first width, fitted again with this
-    code on its own calibration timings (the table's notes keep them)."""
+    code on its own calibration timings (the table's notes keep them), on those ``keep`` names."""
     multiples = ROUND_TO_CANDIDATES if "round_to_figures" in table.notes else (table.round_to or 1)
     nets = calibration_networks(ancestor, multiples, torch.zeros(1, 3, 224, 224))  # as the table was measured
-    measured = {name: row["measured_ms"] for name, row in table.notes["calibration"].items()}
+    measured = {name: row["measured_ms"] for name, row in table.notes["calibration"].items() if keep(name)}
     return fit_whole(replace(table, below_grid=below_grid), {n: nets[n] for n in measured}, measured)
+
+
+def without_lineages(table, ancestor: torch.nn.Module, nets: dict[str, tuple], measured: dict[str, float]) -> dict:
+    """``{"without_lineages": summary}``: the same timings with the table fitted on its calibration
+    set less the synthesis' lineages (the set before issue #28 B added them), when it holds them."""
+    if not any(n.startswith("lineage") for n in table.notes["calibration"]):
+        return {}
+    fitted = refit(table, ancestor, table.below_grid, keep=lambda name: not name.startswith("lineage"))
+    return {"without_lineages": summary(predictions(fitted, nets, measured))}
 
 
 def refit_only(args: argparse.Namespace) -> None:
@@ -164,6 +173,7 @@ def refit_only(args: argparse.Namespace) -> None:
     result.update(summary(rows), table_scale=fitted.scale, table_offset_ms=fitted.offset_ms,
                   table_off_lattice=fitted.off_lattice)  # fmt: skip
     result.update(other_rule(table, ancestor, nets, measured))
+    result.update(without_lineages(table, ancestor, nets, measured))
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     table_file(args.out).write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if "ratio_errors" not in k}, indent=2))
@@ -233,6 +243,7 @@ def main() -> None:
         table_below_grid=kept["below_grid"],
     )
     result.update(other_rule(table, ancestor, nets, measured))
+    result.update(without_lineages(table, ancestor, nets, measured))
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     table_file(args.out).write_text(json.dumps(kept, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "ratio_errors_latency_generations"}, indent=2))

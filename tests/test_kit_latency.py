@@ -124,13 +124,15 @@ def test_collected_table_has_every_grid_point_the_devices_round_to_and_its_calib
     fit = table.notes["calibration"]  # one fit over the networks on and off the lattice
     assert any(r["off_lattice_ms"] == 0 for r in fit.values()) and any(r["on_lattice_ms"] == 0 for r in fit.values())
     # the whole networks take their layers' time + 0.3 ms, the round1 networks' odd widths 2x
-    # (random widths below the grid's first point are extrapolated: the offset within 0.03 ms)
+    # (random widths and the lineages' small layers below the grid's first point are extrapolated
+    # where this fake prices them as 16: the offset within 0.05 ms)
     assert (table.scale, table.off_lattice) == pytest.approx((1.0, 2.0), rel=0.05)
-    assert table.offset_ms == pytest.approx(0.3, abs=0.03)
-    # every lattice network within 0.3% (the fit weighs relative errors, so the networks with widths
-    # under the grid, priced as 16 by this fake device, pull it a little); those within 3%
-    assert all(abs(r["error"]) < 3e-3 for n, r in fit.items() if n.startswith(("round16-", "ancestor")))
-    assert all(abs(r["error"]) < 0.03 for r in fit.values())
+    assert table.offset_ms == pytest.approx(0.3, abs=0.05)
+    # every lattice cut within 1% (the fit weighs relative errors, so the networks with widths under
+    # the grid, priced as 16 by this fake device and extrapolated by the table, pull it a little:
+    # the lineages' last offspring most); every network within 6%
+    assert all(abs(r["error"]) < 0.01 for n, r in fit.items() if n.startswith(("round16-", "ancestor")))
+    assert all(abs(r["error"]) < 0.06 for r in fit.values())
     with pytest.raises(InvalidArgumentError, match="missing"):
         table_from_results(device_results, "fp32")  # the kit ran fp16 only
 

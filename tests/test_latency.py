@@ -3,6 +3,7 @@ deterministic stand-ins for a target, so every figure below is exact."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import replace
@@ -252,7 +253,7 @@ def test_one_fit_over_calibration_networks_recovers_scale_offset_and_off_lattice
 
     # this fake prices widths under 16 as 16: a floor below the grid is its truth
     table = measure_table(ancestor, blocked, step=16, round_to=16, below_grid="floor")
-    nets = calibration_networks(ancestor, 16, inputs, count=4)
+    nets = calibration_networks(ancestor, 16, inputs, count=4, lineages=0)  # lineages: the next test
     assert {"ancestor", "round16-cut0.45", "round1-cut0.6", "random-0", "random-3"} <= set(nets)
     assert calibration_members(nets, 16) == sorted(nets)  # a set for one multiple: every network calibrates
     fitted = fit_whole(table, nets, {n: whole(net) for n, net in nets.items()})
@@ -265,6 +266,33 @@ def test_one_fit_over_calibration_networks_recovers_scale_offset_and_off_lattice
     assert predict_ms(on, fitted) == pytest.approx(predict_ms(on, replace(fitted, off_lattice=1.0)))
     assert predict_ms(on, fitted) == pytest.approx(whole(on), rel=1e-3)
     assert LatencyTable.from_dict(json.loads(json.dumps(fitted.to_dict()))).off_lattice == fitted.off_lattice
+
+
+def test_the_calibration_set_holds_lineages_drawn_by_the_synthesis(ancestor):
+    """Beside the cuts and random widths, the calibration set holds chains of offspring drawn by
+    the synthesis as the studies draw theirs (issue #28 B: calibrated on them the table predicts
+    the studies' small networks): each keeps LINEAGE_ENV of its parent's parameters, even chains
+    on the lattice and odd ones off it, the same networks whatever weights the model carries,
+    and every one of them calibrates."""
+    from squish_plugin.deploy.latency.grid import LINEAGE_ENV, LINEAGE_STEPS, _draw_lineages
+
+    inputs = torch.zeros(1, 3, 224, 224)
+    nets = calibration_networks(ancestor, 16, inputs, count=0, lineages=2)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    chains = [[nets[f"lineage{j}-{g}"] for g in range(1, LINEAGE_STEPS + 1)] for j in range(2)]
+    for chain in chains:
+        sizes = [params(ancestor)] + [params(m) for m in chain]
+        assert all(b / a == pytest.approx(LINEAGE_ENV, abs=0.03) for a, b in zip(sizes, sizes[1:]))
+        assert chain[-1](inputs).shape == (1, 10)
+    widths = lambda m: [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)][:-1]  # noqa: E731
+    assert all(w % 16 == 0 for m in chains[0] for w in widths(m))  # the lattice
+    assert any(w % 16 for m in chains[1] for w in widths(m))  # off it
+    assert calibration_members(nets, 16) == sorted(nets)
+    other = copy.deepcopy(ancestor)  # other weights, the same draws (the set is kept per architecture too)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-3.0)
+    assert _draw_lineages(other, 16, inputs, 1, 0) == _draw_lineages(ancestor, 16, inputs, 1, 0)
 
 
 def test_table_file_validation_names_the_problem():

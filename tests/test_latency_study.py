@@ -78,10 +78,14 @@ def test_latency_study_draws_against_the_measured_table(tmp_path, fake_target, c
     assert "round_to auto: 16" in capsys.readouterr().out and fake_target.calls
     table = json.loads((run / "latency_table.json").read_text())
     assert table["round_to"] == 16
-    # off the lattice 3x slower; the calibration's random widths under 16 (which this fake prices
-    # as 16) are extrapolated below the grid, so the fit is close, not exact
-    assert (table["scale"], table["off_lattice"]) == pytest.approx((0.9, 3.0), rel=0.02)
-    assert table["offset_ms"] == pytest.approx(-0.5, abs=0.2)
+    # off the lattice 3x slower; the calibration's random widths and lineages under 16 (which this
+    # fake prices as 16) are extrapolated below the grid, so the fit is close, not exact: its
+    # offset moves (the relative fit weighs the lineages' smallest offspring), every network
+    # within 2% but those last offspring, whose layers lie furthest under the grid
+    assert (table["scale"], table["off_lattice"]) == pytest.approx((0.9, 3.0), rel=0.05)
+    errors = {n: r["error"] for n, r in table["notes"]["calibration"].items()}
+    assert all(abs(e) < 0.02 for n, e in errors.items() if not n.endswith("-7")) and len(errors) > 40
+    assert all(abs(e) < 0.1 for e in errors.values())
     assert list((tmp_path / "cache" / "latency").glob("onnxruntime-*.json"))
     recs = json.loads((run / "lineage.json").read_text())["records"]
     for parent, child in zip(recs, recs[1:]):

@@ -16,6 +16,7 @@ from ...synthesis.surgery import predict_ms
 from .calibration import fit_splits, fit_whole
 from .grid import (
     GRID_PASSES,
+    LINEAGES,
     RANDOM_NETWORKS,
     ROUND_TO_CANDIDATES,
     ROUND_TO_FRACTIONS,
@@ -36,6 +37,7 @@ from .timers import LayerTimer, onnxruntime_layer_timer, pytorch_layer_timer, ta
 
 __all__ = [
     "GRID_PASSES",
+    "LINEAGES",
     "RANDOM_NETWORKS",
     "ROUND_TO_CANDIDATES",
     "ROUND_TO_FRACTIONS",

@@ -30,6 +30,7 @@ from .timers import LayerTimer, out_hw
 
 __all__ = [
     "GRID_PASSES",
+    "LINEAGES",
     "RANDOM_NETWORKS",
     "ROUND_TO_CANDIDATES",
     "ROUND_TO_FRACTIONS",
@@ -50,6 +51,9 @@ __all__ = [
 ROUND_TO_CANDIDATES = (1, 2, 4, 8, 16, 32)
 ROUND_TO_FRACTIONS = (0.3, 0.45, 0.6, 0.75, 0.9)  # every prunable layer cut to these of its width: off the lattice
 RANDOM_NETWORKS = 8  # and this many networks of random widths, as the synthesis draws them
+LINEAGES = 4  # and this many lineages drawn by the synthesis itself (benchmarks/README.md, issue #28 B) ...
+LINEAGE_STEPS = 7  # ... of this many offspring, each keeping LINEAGE_ENV of its parent's parameters
+LINEAGE_ENV = 0.64  # two of the studies' generations at env 0.8: the seventh is at 4% of the ancestor
 ROUND_TO_SLACK = 0.03  # on a near tie (within 3% of the fastest) the smallest multiple wins: finer cuts
 GRID_PASSES = 3  # passes over the whole grid; each point keeps its fastest (benchmarks/latency_probes.py)
 
@@ -260,6 +264,7 @@ def calibration_networks(
     example_inputs: torch.Tensor,
     *,
     count: int = RANDOM_NETWORKS,
+    lineages: int = LINEAGES,
     seed: int = 0,
 ) -> dict[str, nn.Module]:
     """The one set of whole networks a table is calibrated on, on the CPU and on the TX1 kit
@@ -268,8 +273,10 @@ def calibration_networks(
     candidates, or ``(1, round_to)`` for one multiple; these also choose ``round_to: auto``,
     timed in the same call), and ``count`` networks of seeded random widths (each layer kept at
     25-100%; ``random-{i}``), alternately on the lattice of every multiple and off it, as the
-    synthesis draws them. :func:`calibration_members` names those that calibrate a table on
-    one multiple."""
+    synthesis draws them, and ``lineages`` chains of offspring drawn by the synthesis itself
+    (:func:`_lineages`; ``lineage{j}-{g}``), where the studies' networks live: small, starved
+    layer by layer, on the lattice and off it. :func:`calibration_members` names those that
+    calibrate a table on one multiple."""
     multiples = sorted({1, round_to} if isinstance(round_to, int) else {1, *round_to})
     nets = {"ancestor": model, **_round_cuts(model, multiples, example_inputs)}
     layers = Surgeon(model, example_inputs).layers if count else []
@@ -279,15 +286,56 @@ def calibration_networks(
         multiple = every if i % 2 == 0 else 1
         widths = {layer.name: _cut(layer.width, float(rng.uniform(0.25, 1.0)), multiple) for layer in layers}
         nets[f"random-{i}"] = with_widths(model, widths, example_inputs)
-    return nets
+    return {**nets, **_lineages(model, every, example_inputs, lineages, seed)}
+
+
+def _lineages(model: nn.Module, every: int, inputs: torch.Tensor, count: int, seed: int) -> dict[str, nn.Module]:
+    """``lineage{j}-{g}``: ``count`` chains of :data:`LINEAGE_STEPS` offspring, each drawn by
+    :class:`~squish_plugin.EvolutionarySynthesisPruner` as the studies draw theirs (budget mode,
+    every layer starved alike, temperature 0.05, repaired to :data:`LINEAGE_ENV` of its
+    parent's parameters), from ``model`` with seeded random weights (the set does not depend on
+    the weights it is given); even chains on the ``every`` lattice, odd ones off it. The widths
+    drawn for one architecture are kept for the process (drawing takes ~1 s per offspring)."""
+    layers = tuple((layer.name, layer.width) for layer in Surgeon(model, inputs).layers)
+    key = (type(model).__qualname__, layers, tuple(inputs.shape), every, count, seed)
+    if key not in _LINEAGE_WIDTHS:
+        _LINEAGE_WIDTHS[key] = _draw_lineages(model, every, inputs, count, seed)
+    return {name: with_widths(model, widths, inputs) for name, widths in _LINEAGE_WIDTHS[key].items()}
+
+
+_LINEAGE_WIDTHS: dict[tuple, dict[str, dict[str, int]]] = {}
+
+
+def _draw_lineages(
+    model: nn.Module, every: int, inputs: torch.Tensor, count: int, seed: int
+) -> dict[str, dict[str, int]]:
+    from ...synthesis.genetics import CALIBRATION_STREAM, SynthesisConfig, derive_seed
+    from ...synthesis.pruner import EvolutionarySynthesisPruner
+
+    drawn = {}
+    for j in range(count):
+        child, generator = clone_model(model), torch.Generator().manual_seed(derive_seed(seed, CALIBRATION_STREAM, j))
+        with torch.no_grad():
+            for parameter in child.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+        lattice = every if j % 2 == 0 else None
+        config = SynthesisConfig(env=LINEAGE_ENV, mode="budget", resource="params", temperature=0.05,
+                                 starvation="layer", size_tolerance=0.005, round_to=lattice)  # fmt: skip
+        pruner = EvolutionarySynthesisPruner(
+            child, inputs, "l1", config=config, seed=derive_seed(seed, CALIBRATION_STREAM, j)
+        )
+        for g in range(1, LINEAGE_STEPS + 1):
+            child = pruner.step()
+            drawn[f"lineage{j}-{g}"] = {layer.name: layer.width for layer in Surgeon(child, inputs).layers}
+    return drawn
 
 
 def calibration_members(names: Iterable[str], round_to: int) -> list[str]:
     """Those of :func:`calibration_networks`' ``names`` that calibrate a table on the
     ``round_to`` lattice: the ancestor, the cuts on that lattice and off it (``round1``), the
-    random widths (sorted)."""
+    random widths and the lineages (sorted)."""
     keep = {"ancestor"} | {f"round{m}-cut{f}" for m in {1, round_to} for f in ROUND_TO_FRACTIONS}
-    return sorted(n for n in names if n in keep or n.startswith("random-"))
+    return sorted(n for n in names if n in keep or n.startswith(("random-", "lineage")))
 
 
 def _round_cuts(model: nn.Module, multiples: Sequence[int], inputs: torch.Tensor) -> dict[str, nn.Module]:

@@ -2,6 +2,9 @@
 # Issue #25's protocol on the committed three-seed study, one heavy job at a time; every step
 # skips what is done and resumes what was cut short (per epoch), so run it again after a kill.
 #   bash benchmarks/finished_protocol.sh            # FINISH="finish.epochs=20 ..." overrides the finishing
+# The baseline networks compare keeps for finishing and the finishing states lie under
+# benchmarks/results/finished-compare/checkpoints/ (ignored by git): commit the ones still needed
+# with `git add -f` before a session ends, or a new checkout has to prune the baseline again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin/squish-plugin}

@@ -279,25 +279,30 @@ def calibration_networks(
     calibrate a table on one multiple."""
     multiples = sorted({1, round_to} if isinstance(round_to, int) else {1, *round_to})
     nets = {"ancestor": model, **_round_cuts(model, multiples, example_inputs)}
-    layers = Surgeon(model, example_inputs).layers if count else []
+    layers = Surgeon(model, example_inputs).layers if count or lineages else []
     every = math.lcm(*multiples)  # a width on this lattice is on every multiple's
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         multiple = every if i % 2 == 0 else 1
         widths = {layer.name: _cut(layer.width, float(rng.uniform(0.25, 1.0)), multiple) for layer in layers}
         nets[f"random-{i}"] = with_widths(model, widths, example_inputs)
-    return {**nets, **_lineages(model, every, example_inputs, lineages, seed)}
+    return {**nets, **_lineages(model, layers, every, example_inputs, lineages, seed)}
 
 
-def _lineages(model: nn.Module, every: int, inputs: torch.Tensor, count: int, seed: int) -> dict[str, nn.Module]:
+def _lineages(
+    model: nn.Module, layers: Sequence, every: int, inputs: torch.Tensor, count: int, seed: int
+) -> dict[str, nn.Module]:
     """``lineage{j}-{g}``: ``count`` chains of :data:`LINEAGE_STEPS` offspring, each drawn by
     :class:`~squish_plugin.EvolutionarySynthesisPruner` as the studies draw theirs (budget mode,
     every layer starved alike, temperature 0.05, repaired to :data:`LINEAGE_ENV` of its
     parent's parameters), from ``model`` with seeded random weights (the set does not depend on
     the weights it is given); even chains on the ``every`` lattice, odd ones off it. The widths
-    drawn for one architecture are kept for the process (drawing takes ~1 s per offspring)."""
-    layers = tuple((layer.name, layer.width) for layer in Surgeon(model, inputs).layers)
-    key = (type(model).__qualname__, layers, tuple(inputs.shape), every, count, seed)
+    drawn for one architecture (``layers``: its prunable layers) are kept for the process
+    (drawing takes ~1 s per offspring)."""
+    if not count:
+        return {}
+    shape = tuple((layer.name, layer.width) for layer in layers)
+    key = (type(model).__qualname__, shape, tuple(inputs.shape), every, count, seed)
     if key not in _LINEAGE_WIDTHS:
         _LINEAGE_WIDTHS[key] = _draw_lineages(model, every, inputs, count, seed)
     return {name: with_widths(model, widths, inputs) for name, widths in _LINEAGE_WIDTHS[key].items()}

@@ -115,7 +115,7 @@ def main() -> None:
     for data in tables:
         seed = data["args"]["seed"]
         by_label = curves(data["rows"])
-        for top1, speed, name in sorted(by_label[args.ours], key=lambda p: p[2]):
+        for top1, speed, name in sorted(by_label.get(args.ours, []), key=lambda p: p[2]):  # none finished yet: no rows
             if name == "ancestor":
                 continue
             row = {"seed": seed, "network": name, "top1": top1, "images_per_second": speed}

@@ -219,7 +219,7 @@ SCREEN_RNG_STREAM = 4  #: derive_seed(training seed, SCREEN_RNG_STREAM): the glo
 FINISH_STREAM = 10_001  #: derive_seed(run seed, FINISH_STREAM, g): the finishing of generation g's network
 EPOCH_STREAM = 10_002  #: derive_seed(finishing seed, EPOCH_STREAM, e[, 1]): epoch e's batch order (its dropout)
 SCRATCH_STREAM = 10_003  #: derive_seed(run seed, SCRATCH_STREAM, g): a scratch control's first weights
-CALIBRATION_STREAM = 10_004  #: derive_seed(seed, CALIBRATION_STREAM, j[, g]): a latency calibration lineage
+CALIBRATION_STREAM = 10_004  #: derive_seed(seed, CALIBRATION_STREAM, j): latency calibration lineage j
 
 
 def derive_seed(seed: int, *stream: int) -> int:

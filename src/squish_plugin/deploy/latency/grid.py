@@ -319,16 +319,15 @@ def _draw_lineages(
 
     drawn = {}
     for j in range(count):
-        child, generator = clone_model(model), torch.Generator().manual_seed(derive_seed(seed, CALIBRATION_STREAM, j))
+        chain_seed = derive_seed(seed, CALIBRATION_STREAM, j)  # the chain's weights and its draws
+        child, generator = clone_model(model), torch.Generator().manual_seed(chain_seed)
         with torch.no_grad():
             for parameter in child.parameters():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator))
         lattice = every if j % 2 == 0 else None
         config = SynthesisConfig(env=LINEAGE_ENV, mode="budget", resource="params", temperature=0.05,
                                  starvation="layer", size_tolerance=0.005, round_to=lattice)  # fmt: skip
-        pruner = EvolutionarySynthesisPruner(
-            child, inputs, "l1", config=config, seed=derive_seed(seed, CALIBRATION_STREAM, j)
-        )
+        pruner = EvolutionarySynthesisPruner(child, inputs, "l1", config=config, seed=chain_seed)
         for g in range(1, LINEAGE_STEPS + 1):
             child = pruner.step()
             drawn[f"lineage{j}-{g}"] = {layer.name: layer.width for layer in Surgeon(child, inputs).layers}

@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "latency" / "model-error.csv")
     parser.add_argument("--with-calibration", action="store_true", help="time the networks in the calibration "
                         "set's interleaved rounds, not after the table (~24 GiB: a session per network)")  # fmt: skip
+    parser.add_argument("--calibration-rounds", type=int, help="interleaved rounds for the table's calibration "
+                        "networks (default: as `bench table` times them)")  # fmt: skip
     parser.add_argument("--refit-only", action="store_true", help="time nothing: fit the committed table again "
                         "on its calibration timings with this code and predict the committed timings")  # fmt: skip
     args = parser.parse_args()
@@ -250,7 +252,12 @@ def main() -> None:
         else:
             os.environ["SQUISH_CACHE"] = tmp
             recipe = load_recipe(ROOT / "examples" / "imagenette-latency.yaml", [f"evolution.round_to={lattice}"])
-            timers = None if separate else cotimed(target_timers(recipe), judged(nets), measured)
+            timers = target_timers(recipe)
+            if args.calibration_rounds:
+                rounds = args.calibration_rounds
+                timers = TableTimers(timers.layer, lambda n: time_networks(n, "onnxruntime", batch=32, threads=2,
+                                                                           rounds=rounds))  # fmt: skip
+            timers = timers if separate else cotimed(timers, judged(nets), measured)
             table_path = ensure_table(recipe, force=True, timers=timers)
         table = load_table(table_path)
         table_s = time.perf_counter() - started
@@ -272,6 +279,7 @@ def main() -> None:
         table_off_lattice=kept["off_lattice"],
         table_below_grid=kept["below_grid"],
         timed_with_calibration=not separate,
+        calibration_rounds=args.calibration_rounds,
     )
     result.update(other_rule(table, ancestor, nets, measured))
     result.update(without_lineages(table, ancestor, nets, measured))

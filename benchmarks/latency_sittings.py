@@ -73,11 +73,11 @@ def main() -> None:
     result["swap"] = swap
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     cell = lambda f: f"{f['within_10pct']:.0%} / {f['within_5pct']:.0%} / {f['rmspe']:.1%}"  # noqa: E731
-    print("timings of (row) predicted by those of (column) after one scale: within 10% / within 5% / RMSPE")
+    print("Timings of (row) predicted by those of (column) after one scale (within 10% / within 5% / RMSPE):\n")
     print("| | " + " | ".join(found) + " |\n|---|" + "---:|" * len(found))
     for a in found:
         print(f"| {a} | " + " | ".join("-" if a == b else cell(result["timings"][a][b]) for b in found) + " |")
-    print("\nthe grid of (row) fitted on and judged against the timings of (column)")
+    print("\nThe grid of (row) fitted on the calibration timings of (column) and judged against its 51:\n")
     print("| | " + " | ".join(found) + " |\n|---|" + "---:|" * len(found))
     for g in found:
         print(f"| {g} | " + " | ".join(cell(swap[g][t]) for t in found) + " |")

@@ -77,7 +77,7 @@ def main() -> None:
     print("| | " + " | ".join(found) + " |\n|---|" + "---:|" * len(found))
     for a in found:
         print(f"| {a} | " + " | ".join("-" if a == b else cell(result["timings"][a][b]) for b in found) + " |")
-    print("\nThe grid of (row) fitted on the calibration timings of (column) and judged against its 51:\n")
+    print("\nThe grid of (row) fitted on the calibration timings of (column) and judged against that sitting's 51:\n")
     print("| | " + " | ".join(found) + " |\n|---|" + "---:|" * len(found))
     for g in found:
         print(f"| {g} | " + " | ".join(cell(swap[g][t]) for t in found) + " |")

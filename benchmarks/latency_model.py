@@ -163,11 +163,16 @@ def predictions(table, nets: dict[str, tuple], measured: dict[str, float]) -> li
     return rows
 
 
+def calibration_set(table, ancestor: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The calibration networks ``table`` was measured with (``round_to: auto``'s candidates among them)."""
+    multiples = ROUND_TO_CANDIDATES if "round_to_figures" in table.notes else (table.round_to or 1)
+    return calibration_networks(ancestor, multiples, torch.zeros(1, 3, 224, 224))
+
+
 def refit(table, ancestor: torch.nn.Module, below_grid: str, keep=lambda name: True):
     """``table`` with ``below_grid`` as its rule below a grid's first width, fitted again with this
     code on its own calibration timings (the table's notes keep them), on those ``keep`` names."""
-    multiples = ROUND_TO_CANDIDATES if "round_to_figures" in table.notes else (table.round_to or 1)
-    nets = calibration_networks(ancestor, multiples, torch.zeros(1, 3, 224, 224))  # as the table was measured
+    nets = calibration_set(table, ancestor)
     measured = {name: row["measured_ms"] for name, row in table.notes["calibration"].items() if keep(name)}
     return fit_whole(replace(table, below_grid=below_grid), {n: nets[n] for n in measured}, measured)
 

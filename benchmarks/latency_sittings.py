@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_model as lm  # noqa: E402
 from squish_plugin import squeezenet1_1_ancestor  # noqa: E402
+from squish_plugin.deploy.latency.calibration import fit_splits, layer_splits  # noqa: E402
 from squish_plugin.synthesis.latency import load_table  # noqa: E402
 
 LAT = Path(__file__).resolve().parent / "results" / "latency"
@@ -62,12 +62,14 @@ def main() -> None:
     nets = lm.networks(ancestor, 0, 12, 16)
     result: dict = {"sittings": {k: str(p.relative_to(LAT.parents[2])) for k, p in found.items()}}
     result["timings"] = {a: {b: timings_agreement(times[a], times[b]) for b in found if b != a} for a in found}
+    calibration = {k: {n: row["measured_ms"] for n, row in t.notes["calibration"].items()} for k, t in tables.items()}
     swap: dict = {}
-    for grid in found:
+    for grid in found:  # a grid's layer sums once, fitted on every sitting's calibration timings
+        cal = lm.calibration_set(tables[grid], ancestor)
+        splits = layer_splits(tables[grid], {n: cal[n] for n in set().union(*calibration.values())})
         swap[grid] = {}
         for timed in found:
-            notes = {**tables[grid].notes, "calibration": tables[timed].notes["calibration"]}
-            fitted = lm.refit(replace(tables[grid], notes=notes), ancestor, tables[grid].below_grid)
+            fitted = fit_splits(tables[grid], {n: splits[n] for n in calibration[timed]}, calibration[timed])
             summary = lm.summary(lm.predictions(fitted, nets, times[timed]))
             swap[grid][timed] = {k: summary[k] for k in ("within_10pct", "within_5pct", "rmspe")}
     result["swap"] = swap

@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--refit-only", action="store_true", help="time nothing: fit the committed table again "
                         "on its calibration timings with this code and predict the committed timings")  # fmt: skip
     args = parser.parse_args()
+    if args.calibration_rounds is not None and args.calibration_rounds < 1:
+        parser.error(f"--calibration-rounds must be an integer >= 1, got {args.calibration_rounds}.")
     if args.refit_only:
         return refit_only(args)
     torch.set_num_threads(2)
